@@ -1,0 +1,1 @@
+//! meerkat-modules (placeholder)

@@ -1,0 +1,1 @@
+//! meerkat-router (placeholder)
