@@ -36,6 +36,16 @@ impl HashAlg {
         }
     }
 
+    /// Output length of the hash in bytes (20, 32 or 64): the length of StoredKey,
+    /// ServerKey, ClientProof and ServerSignature.
+    pub fn output_len(self) -> usize {
+        match self {
+            HashAlg::Sha1 => 20,
+            HashAlg::Sha256 => 32,
+            HashAlg::Sha512 => 64,
+        }
+    }
+
     /// `H(data)`.
     pub fn hash(self, data: &[u8]) -> Vec<u8> {
         match self {

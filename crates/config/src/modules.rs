@@ -1,0 +1,272 @@
+//! `[modules.mod_x]` tables: a module is enabled by the presence of its table; the
+//! table's keys are its options (named as in MongooseIM where a MongooseIM
+//! equivalent exists).
+
+use serde::Deserialize;
+
+use crate::schema::Report;
+
+/// Every module Meerkat has. `None` = disabled.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modules {
+    /// Roster options (RFC 6121 §2; the roster itself is always on).
+    pub mod_roster: Option<RosterCfg>,
+    /// Service discovery (XEP-0030).
+    pub mod_disco: Option<DiscoCfg>,
+    /// XMPP ping (XEP-0199), including server-initiated pings.
+    pub mod_ping: Option<PingCfg>,
+    /// Software version (XEP-0092).
+    pub mod_version: Option<VersionCfg>,
+    /// Entity time (XEP-0202).
+    pub mod_time: Option<Empty>,
+    /// Last activity (XEP-0012).
+    pub mod_last: Option<Empty>,
+    /// vCard-temp (XEP-0054).
+    pub mod_vcard: Option<VcardCfg>,
+    /// Private XML storage (XEP-0049).
+    pub mod_private: Option<PrivateCfg>,
+    /// Blocking command (XEP-0191).
+    pub mod_blocking: Option<Empty>,
+    /// Offline messages (XEP-0160) with XEP-0203 delay stamps.
+    pub mod_offline: Option<OfflineCfg>,
+    /// In-band registration (XEP-0077); off unless configured.
+    pub mod_register: Option<RegisterCfg>,
+    /// Unique and stable stanza IDs (XEP-0359).
+    pub mod_stanza_id: Option<Empty>,
+}
+
+impl Modules {
+    /// What the built-in configuration enables: everything but registration.
+    pub fn all_default() -> Self {
+        Modules {
+            mod_roster: Some(RosterCfg::default()),
+            mod_disco: Some(DiscoCfg::default()),
+            mod_ping: Some(PingCfg::default()),
+            mod_version: Some(VersionCfg::default()),
+            mod_time: Some(Empty {}),
+            mod_last: Some(Empty {}),
+            mod_vcard: Some(VcardCfg::default()),
+            mod_private: Some(PrivateCfg::default()),
+            mod_blocking: Some(Empty {}),
+            mod_offline: Some(OfflineCfg::default()),
+            mod_register: None,
+            mod_stanza_id: Some(Empty {}),
+        }
+    }
+
+    pub(crate) fn validate(&self, report: &mut Report<'_>) {
+        if let Some(p) = &self.mod_ping {
+            if p.ping_interval == 0 {
+                report(None, "modules.mod_ping.ping_interval".into(), "must be at least 1 second".into());
+            }
+            if p.ping_req_timeout == 0 {
+                report(None, "modules.mod_ping.ping_req_timeout".into(), "must be at least 1 second".into());
+            }
+        }
+        if let Some(o) = &self.mod_offline {
+            if o.max_messages == 0 {
+                report(None, "modules.mod_offline.max_messages".into(), "must be at least 1".into());
+            }
+        }
+        if let Some(r) = &self.mod_roster {
+            if r.max_roster_size == 0 {
+                report(None, "modules.mod_roster.max_roster_size".into(), "must be at least 1".into());
+            }
+        }
+    }
+}
+
+/// A module without options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// `[modules.mod_roster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterCfg {
+    /// Roster versioning (XEP-0237).
+    #[serde(default = "yes")]
+    pub versioning: bool,
+    /// Most items a roster may hold.
+    #[serde(default = "default_roster_size")]
+    pub max_roster_size: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_roster_size() -> usize {
+    2000
+}
+
+impl Default for RosterCfg {
+    fn default() -> Self {
+        RosterCfg { versioning: true, max_roster_size: default_roster_size() }
+    }
+}
+
+/// `[modules.mod_disco]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoCfg {
+    /// XEP-0157 contact addresses, e.g. `{ name = "abuse-addresses", urls = ["mailto:abuse@example.com"] }`.
+    #[serde(default)]
+    pub server_info: Vec<ServerInfo>,
+}
+
+/// One XEP-0157 field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInfo {
+    /// Field name (`abuse-addresses`, `admin-addresses`, `support-addresses`, …).
+    pub name: String,
+    /// Addresses.
+    pub urls: Vec<String>,
+}
+
+/// `[modules.mod_ping]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingCfg {
+    /// Ping clients that have been silent for `ping_interval` seconds.
+    #[serde(default = "yes")]
+    pub send_pings: bool,
+    /// Seconds of silence before a ping.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval: u64,
+    /// Seconds to wait for the answer.
+    #[serde(default = "default_ping_timeout")]
+    pub ping_req_timeout: u64,
+    /// `kill` closes a connection that did not answer; `none` only logs.
+    #[serde(default)]
+    pub timeout_action: TimeoutAction,
+}
+
+fn default_ping_interval() -> u64 {
+    60
+}
+fn default_ping_timeout() -> u64 {
+    32
+}
+
+impl Default for PingCfg {
+    fn default() -> Self {
+        PingCfg {
+            send_pings: true,
+            ping_interval: default_ping_interval(),
+            ping_req_timeout: default_ping_timeout(),
+            timeout_action: TimeoutAction::Kill,
+        }
+    }
+}
+
+/// What to do with a client that does not answer a server ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    /// Close the connection.
+    #[default]
+    Kill,
+    /// Log only.
+    None,
+}
+
+/// `[modules.mod_version]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionCfg {
+    /// Include the operating system in the answer.
+    #[serde(default)]
+    pub os_info: bool,
+}
+
+/// `[modules.mod_vcard]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcardCfg {
+    /// Largest vCard in bytes.
+    #[serde(default = "default_vcard_size")]
+    pub max_size: usize,
+}
+
+fn default_vcard_size() -> usize {
+    65536
+}
+
+impl Default for VcardCfg {
+    fn default() -> Self {
+        VcardCfg { max_size: default_vcard_size() }
+    }
+}
+
+/// `[modules.mod_private]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateCfg {
+    /// Largest stored element in bytes.
+    #[serde(default = "default_vcard_size")]
+    pub max_size: usize,
+}
+
+impl Default for PrivateCfg {
+    fn default() -> Self {
+        PrivateCfg { max_size: default_vcard_size() }
+    }
+}
+
+/// `[modules.mod_offline]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineCfg {
+    /// Most messages stored per user; beyond it senders get `service-unavailable`.
+    #[serde(default = "default_offline_max")]
+    pub max_messages: usize,
+}
+
+fn default_offline_max() -> usize {
+    1000
+}
+
+impl Default for OfflineCfg {
+    fn default() -> Self {
+        OfflineCfg { max_messages: default_offline_max() }
+    }
+}
+
+/// `[modules.mod_register]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterCfg {
+    /// Shortest password accepted.
+    #[serde(default = "default_min_password")]
+    pub min_password_length: usize,
+    /// Seconds one IP address must wait between two registrations.
+    #[serde(default = "default_reg_interval")]
+    pub registration_interval: u64,
+    /// Allow authenticated users to change their password (XEP-0077 §3.3).
+    #[serde(default = "yes")]
+    pub allow_password_change: bool,
+    /// Allow authenticated users to delete their account (XEP-0077 §3.2).
+    #[serde(default = "yes")]
+    pub allow_unregister: bool,
+}
+
+fn default_min_password() -> usize {
+    8
+}
+fn default_reg_interval() -> u64 {
+    60
+}
+
+impl Default for RegisterCfg {
+    fn default() -> Self {
+        RegisterCfg {
+            min_password_length: default_min_password(),
+            registration_interval: default_reg_interval(),
+            allow_password_change: true,
+            allow_unregister: true,
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The configuration schema: one struct per TOML table, defaults matching the
+//! zero-setup single node (domain `localhost`, SQLite under `./data`).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use toml::Spanned;
+
+use crate::modules::Modules;
+
+/// Reports one validation problem: (span in the source, dotted key, message).
+pub(crate) type Report<'a> = dyn FnMut(Option<Range<usize>>, String, String) + 'a;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[general]`
+    #[serde(default)]
+    pub general: General,
+    /// `[listen]` with `[[listen.c2s]]` tables.
+    #[serde(default)]
+    pub listen: Listen,
+    /// `[storage]`
+    #[serde(default)]
+    pub storage: Storage,
+    /// `[auth]`
+    #[serde(default)]
+    pub auth: Auth,
+    /// `[shaper.NAME]` traffic shapers referenced by listeners.
+    #[serde(default)]
+    pub shaper: BTreeMap<String, Shaper>,
+    /// `[modules.mod_x]`: a module is enabled by its table.
+    #[serde(default)]
+    pub modules: Modules,
+}
+
+impl Default for Config {
+    /// The built-in single-node configuration: what `meerkat serve` runs without a file.
+    fn default() -> Self {
+        Config {
+            general: General::default(),
+            listen: Listen {
+                c2s: vec![
+                    C2sListener::default(),
+                    C2sListener {
+                        port: Spanned::new(0..0, 5223),
+                        tls: ListenerTls { mode: TlsMode::Tls, ..ListenerTls::default() },
+                        ..C2sListener::default()
+                    },
+                ],
+            },
+            storage: Storage::default(),
+            auth: Auth::default(),
+            shaper: BTreeMap::new(),
+            modules: Modules::all_default(),
+        }
+    }
+}
+
+/// `[general]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct General {
+    /// XMPP domains served by this server.
+    #[serde(default = "default_hosts")]
+    pub hosts: Spanned<Vec<String>>,
+    /// Log level: error, warning, info, debug.
+    #[serde(default = "default_loglevel")]
+    pub loglevel: Spanned<String>,
+    /// Directory for generated state (self-signed certificate).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+    /// Most concurrent client connections over all listeners.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Mailbox capacity of one session; overflow closes the session with
+    /// `policy-violation` (a consumer that stopped reading).
+    #[serde(default = "default_mailbox")]
+    pub session_mailbox: usize,
+}
+
+fn default_hosts() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["localhost".to_string()])
+}
+fn default_loglevel() -> Spanned<String> {
+    Spanned::new(0..0, "info".to_string())
+}
+fn default_data_dir() -> String {
+    "data".to_string()
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_mailbox() -> usize {
+    1024
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            hosts: default_hosts(),
+            loglevel: default_loglevel(),
+            data_dir: default_data_dir(),
+            max_connections: default_max_connections(),
+            session_mailbox: default_mailbox(),
+        }
+    }
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// `[[listen.c2s]]` client listeners.
+    #[serde(default)]
+    pub c2s: Vec<C2sListener>,
+}
+
+/// `[[listen.c2s]]`: one client-to-server listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct C2sListener {
+    /// TCP port.
+    pub port: Spanned<u16>,
+    /// Address to bind.
+    #[serde(default = "default_ip")]
+    pub ip_address: Spanned<String>,
+    /// TLS settings (`tls.mode`, `tls.certfile`, `tls.keyfile`).
+    #[serde(default)]
+    pub tls: ListenerTls,
+    /// Largest stanza in bytes; larger ones close the stream with `policy-violation`.
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_size: usize,
+    /// Seconds an unauthenticated connection may take to authenticate and bind.
+    #[serde(default = "default_state_timeout")]
+    pub state_timeout: u64,
+    /// Name of a `[shaper.NAME]` limiting inbound bytes per second per connection.
+    #[serde(default)]
+    pub shaper: Option<Spanned<String>>,
+    /// Stanzas per second a session may send before it is throttled.
+    #[serde(default = "default_stanza_rate")]
+    pub max_stanza_rate: u32,
+    /// Listen backlog.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_ip() -> Spanned<String> {
+    Spanned::new(0..0, "0.0.0.0".to_string())
+}
+fn default_max_stanza() -> usize {
+    65536
+}
+fn default_state_timeout() -> u64 {
+    30
+}
+fn default_stanza_rate() -> u32 {
+    1000
+}
+fn default_backlog() -> u32 {
+    1024
+}
+
+impl Default for C2sListener {
+    fn default() -> Self {
+        C2sListener {
+            port: Spanned::new(0..0, 5222),
+            ip_address: default_ip(),
+            tls: ListenerTls::default(),
+            max_stanza_size: default_max_stanza(),
+            state_timeout: default_state_timeout(),
+            shaper: None,
+            max_stanza_rate: default_stanza_rate(),
+            backlog: default_backlog(),
+        }
+    }
+}
+
+/// How a listener uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// STARTTLS offered, not required (RFC 6120 §5).
+    #[default]
+    Starttls,
+    /// STARTTLS required before anything else.
+    StarttlsRequired,
+    /// Direct TLS from the first byte (XEP-0368).
+    Tls,
+    /// No TLS at all (only for tests and load generators on loopback).
+    None,
+}
+
+/// `tls.*` of a listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Mode.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM certificate chain; a self-signed ECDSA P-256 certificate is generated when absent.
+    pub certfile: Option<Spanned<String>>,
+    /// PEM private key (required with `certfile`).
+    pub keyfile: Option<Spanned<String>>,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// `sqlite://PATH` (relative to the working directory) or `postgres://user@host:port/db`.
+    #[serde(default = "default_storage_url")]
+    pub url: Spanned<String>,
+}
+
+fn default_storage_url() -> Spanned<String> {
+    Spanned::new(0..0, "sqlite://data/meerkat.db".to_string())
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { url: default_storage_url() }
+    }
+}
+
+/// Which storage the URL selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// Embedded SQLite file.
+    Sqlite(String),
+    /// PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl Storage {
+    /// Classifies the URL.
+    pub fn parsed(&self) -> Result<StorageUrl, String> {
+        let url = self.url.get_ref();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite URL needs a file path, e.g. sqlite://data/meerkat.db".into());
+            }
+            Ok(StorageUrl::Sqlite(path.to_string()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StorageUrl::Postgres(url.clone()))
+        } else {
+            Err(format!("unsupported storage URL `{url}`: use sqlite://PATH or postgres://USER@HOST:PORT/DB"))
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Authentication methods; `internal` = accounts in the configured storage.
+    #[serde(default = "default_methods")]
+    pub methods: Spanned<Vec<String>>,
+    /// SASL mechanisms offered (default: all; names as on the wire).
+    #[serde(default)]
+    pub sasl_mechanisms: Option<Spanned<Vec<String>>>,
+    /// PBKDF2 iterations for newly set passwords.
+    #[serde(default = "default_iterations")]
+    pub scram_iterations: u32,
+}
+
+fn default_methods() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["internal".to_string()])
+}
+fn default_iterations() -> u32 {
+    4096
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth { methods: default_methods(), sasl_mechanisms: None, scram_iterations: default_iterations() }
+    }
+}
+
+/// `[shaper.NAME]`: a token bucket on inbound bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shaper {
+    /// Bytes per second.
+    pub max_rate: u32,
+}
+
+const KNOWN_MECHANISMS: &[&str] = &[
+    "PLAIN",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-512",
+    "SCRAM-SHA-512-PLUS",
+];
+
+fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    let r = s.span();
+    (r.end > 0).then_some(r)
+}
+
+impl Config {
+    /// Semantic checks the types cannot express; reports every problem.
+    pub(crate) fn validate(&self, report: &mut Report<'_>) {
+        let hosts = &self.general.hosts;
+        if hosts.get_ref().is_empty() {
+            report(span(hosts), "general.hosts".into(), "at least one host is required".into());
+        }
+        for h in hosts.get_ref() {
+            if h.is_empty() || h.contains(['@', '/', ' ']) || h != &h.to_lowercase() {
+                report(span(hosts), "general.hosts".into(), format!("`{h}` is not a valid lowercase domain name"));
+            }
+        }
+        let lvl = self.general.loglevel.get_ref().as_str();
+        if !["error", "warning", "info", "debug", "trace"].contains(&lvl) {
+            report(
+                span(&self.general.loglevel),
+                "general.loglevel".into(),
+                format!("`{lvl}` is not one of error, warning, info, debug, trace"),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in self.listen.c2s.iter().enumerate() {
+            let key = |k: &str| format!("listen.c2s[{i}].{k}");
+            if !seen.insert((l.ip_address.get_ref().clone(), *l.port.get_ref())) {
+                report(span(&l.port), key("port"), format!("port {} is used by another listener", l.port.get_ref()));
+            }
+            if l.ip_address.get_ref().parse::<std::net::IpAddr>().is_err() {
+                report(span(&l.ip_address), key("ip_address"), format!("`{}` is not an IP address", l.ip_address.get_ref()));
+            }
+            if l.max_stanza_size < 1024 {
+                report(None, key("max_stanza_size"), "must be at least 1024 bytes".into());
+            }
+            match (&l.tls.certfile, &l.tls.keyfile) {
+                (Some(c), None) => report(span(c), key("tls.keyfile"), "tls.certfile needs tls.keyfile".into()),
+                (None, Some(k)) => report(span(k), key("tls.certfile"), "tls.keyfile needs tls.certfile".into()),
+                _ => {}
+            }
+            if let Some(s) = &l.shaper {
+                if !self.shaper.contains_key(s.get_ref()) {
+                    report(span(s), key("shaper"), format!("no [shaper.{}] table", s.get_ref()));
+                }
+            }
+        }
+        if let Err(e) = self.storage.parsed() {
+            report(span(&self.storage.url), "storage.url".into(), e);
+        }
+        for m in self.auth.methods.get_ref() {
+            if m != "internal" {
+                report(span(&self.auth.methods), "auth.methods".into(), format!("unknown method `{m}` (supported: internal)"));
+            }
+        }
+        if let Some(mechs) = &self.auth.sasl_mechanisms {
+            for m in mechs.get_ref() {
+                if !KNOWN_MECHANISMS.contains(&m.as_str()) {
+                    report(
+                        span(mechs),
+                        "auth.sasl_mechanisms".into(),
+                        format!("unknown mechanism `{m}` (supported: {})", KNOWN_MECHANISMS.join(", ")),
+                    );
+                }
+            }
+        }
+        if self.auth.scram_iterations < 4096 {
+            report(None, "auth.scram_iterations".into(), "must be at least 4096 (RFC 7677 §4)".into());
+        }
+        self.modules.validate(report);
+    }
+
+    /// The served domains.
+    pub fn hosts(&self) -> &[String] {
+        self.general.hosts.get_ref()
+    }
+}

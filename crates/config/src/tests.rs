@@ -1,0 +1,65 @@
+use super::*;
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = Config::parse("", "t.toml").unwrap();
+    assert_eq!(c.hosts(), ["localhost"]);
+    assert!(c.listen.c2s.is_empty());
+    assert_eq!(c.storage.parsed().unwrap(), StorageUrl::Sqlite("data/meerkat.db".into()));
+    assert!(c.modules.mod_ping.is_none());
+}
+
+#[test]
+fn builtin_default_has_two_listeners_and_modules() {
+    let c = Config::default();
+    assert_eq!(c.listen.c2s.len(), 2);
+    assert_eq!(c.listen.c2s[1].tls.mode, TlsMode::Tls);
+    assert!(c.modules.mod_offline.is_some());
+    assert!(c.modules.mod_register.is_none());
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let src = "[general]\nhosts = [\"a.example\"]\n\n[[listen.c2s]]\nport = 5222\nprot = 1\n";
+    let e = Config::parse(src, "m.toml").unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!(e.errors[0].line, 6);
+    let msg = e.to_string();
+    assert!(msg.contains("prot"), "{msg}");
+    assert!(msg.starts_with("m.toml: line 6"), "{msg}");
+}
+
+#[test]
+fn unknown_module_is_an_error() {
+    let e = Config::parse("[modules.mod_nonsense]\n", "m.toml").unwrap_err();
+    assert!(e.to_string().contains("mod_nonsense"), "{e}");
+    assert_eq!(e.errors[0].line, 1);
+}
+
+#[test]
+fn semantic_errors_are_all_reported_with_lines() {
+    let src = "[general]\nhosts = [\"Bad Host\"]\n[[listen.c2s]]\nport = 5222\n[[listen.c2s]]\nport = 5222\nshaper = \"nope\"\n[storage]\nurl = \"mysql://x\"\n";
+    let e = Config::parse(src, "m.toml").unwrap_err();
+    let lines: Vec<usize> = e.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![2, 6, 7, 9], "{e}");
+    assert!(e.errors[1].key.as_deref() == Some("listen.c2s[1].port"));
+}
+
+#[test]
+fn tls_mode_values() {
+    let c = Config::parse("[[listen.c2s]]\nport = 5223\ntls.mode = \"tls\"\n", "m").unwrap();
+    assert_eq!(c.listen.c2s[0].tls.mode, TlsMode::Tls);
+    let e = Config::parse("[[listen.c2s]]\nport = 5223\ntls.mode = \"ssl\"\n", "m").unwrap_err();
+    assert_eq!(e.errors[0].line, 3);
+}
+
+#[test]
+fn example_config_is_valid_and_enables_every_module() {
+    let c = Config::parse(EXAMPLE, "meerkat.example.toml").unwrap();
+    let m = &c.modules;
+    assert!(m.mod_roster.is_some() && m.mod_disco.is_some() && m.mod_ping.is_some());
+    assert!(m.mod_version.is_some() && m.mod_time.is_some() && m.mod_last.is_some());
+    assert!(m.mod_vcard.is_some() && m.mod_private.is_some() && m.mod_blocking.is_some());
+    assert!(m.mod_offline.is_some() && m.mod_register.is_some() && m.mod_stanza_id.is_some());
+    assert_eq!(c.listen.c2s.len(), 2);
+}
