@@ -1,0 +1,99 @@
+//! [`ServerContext`]: one running server's shared, immutable state. Built once at
+//! start and passed as `&ServerContext` / `Arc<ServerContext>`; several servers can
+//! run in one process (tests), since nothing here is global.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use meerkat_config::Config;
+use meerkat_stanza::{BareJid, Stanza};
+use meerkat_storage::{Account, Stores};
+
+use crate::hooks::Hooks;
+use crate::router::Router;
+use crate::session::SessionId;
+
+/// The shared state of one server.
+pub struct ServerContext {
+    /// The configuration the server runs with.
+    pub config: Arc<Config>,
+    /// Storage.
+    pub stores: Stores,
+    /// Frozen module hooks.
+    pub hooks: Hooks,
+    /// The router.
+    pub router: Arc<dyn Router>,
+    /// When the server started (XEP-0012 uptime).
+    pub started: Instant,
+    next_session: AtomicU64,
+}
+
+impl ServerContext {
+    /// Assembles a context.
+    pub fn new(config: Arc<Config>, stores: Stores, hooks: Hooks, router: Arc<dyn Router>) -> Self {
+        ServerContext { config, stores, hooks, router, started: Instant::now(), next_session: AtomicU64::new(1) }
+    }
+
+    /// Whether `domain` is served here.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.config.hosts().iter().any(|h| h == domain)
+    }
+
+    /// A new process-unique session id.
+    pub fn next_session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Routes a stanza (shorthand for `self.router.route(self, st)`).
+    pub async fn route(&self, st: Stanza) {
+        self.router.route(self, st).await
+    }
+}
+
+/// The storage key of a bare JID's account (a bare JID without a localpart is a
+/// domain, which has no account: `None`).
+pub fn account(bare: &BareJid) -> Option<Account<'_>> {
+    Some(Account::new(bare.node()?.as_str(), bare.domain().as_str()))
+}
+
+impl ServerContext {
+    /// Dispatches an IQ `get`/`set` to the handler registered for its payload
+    /// namespace in `scope`, and builds the reply (RFC 6120 §8.2.3: exactly one
+    /// payload child, else `bad-request`; no handler: `service-unavailable`).
+    /// Returns `None` for `result`/`error` IQs, which get no reply.
+    pub async fn dispatch_iq(
+        &self,
+        scope: crate::hooks::IqScope,
+        iq: &Stanza,
+        from: &meerkat_stanza::Jid,
+        to: &meerkat_stanza::Jid,
+        session: Option<&mut crate::session::SessionState>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Option<meerkat_xml::Element> {
+        use meerkat_stanza::{make_error_reply, make_iq_result, IqType, StanzaError};
+        let ty = iq.iq_type();
+        let is_set = match ty {
+            Some(IqType::Get) => false,
+            Some(IqType::Set) => true,
+            Some(IqType::Result) | Some(IqType::Error) => return None,
+            None => return Some(make_error_reply(&iq.el, &StanzaError::bad_request("IQ type must be get, set, result or error"))),
+        };
+        let mut children = iq.el.children();
+        let (Some(payload), None) = (children.next(), children.next()) else {
+            return Some(make_error_reply(&iq.el, &StanzaError::bad_request("an IQ get or set carries exactly one payload")));
+        };
+        let Some(h) = self.hooks.iq_handler(scope, payload.ns()) else {
+            return Some(make_error_reply(&iq.el, &StanzaError::service_unavailable()));
+        };
+        let req = crate::hooks::IqRequest { from, to, iq, is_set, payload, session, peer };
+        let mut reply = match h.handle_iq(self, req).await {
+            Ok(p) => make_iq_result(&iq.el, p),
+            Err(e) => make_error_reply(&iq.el, &e),
+        };
+        // The reply comes from the addressee (RFC 6120 §8.1.2.1), and goes to the requester.
+        reply.set_attr("from", to.as_str());
+        reply.set_attr("to", from.as_str());
+        Some(reply)
+    }
+}

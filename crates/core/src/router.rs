@@ -1,0 +1,65 @@
+//! The routing interface (RFC 6120 §10, RFC 6121 §8): everything on the stanza path
+//! sends through a [`Router`]. `meerkat-router` implements it for one node; a cluster
+//! transport implements the same interface to reach sessions on other nodes, so
+//! modules and sessions never know where a user is connected.
+
+use std::sync::Arc;
+
+use meerkat_stanza::{BareJid, FullJid, Stanza};
+use meerkat_xml::Element;
+use tokio::sync::mpsc;
+
+use crate::context::ServerContext;
+use crate::session::{SessionId, SessionMsg};
+
+/// What the session table knows about one session of a user.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: SessionId,
+    /// Full JID.
+    pub jid: FullJid,
+    /// Priority of its current presence.
+    pub priority: i8,
+    /// Its current available presence (`None` = bound but not available).
+    pub presence: Option<Arc<Element>>,
+}
+
+/// A session's registration in the table.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Session id.
+    pub id: SessionId,
+    /// Full JID.
+    pub jid: FullJid,
+    /// The session's bounded mailbox.
+    pub mailbox: mpsc::Sender<SessionMsg>,
+    /// Notified when the mailbox overflowed: the session must close
+    /// (`policy-violation`), since it cannot receive the kick through the mailbox.
+    pub overflow: Arc<tokio::sync::Notify>,
+}
+
+/// The routing interface.
+#[async_trait::async_trait]
+pub trait Router: Send + Sync + 'static {
+    /// Delivers a stanza whose `from` and `to` are set (a missing `to` means the
+    /// sender's own account). Applies RFC 6121 §8 delivery rules for local users,
+    /// answers for the server itself, bounces with the RFC error otherwise.
+    async fn route(&self, ctx: &ServerContext, stanza: Stanza);
+    /// Registers a bound session. Returns the session it replaced (same full JID),
+    /// which the caller must tell to close with `conflict`.
+    fn register(&self, handle: SessionHandle) -> Option<SessionHandle>;
+    /// Removes a session, if the table still holds this id for that JID.
+    fn unregister(&self, jid: &FullJid, id: SessionId);
+    /// Records a session's presence (`None` = unavailable) and priority.
+    fn set_presence(&self, jid: &FullJid, id: SessionId, priority: i8, presence: Option<Arc<Element>>);
+    /// Every session of a user.
+    fn sessions(&self, bare: &BareJid) -> Vec<SessionInfo>;
+    /// Sends a message to one session's mailbox. `false` if there is no such session
+    /// or its mailbox overflowed (then the session is told to close).
+    fn send(&self, jid: &FullJid, msg: SessionMsg) -> bool;
+    /// Sends a message to every session of a user; returns how many took it.
+    fn send_all(&self, bare: &BareJid, msg: &dyn Fn() -> SessionMsg) -> usize;
+    /// Number of sessions on this node.
+    fn session_count(&self) -> usize;
+}

@@ -1,0 +1,163 @@
+//! The state of one bound client session (RFC 6120 §7 onwards) that hooks may read
+//! and change, and the messages other tasks send to a session's bounded mailbox.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use meerkat_stanza::{BareJid, FullJid, Jid, Stanza};
+use meerkat_storage::RosterItem;
+use meerkat_xml::Element;
+
+/// Process-unique id of a session, to tell a session from the one that replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// A module-defined event delivered to a session (roster pushes, blocklist pushes…),
+/// handed to every [`crate::hooks::SessionHooks::on_event`].
+pub type SessionEvent = Arc<dyn Any + Send + Sync>;
+
+/// What other tasks send to a session's mailbox.
+#[derive(Debug)]
+pub enum SessionMsg {
+    /// A stanza for the client; receive hooks run before it is written.
+    Stanza(Stanza),
+    /// A module event (see [`SessionEvent`]).
+    Event(SessionEvent),
+    /// RFC 6120 §7.7.2.2: another session bound the same full JID; close with `conflict`.
+    Replaced,
+    /// Close the session with this stream error (admin kick, shutdown, overflow).
+    Kick(meerkat_stanza::StreamError, Option<String>),
+}
+
+/// A change to one item of a user's roster, sent to each of the user's sessions so
+/// their cached copy stays current and interested resources get a roster push
+/// (RFC 6121 §2.1.6).
+#[derive(Debug, Clone)]
+pub struct RosterChange {
+    /// The item as it is now (for a removal: the jid with `subscription=remove`
+    /// semantics, see `removed`).
+    pub item: RosterItem,
+    /// The item was removed.
+    pub removed: bool,
+    /// The roster version after the change (XEP-0237).
+    pub version: u64,
+}
+
+/// A session's cached roster: loaded once, then kept current by [`RosterChange`]s,
+/// so routing presence never needs a database round trip.
+#[derive(Debug, Clone, Default)]
+pub struct RosterCache {
+    /// Items by contact bare JID.
+    pub items: HashMap<String, RosterItem>,
+    /// Roster version.
+    pub version: u64,
+}
+
+impl RosterCache {
+    /// Contacts that receive this user's presence (subscription `from` or `both`).
+    pub fn presence_subscribers(&self) -> impl Iterator<Item = &RosterItem> {
+        use meerkat_storage::Subscription::*;
+        self.items.values().filter(|i| matches!(i.subscription, From | Both))
+    }
+    /// Contacts whose presence this user receives (subscription `to` or `both`).
+    pub fn presence_subscriptions(&self) -> impl Iterator<Item = &RosterItem> {
+        use meerkat_storage::Subscription::*;
+        self.items.values().filter(|i| matches!(i.subscription, To | Both))
+    }
+    /// Applies a change.
+    pub fn apply(&mut self, change: &RosterChange) {
+        if change.removed {
+            self.items.remove(&change.item.jid);
+        } else {
+            self.items.insert(change.item.jid.clone(), change.item.clone());
+        }
+        self.version = change.version;
+    }
+}
+
+/// The state of one bound session, owned by the session task and lent to hooks.
+pub struct SessionState {
+    /// Process-unique id.
+    pub id: SessionId,
+    /// The bound full JID.
+    pub jid: FullJid,
+    /// Its bare JID.
+    pub bare: BareJid,
+    /// Cached roster (`None` until first needed).
+    pub roster: Option<RosterCache>,
+    /// The client requested the roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    pub roster_requested: bool,
+    /// The last available presence broadcast (`None` = not available).
+    pub presence: Option<Arc<Element>>,
+    /// Priority of that presence.
+    pub priority: i8,
+    /// Entities that got directed presence and are not presence subscribers
+    /// (they get unavailable presence when the session ends, RFC 6121 §4.6.3).
+    pub directed: HashSet<Jid>,
+    /// Module data (blocklist cache, CSI state, …) keyed by the module's name.
+    pub ext: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    /// Elements to write to this client after the current event.
+    pub outbox: Vec<Element>,
+    /// Remote address of the client.
+    pub peer: std::net::SocketAddr,
+}
+
+impl SessionState {
+    /// A fresh session for `jid`.
+    pub fn new(id: SessionId, jid: FullJid, peer: std::net::SocketAddr) -> Self {
+        let bare = jid.to_bare();
+        SessionState {
+            id,
+            jid,
+            bare,
+            roster: None,
+            roster_requested: false,
+            presence: None,
+            priority: 0,
+            directed: HashSet::new(),
+            ext: HashMap::new(),
+            outbox: Vec::new(),
+            peer,
+        }
+    }
+
+    /// Queues an element for this client.
+    pub fn send(&mut self, el: Element) {
+        self.outbox.push(el);
+    }
+
+    /// Whether the session has sent available presence.
+    pub fn is_available(&self) -> bool {
+        self.presence.is_some()
+    }
+
+    /// Typed access to a module's extension data.
+    pub fn ext<T: Any + Send + Sync>(&self, key: &'static str) -> Option<&T> {
+        self.ext.get(key).and_then(|b| b.downcast_ref())
+    }
+
+    /// Typed mutable access to a module's extension data.
+    pub fn ext_mut<T: Any + Send + Sync>(&mut self, key: &'static str) -> Option<&mut T> {
+        self.ext.get_mut(key).and_then(|b| b.downcast_mut())
+    }
+}
+
+/// Loads the session's roster cache from storage on first use.
+pub async fn ensure_roster<'a>(
+    ctx: &crate::ServerContext,
+    s: &'a mut SessionState,
+) -> Result<&'a mut RosterCache, meerkat_stanza::StanzaError> {
+    if s.roster.is_none() {
+        let acc = crate::account(&s.bare).expect("a bound session's JID has a localpart");
+        let roster = ctx.stores.roster.get_roster(acc).await.map_err(|e| {
+            tracing::error!(user = %s.bare, error = %e, "storage failure loading a roster");
+            meerkat_stanza::StanzaError::internal()
+        })?;
+        s.roster = Some(RosterCache {
+            items: roster.items.into_iter().map(|i| (i.jid.clone(), i)).collect(),
+            version: roster.version,
+        });
+    }
+    Ok(s.roster.as_mut().expect("loaded just above"))
+}

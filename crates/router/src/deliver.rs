@@ -1,0 +1,335 @@
+//! Delivery rules: RFC 6120 §10 (server rules for processing XML stanzas) and
+//! RFC 6121 §8 (rules for stanzas addressed to local users).
+
+use std::sync::Arc;
+
+use meerkat_core::hooks::{Flow, IqScope, OfflineOutcome};
+use meerkat_core::router::{SessionHandle, SessionInfo};
+use meerkat_core::{account, Router, ServerContext, SessionId, SessionMsg};
+use meerkat_stanza::{BareJid, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
+use meerkat_storage::Subscription;
+use meerkat_xml::Element;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::table::SessionTable;
+
+/// The single-node router.
+#[derive(Default)]
+pub struct LocalRouter {
+    table: SessionTable,
+}
+
+impl LocalRouter {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts a stanza in a session's mailbox; gives it back if the mailbox is full
+    /// (the session is then told to close) or gone.
+    fn try_deliver(&self, h: &SessionHandle, st: Stanza) -> Result<(), Stanza> {
+        match h.mailbox.try_send(SessionMsg::Stanza(st)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(SessionMsg::Stanza(st))) => {
+                tracing::warn!(jid = %h.jid, "session mailbox full: closing the session");
+                h.overflow.notify_one();
+                Err(st)
+            }
+            Err(TrySendError::Closed(SessionMsg::Stanza(st))) => Err(st),
+            Err(_) => unreachable!("try_send gives back the message it was given"),
+        }
+    }
+
+    /// Sends an error reply for `st` back to its sender (never for errors).
+    async fn bounce(&self, ctx: &ServerContext, st: &Stanza, err: StanzaError) {
+        if let Some(reply) = st.error_reply(&err) {
+            if reply.to.is_some() {
+                Box::pin(self.route(ctx, reply)).await;
+            }
+        }
+    }
+
+    /// RFC 6121 §8.5: a stanza for a local account.
+    async fn to_local_user(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
+        match st.kind {
+            StanzaKind::Message => self.message(ctx, to, st).await,
+            StanzaKind::Presence => self.presence(ctx, to, st).await,
+            StanzaKind::Iq => self.iq(ctx, to, st).await,
+        }
+    }
+
+    /// RFC 6121 §8.5.2 / §8.5.3.1 / §8.5.3.2.1 for messages.
+    async fn message(&self, ctx: &ServerContext, to: Jid, mut st: Stanza) {
+        let ty = st.type_attr().unwrap_or("normal").to_string();
+        let bare = to.to_bare();
+        match ty.as_str() {
+            "error" => {}
+            "groupchat" => {}
+            _ => self.stamp(ctx, &bare, &mut st),
+        }
+        if let Ok(full) = to.try_as_full() {
+            // §8.5.3.1: a connected resource that matches exactly gets it.
+            if let Some(h) = self.table.get(full) {
+                match self.try_deliver(&h, st) {
+                    Ok(()) => return,
+                    Err(back) => st = back,
+                }
+            }
+            // §8.5.3.2.1: no such resource; chat and normal fall back to the bare JID.
+            match ty.as_str() {
+                "chat" | "normal" => {}
+                "groupchat" => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
+                _ => return, // headline, error: silently ignored
+            }
+        }
+        match ty.as_str() {
+            "error" => return,
+            "groupchat" => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
+            _ => {}
+        }
+        // §8.5.2.1: available resources with non-negative priority; headlines go to
+        // all of them, chat and normal to the highest-priority ones.
+        let targets: Vec<SessionHandle> = self.table.with_user(bare.as_str(), |list| {
+            let avail = list.iter().filter(|e| e.presence.is_some() && e.priority >= 0);
+            let top = if ty == "headline" { None } else { avail.clone().map(|e| e.priority).max() };
+            avail.filter(|e| top.is_none_or(|t| e.priority == t)).map(|e| e.handle.clone()).collect()
+        });
+        let n = targets.len();
+        let mut pending = Some(st);
+        let mut delivered = false;
+        for (i, h) in targets.iter().enumerate() {
+            let one = match (i + 1 == n, pending.take()) {
+                (true, Some(p)) => p,
+                (false, Some(p)) => {
+                    let c = p.clone();
+                    pending = Some(p);
+                    c
+                }
+                (_, None) => break,
+            };
+            match self.try_deliver(h, one) {
+                Ok(()) => delivered = true,
+                Err(back) => {
+                    if pending.is_none() {
+                        pending = Some(back);
+                    }
+                }
+            }
+        }
+        let (false, Some(st)) = (delivered, pending) else { return };
+        // §8.5.2.2: no available resource took it.
+        if ty == "headline" {
+            return;
+        }
+        self.offline(ctx, &bare, st).await;
+    }
+
+    /// Stamps hooks' per-delivery changes (e.g. XEP-0359 stanza ids) once.
+    fn stamp(&self, ctx: &ServerContext, bare: &BareJid, st: &mut Stanza) {
+        for h in &ctx.hooks.delivery {
+            h.on_deliver_message(ctx, bare, st);
+        }
+    }
+
+    /// The offline path: account check, offline filters, offline storage, or a bounce.
+    async fn offline(&self, ctx: &ServerContext, bare: &BareJid, st: Stanza) {
+        let Some(acc) = account(bare) else { return };
+        match ctx.stores.auth.user_exists(acc).await {
+            Ok(true) => {}
+            Ok(false) => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
+            Err(e) => {
+                tracing::error!(to = %bare, error = %e, "storage failure checking a message recipient");
+                return self.bounce(ctx, &st, StanzaError::internal()).await;
+            }
+        }
+        for h in &ctx.hooks.delivery {
+            match h.on_inbound_offline_filter(ctx, bare, &st).await {
+                Flow::Continue => {}
+                Flow::Drop => return,
+                Flow::Bounce(e) => return self.bounce(ctx, &st, e).await,
+            }
+        }
+        for h in &ctx.hooks.delivery {
+            match h.on_offline_message(ctx, bare, &st).await {
+                OfflineOutcome::Stored => return,
+                OfflineOutcome::NotHandled => {}
+                OfflineOutcome::Refused(e) => return self.bounce(ctx, &st, e).await,
+            }
+        }
+        self.bounce(ctx, &st, StanzaError::service_unavailable()).await
+    }
+
+    /// RFC 6121 §8.5.2.1.2 / §8.5.3 and §4.3 / §3 for presence.
+    async fn presence(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
+        let bare = to.to_bare();
+        match st.type_attr() {
+            Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
+                // RFC 6121 §3: subscription stanzas go to the bare JID.
+                for h in &ctx.hooks.delivery {
+                    match h.on_inbound_subscription(ctx, &bare, &st).await {
+                        Flow::Continue => {}
+                        Flow::Drop => return,
+                        Flow::Bounce(e) => return self.bounce(ctx, &st, e).await,
+                    }
+                }
+                self.to_available(&bare, &st);
+            }
+            Some("probe") => self.probe(ctx, to, &st).await,
+            _ => match to.try_as_full() {
+                Ok(full) => {
+                    if let Some(h) = self.table.get(full) {
+                        let _ = self.try_deliver(&h, st);
+                    }
+                }
+                Err(_) => self.to_available(&bare, &st),
+            },
+        }
+    }
+
+    /// Delivers a copy to every available resource of `bare`.
+    fn to_available(&self, bare: &BareJid, st: &Stanza) {
+        let targets: Vec<SessionHandle> = self.table.with_user(bare.as_str(), |l| {
+            l.iter().filter(|e| e.presence.is_some()).map(|e| e.handle.clone()).collect()
+        });
+        for h in targets {
+            let _ = self.try_deliver(&h, st.clone());
+        }
+    }
+
+    /// RFC 6121 §4.3.2: answer a probe on behalf of a local user, if the prober
+    /// is allowed to see the user's presence (a subscription `from`/`both` in the
+    /// user's stored roster, or the user's own account).
+    async fn probe(&self, ctx: &ServerContext, to: Jid, st: &Stanza) {
+        let Some(from) = st.from.clone() else { return };
+        let bare = to.to_bare();
+        let sessions: Vec<SessionInfo> = self.table.sessions(&bare);
+        let available: Vec<&SessionInfo> = sessions
+            .iter()
+            .filter(|s| s.presence.is_some())
+            .filter(|s| to.try_as_full().map_or(true, |f| &s.jid == f))
+            .collect();
+        if available.is_empty() {
+            return;
+        }
+        let from_bare = from.to_bare();
+        if from_bare != bare {
+            let Some(acc) = account(&bare) else { return };
+            match ctx.stores.roster.get_item(acc, from_bare.as_str()).await {
+                Ok(Some(item)) if matches!(item.subscription, Subscription::From | Subscription::Both) => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(user = %bare, error = %e, "storage failure answering a presence probe");
+                    return;
+                }
+            }
+        }
+        for s in available {
+            if let Some(p) = &s.presence {
+                let mut el = (**p).clone();
+                el.set_attr("from", s.jid.as_str());
+                el.set_attr("to", from.as_str());
+                Box::pin(self.route(ctx, Stanza::from_trusted(el))).await;
+            }
+        }
+    }
+
+    /// RFC 6121 §8.5.2.1.3 / §8.5.3 for IQs.
+    async fn iq(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
+        match to.try_as_full() {
+            Ok(full) => {
+                if let Some(h) = self.table.get(full) {
+                    if let Err(back) = self.try_deliver(&h, st) {
+                        self.bounce(ctx, &back, StanzaError::service_unavailable()).await;
+                    }
+                } else {
+                    self.bounce(ctx, &st, StanzaError::service_unavailable()).await;
+                }
+            }
+            Err(_) => {
+                // §8.5.2.1.3: the server handles an IQ to a bare JID on the user's behalf.
+                let Some(from) = st.from.clone() else { return };
+                if let Some(reply) = ctx.dispatch_iq(IqScope::Account, &st, &from, &to, None, None).await {
+                    Box::pin(self.route(ctx, Stanza::from_trusted(reply))).await;
+                }
+            }
+        }
+    }
+
+    /// RFC 6120 §10.3.1-3: a stanza for the server's own domain.
+    async fn to_server(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
+        if st.kind == StanzaKind::Iq {
+            let Some(from) = st.from.clone() else { return };
+            if let Some(reply) = ctx.dispatch_iq(IqScope::Server, &st, &from, &to, None, None).await {
+                Box::pin(self.route(ctx, Stanza::from_trusted(reply))).await;
+            }
+        }
+        // Messages and presence for the server itself have no handler: ignored.
+    }
+}
+
+#[async_trait::async_trait]
+impl Router for LocalRouter {
+    async fn route(&self, ctx: &ServerContext, st: Stanza) {
+        let Some(to) = st.to.clone() else {
+            tracing::debug!("dropping a stanza without 'to' handed to the router");
+            return;
+        };
+        if !ctx.is_local_domain(to.domain().as_str()) {
+            // No server-to-server yet: RFC 6120 §10.4.
+            return self
+                .bounce(ctx, &st, StanzaError::new(StanzaErrorCondition::RemoteServerNotFound))
+                .await;
+        }
+        if to.node().is_none() {
+            return self.to_server(ctx, to, st).await;
+        }
+        self.to_local_user(ctx, to, st).await
+    }
+
+    fn register(&self, handle: SessionHandle) -> Option<SessionHandle> {
+        self.table.insert(handle)
+    }
+
+    fn unregister(&self, jid: &FullJid, id: SessionId) {
+        self.table.remove(jid, id)
+    }
+
+    fn set_presence(&self, jid: &FullJid, id: SessionId, priority: i8, presence: Option<Arc<Element>>) {
+        self.table.set_presence(jid, id, priority, presence)
+    }
+
+    fn sessions(&self, bare: &BareJid) -> Vec<SessionInfo> {
+        self.table.sessions(bare)
+    }
+
+    fn send(&self, jid: &FullJid, msg: SessionMsg) -> bool {
+        let Some(h) = self.table.get(jid) else { return false };
+        match h.mailbox.try_send(msg) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                h.overflow.notify_one();
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn send_all(&self, bare: &BareJid, msg: &dyn Fn() -> SessionMsg) -> usize {
+        let handles: Vec<SessionHandle> =
+            self.table.with_user(bare.as_str(), |l| l.iter().map(|e| e.handle.clone()).collect());
+        let mut n = 0;
+        for h in handles {
+            match h.mailbox.try_send(msg()) {
+                Ok(()) => n += 1,
+                Err(TrySendError::Full(_)) => h.overflow.notify_one(),
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        n
+    }
+
+    fn session_count(&self) -> usize {
+        self.table.len()
+    }
+}
+
