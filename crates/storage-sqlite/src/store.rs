@@ -1,0 +1,569 @@
+//! The storage traits implemented on SQLite.
+//!
+//! Each method copies its arguments into owned values, then runs one closure on a
+//! connection thread (see the crate docs): reads on a reader connection, changes on
+//! the writer. Every statement goes through rusqlite's prepared-statement cache.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meerkat_storage::{
+    Account, AuthStore, BlockingStore, Error, LastActivity, LastStore, OfflineMessage, OfflineStore, Result, Roster,
+    RosterItem, RosterStore, StoredCredentials, Subscription, XmlStore,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::{db_err, groups, Pool, Target};
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Owned `(domain, user)` of an account, to move into a connection closure.
+fn owned(acc: Account<'_>) -> (String, String) {
+    (acc.domain.to_owned(), acc.user.to_owned())
+}
+
+/// A count or limit as an SQLite integer.
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The SQLite backend; implements every storage trait.
+pub(crate) struct SqliteStore {
+    pool: Pool,
+}
+
+impl SqliteStore {
+    pub(crate) fn new(pool: Pool) -> Self {
+        SqliteStore { pool }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.pool.run(Target::Reader, f).await
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.pool.run(Target::Writer, f).await
+    }
+}
+
+/// Starts a write transaction that takes the database write lock immediately.
+fn write_tx<'c>(conn: &'c mut Connection, what: &'static str) -> Result<rusqlite::Transaction<'c>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err(what))
+}
+
+#[async_trait::async_trait]
+impl AuthStore for SqliteStore {
+    async fn create_user(&self, acc: Account<'_>, creds: &StoredCredentials) -> Result<()> {
+        let (d, u) = owned(acc);
+        let c = creds.to_storage_string();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO users (domain, username, credentials, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (domain, username) DO NOTHING",
+                )
+                .and_then(|mut st| st.execute(params![d, u, c, now_secs()]))
+                .map_err(db_err("create_user"))?;
+            if n == 0 {
+                Err(Error::AlreadyExists)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn set_credentials(&self, acc: Account<'_>, creds: &StoredCredentials) -> Result<()> {
+        let (d, u) = owned(acc);
+        let c = creds.to_storage_string();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("UPDATE users SET credentials = ?3 WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut st| st.execute(params![d, u, c]))
+                .map_err(db_err("set_credentials"))?;
+            if n == 0 {
+                Err(Error::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn get_credentials(&self, acc: Account<'_>) -> Result<Option<StoredCredentials>> {
+        let (d, u) = owned(acc);
+        self.read(move |conn| {
+            let s: Option<String> = conn
+                .prepare_cached("SELECT credentials FROM users WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut st| st.query_row(params![d, u], |r| r.get(0)).optional())
+                .map_err(db_err("get_credentials"))?;
+            s.map(|s| {
+                StoredCredentials::from_storage_string(&s)
+                    .map_err(|e| Error::Backend(format!("sqlite: stored credentials of {u}@{d} are unreadable: {e}")))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete_user(&self, acc: Account<'_>) -> Result<bool> {
+        let (d, u) = owned(acc);
+        self.write(move |conn| {
+            let err = db_err("delete_user");
+            let tx = write_tx(conn, "delete_user")?;
+            for sql in [
+                "DELETE FROM roster_items WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM roster_versions WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM offline_messages WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM xml_blobs WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM last_activity WHERE domain = ?1 AND username = ?2",
+            ] {
+                tx.prepare_cached(sql)
+                    .and_then(|mut st| st.execute(params![d, u]))
+                    .map_err(&err)?;
+            }
+            let n = tx
+                .prepare_cached("DELETE FROM users WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut st| st.execute(params![d, u]))
+                .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_users(&self, domain: &str) -> Result<Vec<String>> {
+        let d = domain.to_owned();
+        self.read(move |conn| {
+            let mut st = conn
+                .prepare_cached("SELECT username FROM users WHERE domain = ?1 ORDER BY username")
+                .map_err(db_err("list_users"))?;
+            let rows = st.query_map(params![d], |r| r.get(0)).map_err(db_err("list_users"))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(db_err("list_users"))
+        })
+        .await
+    }
+
+    async fn user_exists(&self, acc: Account<'_>) -> Result<bool> {
+        let (d, u) = owned(acc);
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE domain = ?1 AND username = ?2)")
+                .and_then(|mut st| st.query_row(params![d, u], |r| r.get(0)))
+                .map_err(db_err("user_exists"))
+        })
+        .await
+    }
+}
+
+/// Columns of `roster_items` in the order [`read_item`] expects.
+const ITEM_COLUMNS: &str =
+    "jid, name, subscription, ask_out, pending_in, pending_in_stanza, approved, visible, groups_json";
+
+/// A roster row as stored, before the checks that can fail.
+struct RawItem {
+    jid: String,
+    name: Option<String>,
+    subscription: String,
+    ask_out: bool,
+    pending_in: bool,
+    pending_in_stanza: Option<String>,
+    approved: bool,
+    visible: bool,
+    groups: String,
+}
+
+fn read_item(r: &Row<'_>) -> rusqlite::Result<RawItem> {
+    Ok(RawItem {
+        jid: r.get(0)?,
+        name: r.get(1)?,
+        subscription: r.get(2)?,
+        ask_out: r.get(3)?,
+        pending_in: r.get(4)?,
+        pending_in_stanza: r.get(5)?,
+        approved: r.get(6)?,
+        visible: r.get(7)?,
+        groups: r.get(8)?,
+    })
+}
+
+impl RawItem {
+    fn into_item(self) -> Result<RosterItem> {
+        let subscription = Subscription::parse(&self.subscription).ok_or_else(|| {
+            Error::Backend(format!(
+                "sqlite: roster item {} has an unknown subscription {:?}",
+                self.jid, self.subscription
+            ))
+        })?;
+        let groups = groups::decode(&self.groups)
+            .map_err(|e| Error::Backend(format!("sqlite: roster item {} has unreadable groups: {e}", self.jid)))?;
+        Ok(RosterItem {
+            jid: self.jid,
+            name: self.name,
+            subscription,
+            ask_out: self.ask_out,
+            pending_in: self.pending_in,
+            pending_in_stanza: self.pending_in_stanza,
+            approved: self.approved,
+            visible: self.visible,
+            groups,
+        })
+    }
+}
+
+/// Bumps the account's roster version inside `tx` and returns the new version.
+fn bump_version(tx: &rusqlite::Transaction<'_>, d: &str, u: &str) -> Result<u64> {
+    let v: i64 = tx
+        .prepare_cached(
+            "INSERT INTO roster_versions (domain, username, version) VALUES (?1, ?2, 1)
+             ON CONFLICT (domain, username) DO UPDATE SET version = version + 1
+             RETURNING version",
+        )
+        .and_then(|mut st| st.query_row(params![d, u], |r| r.get(0)))
+        .map_err(db_err("roster version bump"))?;
+    u64::try_from(v).map_err(|_| Error::Backend(format!("sqlite: roster version {v} of {u}@{d} is negative")))
+}
+
+#[async_trait::async_trait]
+impl RosterStore for SqliteStore {
+    async fn get_roster(&self, acc: Account<'_>) -> Result<Roster> {
+        let (d, u) = owned(acc);
+        self.read(move |conn| {
+            let err = db_err("get_roster");
+            // One read transaction: the version and the items come from the same snapshot.
+            let tx = conn.transaction().map_err(&err)?;
+            let version: Option<i64> = tx
+                .prepare_cached("SELECT version FROM roster_versions WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut st| st.query_row(params![d, u], |r| r.get(0)).optional())
+                .map_err(&err)?;
+            let version = u64::try_from(version.unwrap_or(0))
+                .map_err(|_| Error::Backend(format!("sqlite: roster version of {u}@{d} is negative")))?;
+            let raw = {
+                let mut st = tx
+                    .prepare_cached(&format!(
+                        "SELECT {ITEM_COLUMNS} FROM roster_items WHERE domain = ?1 AND username = ?2 ORDER BY jid"
+                    ))
+                    .map_err(&err)?;
+                let rows = st.query_map(params![d, u], read_item).map_err(&err)?;
+                rows.collect::<rusqlite::Result<Vec<RawItem>>>().map_err(&err)?
+            };
+            tx.finish().map_err(&err)?;
+            let items = raw.into_iter().map(RawItem::into_item).collect::<Result<Vec<_>>>()?;
+            Ok(Roster { version, items })
+        })
+        .await
+    }
+
+    async fn get_item(&self, acc: Account<'_>, jid: &str) -> Result<Option<RosterItem>> {
+        let (d, u) = owned(acc);
+        let jid = jid.to_owned();
+        self.read(move |conn| {
+            let raw = conn
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM roster_items WHERE domain = ?1 AND username = ?2 AND jid = ?3"
+                ))
+                .and_then(|mut st| st.query_row(params![d, u, jid], read_item).optional())
+                .map_err(db_err("get_item"))?;
+            raw.map(RawItem::into_item).transpose()
+        })
+        .await
+    }
+
+    async fn put_item(&self, acc: Account<'_>, item: &RosterItem) -> Result<u64> {
+        let (d, u) = owned(acc);
+        let it = item.clone();
+        let groups = groups::encode(&item.groups);
+        self.write(move |conn| {
+            let err = db_err("put_item");
+            let tx = write_tx(conn, "put_item")?;
+            tx.prepare_cached(
+                "INSERT INTO roster_items
+                     (domain, username, jid, name, subscription, ask_out, pending_in, pending_in_stanza,
+                      approved, visible, groups_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (domain, username, jid) DO UPDATE SET
+                     name = excluded.name,
+                     subscription = excluded.subscription,
+                     ask_out = excluded.ask_out,
+                     pending_in = excluded.pending_in,
+                     pending_in_stanza = excluded.pending_in_stanza,
+                     approved = excluded.approved,
+                     visible = excluded.visible,
+                     groups_json = excluded.groups_json",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    d,
+                    u,
+                    it.jid,
+                    it.name,
+                    it.subscription.as_str(),
+                    it.ask_out,
+                    it.pending_in,
+                    it.pending_in_stanza,
+                    it.approved,
+                    it.visible,
+                    groups
+                ])
+            })
+            .map_err(&err)?;
+            let v = bump_version(&tx, &d, &u)?;
+            tx.commit().map_err(&err)?;
+            Ok(v)
+        })
+        .await
+    }
+
+    async fn delete_item(&self, acc: Account<'_>, jid: &str) -> Result<Option<u64>> {
+        let (d, u) = owned(acc);
+        let jid = jid.to_owned();
+        self.write(move |conn| {
+            let err = db_err("delete_item");
+            let tx = write_tx(conn, "delete_item")?;
+            let n = tx
+                .prepare_cached("DELETE FROM roster_items WHERE domain = ?1 AND username = ?2 AND jid = ?3")
+                .and_then(|mut st| st.execute(params![d, u, jid]))
+                .map_err(&err)?;
+            if n == 0 {
+                return Ok(None); // the transaction rolls back on drop; nothing changed
+            }
+            let v = bump_version(&tx, &d, &u)?;
+            tx.commit().map_err(&err)?;
+            Ok(Some(v))
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl OfflineStore for SqliteStore {
+    async fn push(&self, acc: Account<'_>, stored_at_ms: i64, stanza: &str, limit: usize) -> Result<bool> {
+        let (d, u) = owned(acc);
+        let stanza = stanza.to_owned();
+        self.write(move |conn| {
+            let err = db_err("offline push");
+            let tx = write_tx(conn, "offline push")?;
+            let n: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut st| st.query_row(params![d, u], |r| r.get(0)))
+                .map_err(&err)?;
+            if n >= to_i64(limit) {
+                return Ok(false);
+            }
+            tx.prepare_cached(
+                "INSERT INTO offline_messages (domain, username, stored_at_ms, stanza) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| st.execute(params![d, u, stored_at_ms, stanza]))
+            .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn fetch(&self, acc: Account<'_>, max: usize) -> Result<Vec<OfflineMessage>> {
+        let (d, u) = owned(acc);
+        self.read(move |conn| {
+            let err = db_err("offline fetch");
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT id, stored_at_ms, stanza FROM offline_messages
+                     WHERE domain = ?1 AND username = ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(&err)?;
+            let rows = st
+                .query_map(params![d, u, to_i64(max)], |r| {
+                    Ok(OfflineMessage {
+                        id: r.get(0)?,
+                        stored_at_ms: r.get(1)?,
+                        stanza: r.get(2)?,
+                    })
+                })
+                .map_err(&err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)
+        })
+        .await
+    }
+
+    async fn remove_up_to(&self, acc: Account<'_>, up_to_id: i64) -> Result<()> {
+        let (d, u) = owned(acc);
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM offline_messages WHERE domain = ?1 AND username = ?2 AND id <= ?3")
+                .and_then(|mut st| st.execute(params![d, u, up_to_id]))
+                .map_err(db_err("offline remove_up_to"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn count(&self, acc: Account<'_>) -> Result<usize> {
+        let (d, u) = owned(acc);
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut st| st.query_row(params![d, u], |r| r.get(0)))
+                .map_err(db_err("offline count"))?;
+            usize::try_from(n).map_err(|_| Error::Backend(format!("sqlite: offline count {n} out of range")))
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl XmlStore for SqliteStore {
+    async fn get_xml(&self, acc: Account<'_>, kind: &str, key: &str) -> Result<Option<String>> {
+        let (d, u) = owned(acc);
+        let (kind, key) = (kind.to_owned(), key.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT xml FROM xml_blobs WHERE domain = ?1 AND username = ?2 AND kind = ?3 AND key = ?4",
+            )
+            .and_then(|mut st| st.query_row(params![d, u, kind, key], |r| r.get(0)).optional())
+            .map_err(db_err("get_xml"))
+        })
+        .await
+    }
+
+    async fn set_xml(&self, acc: Account<'_>, kind: &str, key: &str, xml: &str) -> Result<()> {
+        let (d, u) = owned(acc);
+        let (kind, key, xml) = (kind.to_owned(), key.to_owned(), xml.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO xml_blobs (domain, username, kind, key, xml) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (domain, username, kind, key) DO UPDATE SET xml = excluded.xml",
+            )
+            .and_then(|mut st| st.execute(params![d, u, kind, key, xml]))
+            .map_err(db_err("set_xml"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_xml(&self, acc: Account<'_>, kind: &str, key: &str) -> Result<()> {
+        let (d, u) = owned(acc);
+        let (kind, key) = (kind.to_owned(), key.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM xml_blobs WHERE domain = ?1 AND username = ?2 AND kind = ?3 AND key = ?4")
+                .and_then(|mut st| st.execute(params![d, u, kind, key]))
+                .map_err(db_err("delete_xml"))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockingStore for SqliteStore {
+    async fn blocklist(&self, acc: Account<'_>) -> Result<Vec<String>> {
+        let (d, u) = owned(acc);
+        self.read(move |conn| {
+            let err = db_err("blocklist");
+            let mut st = conn
+                .prepare_cached("SELECT jid FROM blocklist WHERE domain = ?1 AND username = ?2 ORDER BY jid")
+                .map_err(&err)?;
+            let rows = st.query_map(params![d, u], |r| r.get(0)).map_err(&err)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>().map_err(&err)
+        })
+        .await
+    }
+
+    async fn block(&self, acc: Account<'_>, jids: &[String]) -> Result<()> {
+        if jids.is_empty() {
+            return Ok(());
+        }
+        let (d, u) = owned(acc);
+        let jids = jids.to_vec();
+        self.write(move |conn| {
+            let err = db_err("block");
+            let tx = write_tx(conn, "block")?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO blocklist (domain, username, jid) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (domain, username, jid) DO NOTHING",
+                    )
+                    .map_err(&err)?;
+                for j in &jids {
+                    st.execute(params![d, u, j]).map_err(&err)?;
+                }
+            }
+            tx.commit().map_err(&err)
+        })
+        .await
+    }
+
+    async fn unblock(&self, acc: Account<'_>, jids: &[String]) -> Result<()> {
+        let (d, u) = owned(acc);
+        let jids = jids.to_vec();
+        self.write(move |conn| {
+            let err = db_err("unblock");
+            if jids.is_empty() {
+                conn.prepare_cached("DELETE FROM blocklist WHERE domain = ?1 AND username = ?2")
+                    .and_then(|mut st| st.execute(params![d, u]))
+                    .map_err(&err)?;
+                return Ok(());
+            }
+            let tx = write_tx(conn, "unblock")?;
+            {
+                let mut st = tx
+                    .prepare_cached("DELETE FROM blocklist WHERE domain = ?1 AND username = ?2 AND jid = ?3")
+                    .map_err(&err)?;
+                for j in &jids {
+                    st.execute(params![d, u, j]).map_err(&err)?;
+                }
+            }
+            tx.commit().map_err(&err)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl LastStore for SqliteStore {
+    async fn set_last(&self, acc: Account<'_>, last: &LastActivity) -> Result<()> {
+        let (d, u) = owned(acc);
+        let (at, status) = (last.at_secs, last.status.clone());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO last_activity (domain, username, at_secs, status) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (domain, username) DO UPDATE SET at_secs = excluded.at_secs, status = excluded.status",
+            )
+            .and_then(|mut st| st.execute(params![d, u, at, status]))
+            .map_err(db_err("set_last"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_last(&self, acc: Account<'_>) -> Result<Option<LastActivity>> {
+        let (d, u) = owned(acc);
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT at_secs, status FROM last_activity WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut st| {
+                    st.query_row(params![d, u], |r| {
+                        Ok(LastActivity {
+                            at_secs: r.get(0)?,
+                            status: r.get(1)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(db_err("get_last"))
+        })
+        .await
+    }
+}

@@ -1,0 +1,299 @@
+//! An in-memory backend: every store kept in ordinary maps behind one
+//! `parking_lot::Mutex`.
+//!
+//! It is meant for tests and for throw-away servers: nothing survives a restart. One
+//! lock over all maps keeps multi-store operations (`delete_user` cascading into every
+//! store) atomic, and is never held across an `.await` (every method locks, works and
+//! unlocks synchronously). Its semantics are the reference the SQL backends are held to
+//! by [`crate::conformance::run`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::{
+    Account, AuthStore, BlockingStore, Error, LastActivity, LastStore, OfflineMessage, OfflineStore, Result, Roster,
+    RosterItem, RosterStore, StoredCredentials, Stores, XmlStore,
+};
+
+/// Map key of an account: `(domain, user)`, so that one domain's users form a
+/// contiguous, sorted range of a `BTreeMap`.
+type Key = (String, String);
+
+fn key(acc: Account<'_>) -> Key {
+    (acc.domain.to_owned(), acc.user.to_owned())
+}
+
+/// One account's roster.
+#[derive(Default)]
+struct RosterData {
+    version: u64,
+    items: BTreeMap<String, RosterItem>,
+}
+
+/// Everything the store holds.
+#[derive(Default)]
+struct Inner {
+    users: BTreeMap<Key, StoredCredentials>,
+    rosters: HashMap<Key, RosterData>,
+    offline: HashMap<Key, Vec<OfflineMessage>>,
+    /// Last offline id handed out (ids are global, hence increasing per account).
+    offline_seq: i64,
+    /// `(kind, key) -> xml` per account.
+    xml: HashMap<Key, HashMap<(String, String), String>>,
+    blocking: HashMap<Key, BTreeSet<String>>,
+    last: HashMap<Key, LastActivity>,
+}
+
+/// The in-memory backend; implements every storage trait.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// A [`Stores`] bundle backed by a fresh, empty [`MemoryStore`].
+pub fn stores() -> Stores {
+    Stores::from_backend("memory", Arc::new(MemoryStore::new()))
+}
+
+#[async_trait::async_trait]
+impl AuthStore for MemoryStore {
+    async fn create_user(&self, acc: Account<'_>, creds: &StoredCredentials) -> Result<()> {
+        let mut inner = self.inner.lock();
+        match inner.users.entry(key(acc)) {
+            std::collections::btree_map::Entry::Occupied(_) => Err(Error::AlreadyExists),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(creds.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn set_credentials(&self, acc: Account<'_>, creds: &StoredCredentials) -> Result<()> {
+        let mut inner = self.inner.lock();
+        match inner.users.get_mut(&key(acc)) {
+            Some(c) => {
+                *c = creds.clone();
+                Ok(())
+            }
+            None => Err(Error::NotFound),
+        }
+    }
+
+    async fn get_credentials(&self, acc: Account<'_>) -> Result<Option<StoredCredentials>> {
+        Ok(self.inner.lock().users.get(&key(acc)).cloned())
+    }
+
+    async fn delete_user(&self, acc: Account<'_>) -> Result<bool> {
+        let k = key(acc);
+        let mut inner = self.inner.lock();
+        let existed = inner.users.remove(&k).is_some();
+        inner.rosters.remove(&k);
+        inner.offline.remove(&k);
+        inner.xml.remove(&k);
+        inner.blocking.remove(&k);
+        inner.last.remove(&k);
+        Ok(existed)
+    }
+
+    async fn list_users(&self, domain: &str) -> Result<Vec<String>> {
+        let inner = self.inner.lock();
+        let start = (domain.to_owned(), String::new());
+        Ok(inner
+            .users
+            .range(start..)
+            .take_while(|((d, _), _)| d == domain)
+            .map(|((_, u), _)| u.clone())
+            .collect())
+    }
+
+    async fn user_exists(&self, acc: Account<'_>) -> Result<bool> {
+        Ok(self.inner.lock().users.contains_key(&key(acc)))
+    }
+}
+
+#[async_trait::async_trait]
+impl RosterStore for MemoryStore {
+    async fn get_roster(&self, acc: Account<'_>) -> Result<Roster> {
+        let inner = self.inner.lock();
+        Ok(match inner.rosters.get(&key(acc)) {
+            Some(r) => Roster {
+                version: r.version,
+                items: r.items.values().cloned().collect(),
+            },
+            None => Roster::default(),
+        })
+    }
+
+    async fn get_item(&self, acc: Account<'_>, jid: &str) -> Result<Option<RosterItem>> {
+        let inner = self.inner.lock();
+        Ok(inner.rosters.get(&key(acc)).and_then(|r| r.items.get(jid).cloned()))
+    }
+
+    async fn put_item(&self, acc: Account<'_>, item: &RosterItem) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let r = inner.rosters.entry(key(acc)).or_default();
+        r.items.insert(item.jid.clone(), item.clone());
+        r.version += 1;
+        Ok(r.version)
+    }
+
+    async fn delete_item(&self, acc: Account<'_>, jid: &str) -> Result<Option<u64>> {
+        let mut inner = self.inner.lock();
+        let Some(r) = inner.rosters.get_mut(&key(acc)) else {
+            return Ok(None);
+        };
+        if r.items.remove(jid).is_none() {
+            return Ok(None);
+        }
+        r.version += 1;
+        Ok(Some(r.version))
+    }
+}
+
+#[async_trait::async_trait]
+impl OfflineStore for MemoryStore {
+    async fn push(&self, acc: Account<'_>, stored_at_ms: i64, stanza: &str, limit: usize) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        let k = key(acc);
+        if inner.offline.get(&k).map_or(0, Vec::len) >= limit {
+            return Ok(false);
+        }
+        inner.offline_seq += 1;
+        let id = inner.offline_seq;
+        inner.offline.entry(k).or_default().push(OfflineMessage {
+            id,
+            stored_at_ms,
+            stanza: stanza.to_owned(),
+        });
+        Ok(true)
+    }
+
+    async fn fetch(&self, acc: Account<'_>, max: usize) -> Result<Vec<OfflineMessage>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .offline
+            .get(&key(acc))
+            .map(|q| q.iter().take(max).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn remove_up_to(&self, acc: Account<'_>, up_to_id: i64) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let k = key(acc);
+        if let Some(q) = inner.offline.get_mut(&k) {
+            q.retain(|m| m.id > up_to_id);
+            if q.is_empty() {
+                inner.offline.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    async fn count(&self, acc: Account<'_>) -> Result<usize> {
+        Ok(self.inner.lock().offline.get(&key(acc)).map_or(0, Vec::len))
+    }
+}
+
+#[async_trait::async_trait]
+impl XmlStore for MemoryStore {
+    async fn get_xml(&self, acc: Account<'_>, kind: &str, key_: &str) -> Result<Option<String>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .xml
+            .get(&key(acc))
+            .and_then(|m| m.get(&(kind.to_owned(), key_.to_owned())).cloned()))
+    }
+
+    async fn set_xml(&self, acc: Account<'_>, kind: &str, key_: &str, xml: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        inner
+            .xml
+            .entry(key(acc))
+            .or_default()
+            .insert((kind.to_owned(), key_.to_owned()), xml.to_owned());
+        Ok(())
+    }
+
+    async fn delete_xml(&self, acc: Account<'_>, kind: &str, key_: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let k = key(acc);
+        if let Some(m) = inner.xml.get_mut(&k) {
+            m.remove(&(kind.to_owned(), key_.to_owned()));
+            if m.is_empty() {
+                inner.xml.remove(&k);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockingStore for MemoryStore {
+    async fn blocklist(&self, acc: Account<'_>) -> Result<Vec<String>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .blocking
+            .get(&key(acc))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn block(&self, acc: Account<'_>, jids: &[String]) -> Result<()> {
+        if jids.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.inner.lock();
+        inner.blocking.entry(key(acc)).or_default().extend(jids.iter().cloned());
+        Ok(())
+    }
+
+    async fn unblock(&self, acc: Account<'_>, jids: &[String]) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let k = key(acc);
+        if jids.is_empty() {
+            inner.blocking.remove(&k);
+            return Ok(());
+        }
+        if let Some(s) = inner.blocking.get_mut(&k) {
+            for j in jids {
+                s.remove(j);
+            }
+            if s.is_empty() {
+                inner.blocking.remove(&k);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl LastStore for MemoryStore {
+    async fn set_last(&self, acc: Account<'_>, last: &LastActivity) -> Result<()> {
+        self.inner.lock().last.insert(key(acc), last.clone());
+        Ok(())
+    }
+
+    async fn get_last(&self, acc: Account<'_>) -> Result<Option<LastActivity>> {
+        Ok(self.inner.lock().last.get(&key(acc)).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let stores = super::stores();
+        crate::conformance::run(&stores).await;
+        // A second run against the same store must not collide with the first.
+        crate::conformance::run(&stores).await;
+    }
+}
