@@ -1,1 +1,120 @@
-//! meerkat (placeholder)
+//! Meerkat, an XMPP server: wiring. Opens storage, starts modules, builds the
+//! [`ServerContext`], binds listeners and serves until shutdown.
+//!
+//! [`run`] is the one entry point, used by `meerkat serve` and by tests alike;
+//! listeners are bound by the caller ([`bind`]) so tests can use `127.0.0.1:0`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use meerkat_config::{Config, StorageUrl, TlsMode};
+use meerkat_core::{HookRegistry, ServerContext};
+use meerkat_storage::Stores;
+use meerkat_transport::tls::TlsMaterial;
+use meerkat_transport::{serve_c2s, ListenerRuntime};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub mod accounts;
+pub mod testing;
+
+/// Opens the configured storage (applying migrations).
+pub async fn open_storage(cfg: &Config) -> anyhow::Result<Stores> {
+    let url = cfg.storage.parsed().map_err(anyhow::Error::msg)?;
+    Ok(match url {
+        StorageUrl::Sqlite(path) => meerkat_storage_sqlite::open(Path::new(&path))
+            .await
+            .with_context(|| format!("opening SQLite database {path}"))?,
+        StorageUrl::Postgres(url) => meerkat_storage_postgres::open(&url).await.context("opening PostgreSQL")?,
+    })
+}
+
+/// Starts the modules and assembles the server context.
+pub fn build_context(cfg: Arc<Config>, stores: Stores) -> Arc<ServerContext> {
+    let mut reg = HookRegistry::default();
+    meerkat_modules::start(&cfg, &mut reg);
+    let router = Arc::new(meerkat_router::LocalRouter::new());
+    Arc::new(ServerContext::new(cfg, stores, reg.freeze(), router))
+}
+
+/// Binds every `[[listen.c2s]]` listener, in configuration order.
+pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for l in &cfg.listen.c2s {
+        let addr = format!("{}:{}", l.ip_address.get_ref(), l.port.get_ref());
+        let sock = TcpListener::bind(&addr).await.with_context(|| format!("binding c2s listener {addr}"))?;
+        out.push(sock);
+    }
+    Ok(out)
+}
+
+/// The secret that makes SCRAM answers for unknown users look like real ones
+/// (kept under the data directory so they stay stable across restarts).
+fn load_scram_secret(data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join("scram-secret");
+    let secret: [u8; 32] = match std::fs::read(&path) {
+        Ok(b) if b.len() == 32 => b.try_into().expect("length checked"),
+        _ => {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+            std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+            std::fs::write(&path, b).with_context(|| format!("writing {}", path.display()))?;
+            b
+        }
+    };
+    meerkat_sasl::set_unknown_user_secret(secret);
+    Ok(())
+}
+
+/// Serves on already-bound listeners until `shutdown` turns true, then tells every
+/// session to close and returns.
+pub async fn run(
+    ctx: Arc<ServerContext>,
+    listeners: Vec<TcpListener>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let cfg = ctx.config.clone();
+    if listeners.len() != cfg.listen.c2s.len() {
+        bail!("{} listeners bound for {} [[listen.c2s]] tables", listeners.len(), cfg.listen.c2s.len());
+    }
+    let data_dir = Path::new(&cfg.general.data_dir);
+    load_scram_secret(data_dir)?;
+    let slots = Arc::new(Semaphore::new(cfg.general.max_connections));
+    let mut self_signed: Option<TlsMaterial> = None;
+    let mut tasks = Vec::new();
+    for (l, sock) in cfg.listen.c2s.iter().zip(listeners) {
+        let tls = match (&l.tls.certfile, &l.tls.keyfile, l.tls.mode) {
+            (_, _, TlsMode::None) => None,
+            (Some(c), Some(k), _) => Some(
+                meerkat_transport::tls::load(Path::new(c.get_ref()), Path::new(k.get_ref()))
+                    .context("loading the listener's TLS certificate")?,
+            ),
+            _ => {
+                if self_signed.is_none() {
+                    self_signed = Some(
+                        meerkat_transport::tls::self_signed(data_dir, cfg.hosts())
+                            .context("preparing the self-signed certificate")?,
+                    );
+                }
+                self_signed.clone()
+            }
+        };
+        let shaper_rate = l.shaper.as_ref().and_then(|s| cfg.shaper.get(s.get_ref())).map(|s| s.max_rate);
+        let addr = sock.local_addr()?;
+        tracing::info!(%addr, mode = ?l.tls.mode, "c2s listener ready");
+        let rt = Arc::new(ListenerRuntime { ctx: ctx.clone(), cfg: l.clone(), tls, shaper_rate, slots: slots.clone() });
+        tasks.push(tokio::spawn(serve_c2s(rt, sock, shutdown.clone())));
+    }
+    tracing::info!(hosts = ?cfg.hosts(), storage = ctx.stores.backend, modules = ?ctx.hooks.modules, "Meerkat is serving");
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Listeners stopped; sessions received the shutdown signal too. Give them a
+    // moment to send their stream errors and unavailable presence.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ctx.router.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

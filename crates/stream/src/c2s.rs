@@ -168,8 +168,8 @@ impl C2s {
     }
 
     /// Takes the queued outputs.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Output> {
-        self.out.drain(..)
+    pub fn take_output(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
     }
 
     /// Whether the stream is closed.

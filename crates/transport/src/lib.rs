@@ -1,1 +1,14 @@
-//! meerkat-transport (placeholder)
+//! Sockets for XMPP clients: TCP listeners with STARTTLS (RFC 6120 §5) or direct TLS
+//! (XEP-0368), each connection driving one [`meerkat_stream::C2s`].
+//!
+//! A connection task is a thin loop (`c2s.rs`): `select!` on socket reads, the
+//! session mailbox, timers and shutdown; hand the event to the state machine; write
+//! what it queued. TLS material (`tls.rs`) is loaded from the configured PEM files
+//! or, when none are configured, a self-signed ECDSA P-256 certificate generated on
+//! first start under the data directory and reused afterwards.
+#![warn(missing_docs)]
+
+mod c2s;
+pub mod tls;
+
+pub use c2s::{serve_c2s, ListenerRuntime};

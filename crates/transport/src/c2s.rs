@@ -1,0 +1,276 @@
+//! One TCP listener and its connection tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meerkat_config::{C2sListener, TlsMode};
+use meerkat_core::ServerContext;
+use meerkat_sasl::ChannelBinding;
+use meerkat_stanza::ns;
+use meerkat_stream::{C2s, Listener, Output, TlsState, TransportInfo};
+use meerkat_xml::{Decoder, Framing, Limits};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::{channel_binding, TlsMaterial};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_CHUNK: usize = 4096;
+
+/// What a listener's connections share.
+pub struct ListenerRuntime {
+    /// The server.
+    pub ctx: Arc<ServerContext>,
+    /// The listener's configuration.
+    pub cfg: C2sListener,
+    /// TLS material (`None` only for `tls.mode = "none"`).
+    pub tls: Option<TlsMaterial>,
+    /// Inbound bytes per second per connection (`None` = unlimited).
+    pub shaper_rate: Option<u32>,
+    /// Connection slots shared by all listeners.
+    pub slots: Arc<Semaphore>,
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve_c2s(rt: Arc<ListenerRuntime>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = rt.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached: refusing");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let rt = rt.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            connection(rt, tcp, peer, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// A client connection, plain or encrypted.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Transient state while upgrading.
+    Gone,
+}
+
+impl Conn {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+            Conn::Gone => Ok(0),
+        }
+    }
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        async fn w<S: AsyncWrite + AsyncRead + Unpin>(s: &mut S, buf: &[u8]) -> std::io::Result<()> {
+            s.write_all(buf).await?;
+            s.flush().await
+        }
+        match self {
+            Conn::Plain(s) => w(s, buf).await,
+            Conn::Tls(s) => w(s.as_mut(), buf).await,
+            Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+            Conn::Gone => Ok(()),
+        };
+    }
+}
+
+async fn accept_tls(cfg: Arc<rustls::ServerConfig>, tcp: TcpStream) -> Option<(Conn, ChannelBinding)> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp)).await {
+        Ok(Ok(s)) => {
+            let cb = channel_binding(s.get_ref().1);
+            Some((Conn::Tls(Box::new(s)), cb))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// A token bucket on inbound bytes (`[shaper.NAME] max_rate`).
+struct Shaper {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Shaper {
+    fn consume(&mut self, n: usize) -> Option<Duration> {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        self.tokens -= n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, id: &str, from: &str) {
+    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='");
+    let mut s = String::new();
+    meerkat_xml::escape_attr(id, &mut s);
+    s.push_str("' from='");
+    meerkat_xml::escape_attr(from, &mut s);
+    s.push_str("' version='1.0' xml:lang='en'>");
+    out.extend_from_slice(s.as_bytes());
+}
+
+async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let mode = rt.cfg.tls.mode;
+    let (mut conn, tls_state, cb) = if mode == TlsMode::Tls {
+        let Some(tls) = &rt.tls else { return };
+        match accept_tls(tls.direct.clone(), tcp).await {
+            Some((c, cb)) => (c, TlsState::Secure, cb),
+            None => return,
+        }
+    } else {
+        (Conn::Plain(tcp), TlsState::Plain, ChannelBinding::None)
+    };
+    let mut listener = Listener::from_config(&rt.cfg);
+    listener.starttls_available = mode != TlsMode::Tls && rt.tls.is_some() && mode != TlsMode::None;
+    let info = TransportInfo { peer, tls: tls_state, channel_binding: cb };
+    let mut c2s = C2s::new(rt.ctx.clone(), listener, info);
+    let limits = Limits { max_stanza_bytes: rt.cfg.max_stanza_size, ..Limits::default() };
+    let mut dec = Decoder::new(Framing::Stream, limits);
+    let mut shaper = rt.shaper_rate.map(|r| Shaper { rate: r as f64, tokens: r as f64, at: Instant::now() });
+    let mut rbuf = vec![0u8; READ_CHUNK];
+    let mut wbuf: Vec<u8> = Vec::new();
+    loop {
+        let deadline = c2s.next_deadline();
+        tokio::select! {
+            r = conn.read(&mut rbuf) => match r {
+                Ok(0) | Err(_) => c2s.on_disconnect().await,
+                Ok(n) => {
+                    c2s.touch();
+                    dec.feed(&rbuf[..n]);
+                    loop {
+                        match dec.next_event() {
+                            Ok(Some(ev)) => {
+                                let default_ns = dec.default_ns().to_string();
+                                c2s.on_event(ev, &default_ns).await;
+                                // STARTTLS and SASL success restart the stream: act on
+                                // them before decoding anything further.
+                                if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf).await || c2s.is_closed() {
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                c2s.on_xml_error(&e).await;
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(d) = shaper.as_mut().and_then(|s| s.consume(n)) {
+                        tokio::time::sleep(d).await;
+                    }
+                    if let Some(d) = c2s.throttle() {
+                        tokio::time::sleep(d).await;
+                    }
+                    if rbuf.len() > READ_CHUNK {
+                        rbuf.truncate(READ_CHUNK);
+                    }
+                    if dec.buffered() == 0 {
+                        dec.shrink();
+                    }
+                }
+            },
+            m = c2s.recv() => c2s.on_mailbox(m).await,
+            _ = sleep_until(deadline) => c2s.on_timer().await,
+            _ = shutdown.changed() => c2s.on_shutdown().await,
+        }
+        if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf).await || c2s.is_closed() {
+            break;
+        }
+    }
+    // Make sure a session that ended on a write error is torn down too.
+    c2s.on_disconnect().await;
+    conn.shutdown().await;
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes what the session queued; performs STARTTLS and decoder resets in order.
+/// Returns `false` when the connection must end.
+async fn flush(
+    c2s: &mut C2s,
+    conn: &mut Conn,
+    dec: &mut Decoder,
+    rt: &ListenerRuntime,
+    wbuf: &mut Vec<u8>,
+) -> bool {
+    let outputs = c2s.take_output();
+    let mut keep = true;
+    for o in outputs {
+        match o {
+            Output::Header { id, from } => write_header(wbuf, &id, &from),
+            Output::Element(el) => el.write_to(wbuf, ns::CLIENT),
+            Output::ResetDecoder => dec.reset(),
+            Output::StartTls => {
+                if !write(conn, wbuf).await {
+                    return false;
+                }
+                let Some(tls) = &rt.tls else { return false };
+                let Conn::Plain(tcp) = std::mem::replace(conn, Conn::Gone) else { return false };
+                match accept_tls(tls.starttls.clone(), tcp).await {
+                    Some((c, cb)) => {
+                        *conn = c;
+                        c2s.tls_established(cb);
+                        dec.reset();
+                    }
+                    None => return false,
+                }
+            }
+            Output::Close => {
+                wbuf.extend_from_slice(b"</stream:stream>");
+                keep = false;
+            }
+        }
+    }
+    if !wbuf.is_empty() && !write(conn, wbuf).await {
+        return false;
+    }
+    keep
+}
+
+async fn write(conn: &mut Conn, wbuf: &mut Vec<u8>) -> bool {
+    let ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(wbuf)).await, Ok(Ok(())));
+    wbuf.clear();
+    if wbuf.capacity() > 64 * 1024 {
+        wbuf.shrink_to(4096);
+    }
+    ok
+}

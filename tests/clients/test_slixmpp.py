@@ -1,0 +1,167 @@
+"""Meerkat driven by slixmpp, an XMPP client library no one here wrote."""
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+
+from conftest import Client, mechanisms_offered
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
+async def test_each_sasl_mechanism_over_starttls(server, mech):
+    c = Client("alice@localhost/" + mech, "alice-secret", mech=mech)
+    assert await c.login(server), f"login with {mech} failed"
+    assert c.boundjid.full == "alice@localhost/" + mech
+    await c.close()
+
+
+async def test_direct_tls_listener(server):
+    c = Client("bob@localhost/direct", "bob-secret", direct_tls=True)
+    assert await c.login(server)
+    await c.close()
+
+
+async def test_plain_not_offered_in_the_clear(server):
+    mechs = mechanisms_offered(server)
+    assert "SCRAM-SHA-256" in mechs and "PLAIN" not in mechs
+
+
+async def test_wrong_password_fails(server):
+    c = Client("alice@localhost/wrong", "not-the-password")
+    assert await c.login(server) is False
+    await c.close()
+
+
+async def test_messages_to_full_and_bare_jid(server):
+    a = Client("alice@localhost/a", "alice-secret")
+    b = Client("bob@localhost/b", "bob-secret")
+    assert await a.login(server) and await b.login(server)
+    a.send_message(mto="bob@localhost/b", mbody="to full", mtype="chat")
+    m = await b.next_message()
+    assert m["body"] == "to full" and m["from"].full == "alice@localhost/a"
+    a.send_message(mto="bob@localhost", mbody="to bare", mtype="chat")
+    m = await b.next_message(pred=lambda m: m["body"] == "to bare")
+    assert m["to"].bare == "bob@localhost"
+    await a.close()
+    await b.close()
+
+
+async def test_subscription_roster_and_presence(server):
+    a = Client("carol@localhost/c", "carol-secret")
+    b = Client("dave@localhost/d", "dave-secret")
+    b.auto_authorize = True
+    b.auto_subscribe = False
+    assert await a.login(server) and await b.login(server)
+    a.send_presence(pto="dave@localhost", ptype="subscribe")
+    # Carol gets Dave's presence once he approves.
+    p = await a.next_presence(pred=lambda p: p["from"].bare == "dave@localhost" and p["type"] == "available")
+    assert p["from"].full == "dave@localhost/d"
+    await asyncio.sleep(0.2)
+    roster = await a.get_roster()
+    item = roster["roster"]["items"]["dave@localhost"]
+    assert item["subscription"] == "to", item
+    # Dave's status change reaches Carol; Dave going offline too.
+    b.send_presence(pshow="away", pstatus="lunch")
+    p = await a.next_presence(pred=lambda p: p["from"].bare == "dave@localhost" and p["type"] == "away")
+    assert p["status"] == "lunch"
+    await b.close()
+    p = await a.next_presence(pred=lambda p: p["from"].bare == "dave@localhost" and p["type"] == "unavailable")
+    await a.close()
+
+
+async def test_offline_delivery(server):
+    a = Client("alice@localhost/off", "alice-secret")
+    assert await a.login(server)
+    a.send_message(mto="erin@localhost", mbody="while you were out", mtype="chat")
+    await asyncio.sleep(0.3)
+    await a.close()
+    e = Client("erin@localhost/e", "erin-secret")
+    assert await e.login(server)
+    m = await e.next_message()
+    assert m["body"] == "while you were out"
+    assert m["delay"]["stamp"] is not None
+    await e.close()
+
+
+async def test_vcard(server):
+    a = Client("alice@localhost/vc", "alice-secret")
+    a.register_plugin("xep_0054")
+    assert await a.login(server)
+    vcard = a["xep_0054"].make_vcard()
+    vcard["FN"] = "Alice Liddell"
+    vcard["NICKNAME"] = "al"
+    await a["xep_0054"].publish_vcard(vcard)
+    b = Client("bob@localhost/vc", "bob-secret")
+    b.register_plugin("xep_0054")
+    assert await b.login(server)
+    res = await b["xep_0054"].get_vcard("alice@localhost", cached=False)
+    assert res["vcard_temp"]["FN"] == "Alice Liddell"
+    await a.close()
+    await b.close()
+
+
+async def test_blocking(server):
+    a = Client("alice@localhost/bl", "alice-secret")
+    a.register_plugin("xep_0191")
+    b = Client("bob@localhost/bl", "bob-secret")
+    assert await a.login(server) and await b.login(server)
+    await a["xep_0191"].block(["bob@localhost"])
+    blocked = await a["xep_0191"].get_blocked()
+    assert "bob@localhost" in [str(j) for j in blocked["blocklist"]["items"]]
+    b.send_message(mto="alice@localhost/bl", mbody="blocked?", mtype="chat")
+    a.send_message(mto="alice@localhost/bl", mbody="self-check", mtype="chat")
+    m = await a.next_message(pred=lambda m: m["body"] in ("blocked?", "self-check"))
+    assert m["body"] == "self-check", "a message from a blocked contact was delivered"
+    await a["xep_0191"].unblock(["bob@localhost"])
+    b.send_message(mto="alice@localhost/bl", mbody="unblocked", mtype="chat")
+    m = await a.next_message(pred=lambda m: m["body"] == "unblocked")
+    await a.close()
+    await b.close()
+
+
+async def test_disco_version_time_ping(server):
+    a = Client("alice@localhost/disco", "alice-secret")
+    for p in ["xep_0030", "xep_0092", "xep_0202", "xep_0199"]:
+        a.register_plugin(p)
+    assert await a.login(server)
+    info = await a["xep_0030"].get_info(jid="localhost")
+    feats = info["disco_info"]["features"]
+    for f in ["urn:xmpp:ping", "jabber:iq:version", "urn:xmpp:time", "vcard-temp", "msgoffline", "jabber:iq:last"]:
+        assert f in feats, (f, feats)
+    v = await a["xep_0092"].get_version("localhost")
+    assert v["software_version"]["name"] == "Meerkat"
+    t = await a["xep_0202"].get_entity_time("localhost")
+    assert t["entity_time"]["utc"] is not None
+    rtt = await a["xep_0199"].ping("localhost", timeout=5)
+    assert rtt >= 0
+    await a.close()
+
+
+async def test_bad_input_does_not_hurt_other_sessions(server):
+    a = Client("alice@localhost/steady", "alice-secret")
+    b = Client("bob@localhost/steady", "bob-secret")
+    assert await a.login(server) and await b.login(server)
+    # A raw TLS connection sends garbage and gets a stream error.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.tls_port)), server_hostname="localhost")
+    raw.sendall(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'><<<not xml")
+    data = b""
+    raw.settimeout(5)
+    while b"</stream:stream>" not in data:
+        chunk = raw.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert b"not-well-formed" in data, data
+    raw.close()
+    a.send_message(mto="bob@localhost/steady", mbody="still here", mtype="chat")
+    m = await b.next_message(pred=lambda m: m["body"] == "still here")
+    await a.close()
+    await b.close()
