@@ -42,6 +42,9 @@ pub struct RosterChange {
     pub removed: bool,
     /// The roster version after the change (XEP-0237).
     pub version: u64,
+    /// The session that made the change and already pushed it to its client
+    /// (RFC 6121 §2.3.2: push first, then the IQ result), if any.
+    pub origin: Option<SessionId>,
 }
 
 /// A session's cached roster: loaded once, then kept current by [`RosterChange`]s,

@@ -68,17 +68,66 @@ fn item_element(item: &RosterItem, removed: bool) -> Element {
 
 /// Stores an item and tells every session of the user (RFC 6121 §2.1.6).
 async fn save(ctx: &ServerContext, user: &BareJid, item: RosterItem) -> Result<(), StanzaError> {
+    save_from(ctx, user, item, None).await.map(|_| ())
+}
+
+/// [`save`], noting the session that made the change (it pushes to its own client
+/// at once, before its IQ result).
+async fn save_from(
+    ctx: &ServerContext,
+    user: &BareJid,
+    item: RosterItem,
+    origin: Option<&mut SessionState>,
+) -> Result<Arc<RosterChange>, StanzaError> {
     let acc = account(user).ok_or_else(StanzaError::internal)?;
     let version = ctx.stores.roster.put_item(acc, &item).await.map_err(|e| {
         tracing::error!(user = %user, error = %e, "storage failure saving a roster item");
         StanzaError::internal()
     })?;
-    let change = Arc::new(RosterChange { item, removed: false, version });
+    let change = Arc::new(RosterChange { item, removed: false, version, origin: origin.as_ref().map(|s| s.id) });
+    if let Some(s) = origin {
+        apply_and_push(s, &change, versioning_of(ctx));
+    }
     ctx.router.send_all(user, &|| SessionMsg::Event(change.clone()));
-    Ok(())
+    Ok(change)
+}
+
+fn versioning_of(ctx: &ServerContext) -> bool {
+    ctx.config.modules.mod_roster.as_ref().is_none_or(|r| r.versioning)
+}
+
+/// Updates a session's cached roster and pushes the change to its client if it
+/// asked for the roster (RFC 6121 §2.1.6).
+fn apply_and_push(s: &mut SessionState, change: &RosterChange, versioning: bool) {
+    if let Some(r) = &mut s.roster {
+        r.apply(change);
+    }
+    if s.roster_requested && (change.removed || change.item.visible) {
+        let mut q = Element::new("query", ns::ROSTER);
+        if versioning {
+            q.set_attr("ver", change.version.to_string());
+        }
+        q.append_child(item_element(&change.item, change.removed));
+        let push = Element::builder("iq", ns::CLIENT)
+            .attr("type", "set")
+            .attr("id", format!("push-{}", meerkat_core::util::random_id(10)))
+            .attr("to", s.jid.as_str())
+            .append(q)
+            .build();
+        s.send(push);
+    }
 }
 
 async fn remove(ctx: &ServerContext, user: &BareJid, jid: &str) -> Result<(), StanzaError> {
+    remove_from(ctx, user, jid, None).await
+}
+
+async fn remove_from(
+    ctx: &ServerContext,
+    user: &BareJid,
+    jid: &str,
+    origin: Option<&mut SessionState>,
+) -> Result<(), StanzaError> {
     let acc = account(user).ok_or_else(StanzaError::internal)?;
     let version = ctx.stores.roster.delete_item(acc, jid).await.map_err(|e| {
         tracing::error!(user = %user, error = %e, "storage failure removing a roster item");
@@ -86,7 +135,10 @@ async fn remove(ctx: &ServerContext, user: &BareJid, jid: &str) -> Result<(), St
     })?;
     if let Some(version) = version {
         let item = RosterItem { jid: jid.to_string(), ..RosterItem::default() };
-        let change = Arc::new(RosterChange { item, removed: true, version });
+        let change = Arc::new(RosterChange { item, removed: true, version, origin: origin.as_ref().map(|s| s.id) });
+        if let Some(s) = origin {
+            apply_and_push(s, &change, versioning_of(ctx));
+        }
         ctx.router.send_all(user, &|| SessionMsg::Event(change.clone()));
     }
     Ok(())
@@ -180,7 +232,7 @@ impl Roster {
             if !roster.items.contains_key(contact.as_str()) {
                 return Err(StanzaError::item_not_found());
             }
-            remove(ctx, &user, contact.as_str()).await?;
+            remove_from(ctx, &user, contact.as_str(), Some(s)).await?;
             return Ok(None);
         }
         let mut groups: Vec<String> = Vec::new();
@@ -209,7 +261,7 @@ impl Roster {
         it.name = name.filter(|n| !n.is_empty());
         it.groups = groups;
         it.visible = true;
-        save(ctx, &user, it).await?;
+        save_from(ctx, &user, it, Some(s)).await?;
         Ok(None)
     }
 
@@ -461,23 +513,10 @@ impl SessionHooks for Roster {
 
     async fn on_event(&self, _ctx: &ServerContext, s: &mut SessionState, ev: &SessionEvent) {
         let Some(change) = ev.downcast_ref::<RosterChange>() else { return };
-        if let Some(r) = &mut s.roster {
-            r.apply(change);
+        if change.origin == Some(s.id) {
+            return; // already applied and pushed by the session that made it
         }
-        if s.roster_requested && (change.removed || change.item.visible) {
-            let mut q = Element::new("query", ns::ROSTER);
-            if self.cfg.versioning {
-                q.set_attr("ver", change.version.to_string());
-            }
-            q.append_child(item_element(&change.item, change.removed));
-            let push = Element::builder("iq", ns::CLIENT)
-                .attr("type", "set")
-                .attr("id", format!("push-{}", meerkat_core::util::random_id(10)))
-                .attr("to", s.jid.as_str())
-                .append(q)
-                .build();
-            s.send(push);
-        }
+        apply_and_push(s, change, self.cfg.versioning);
     }
 }
 

@@ -207,6 +207,8 @@ impl LocalRouter {
             .iter()
             .filter(|s| s.presence.is_some())
             .filter(|s| to.try_as_full().map_or(true, |f| &s.jid == f))
+            // A resource probing its own account learns about the others only.
+            .filter(|s| from.try_as_full().map_or(true, |f| &s.jid != f))
             .collect();
         if available.is_empty() {
             return;

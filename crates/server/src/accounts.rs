@@ -85,3 +85,26 @@ pub async fn check(cfg: &Config, stores: &Stores, jid: &str, password: &str) -> 
     }
     Ok(())
 }
+
+/// Creates `prefix1..prefixN@domain` with one shared password (for load tests);
+/// returns how many were new.
+pub async fn bulk_add(
+    cfg: &Config,
+    stores: &Stores,
+    prefix: &str,
+    count: u32,
+    domain: &str,
+    password: &str,
+) -> anyhow::Result<u32> {
+    let creds = derive(password, cfg.auth.scram_iterations).await?;
+    let mut created = 0;
+    for i in 1..=count {
+        let bare = parse_user(cfg, &format!("{prefix}{i}@{domain}"))?;
+        match stores.auth.create_user(acc(&bare), &creds).await {
+            Ok(()) => created += 1,
+            Err(Error::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(created)
+}

@@ -48,6 +48,18 @@ enum UserCmd {
     List { domain: String },
     /// Check a password (exit status 0 when it is right).
     Check { jid: String, password: String },
+    /// Create PREFIX1..PREFIXN@DOMAIN sharing one password (load-test accounts;
+    /// existing ones are skipped). Keys are derived once, so this is fast.
+    BulkAdd {
+        #[arg(long, default_value = "user")]
+        prefix: String,
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        password: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +143,10 @@ async fn user(cfg: Config, cmd: UserCmd) -> anyhow::Result<()> {
             for u in accounts::list(&cfg, &stores, &domain).await? {
                 println!("{u}");
             }
+        }
+        UserCmd::BulkAdd { prefix, count, domain, password } => {
+            let n = accounts::bulk_add(&cfg, &stores, &prefix, count, &domain, &password).await?;
+            println!("created {n} accounts ({prefix}1..{prefix}{count}@{domain})");
         }
         UserCmd::Check { jid, password } => {
             accounts::check(&cfg, &stores, &jid, &password).await?;

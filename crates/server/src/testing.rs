@@ -109,6 +109,8 @@ impl RawClient {
 
     /// Sends an opening stream header for `localhost`.
     pub async fn open(&mut self) {
+        // A (re)started stream: the server answers with a fresh header.
+        self.dec.reset();
         self.send("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>").await;
     }
 

@@ -111,26 +111,20 @@ impl C2s {
             }
         }
         st.set_from(Jid::from(s.jid.clone()));
-        let keep = self.handle_stanza(&mut s, st).await;
+        self.handle_stanza(&mut s, st).await;
         self.flush_outbox(&mut s);
-        if keep {
-            self.state = State::Bound(s);
-        } else {
-            self.state = State::Bound(s);
-            self.terminate().await;
-            self.out.push(Output::Close);
-        }
+        self.state = State::Bound(s);
     }
 
-    /// Handles one stanza; returns `false` when the session should end.
-    async fn handle_stanza(&mut self, s: &mut SessionState, mut st: Stanza) -> bool {
+    /// Handles one stanza from the bound client.
+    async fn handle_stanza(&mut self, s: &mut SessionState, mut st: Stanza) {
         let ctx = self.ctx.clone();
         match st.kind {
             StanzaKind::Iq => {
                 let to_self = st.to.as_ref().is_none_or(|t| t.to_bare() == s.bare && t.resource().is_none());
-                let to_server =
-                    st.to.as_ref().is_some_and(|t| t.node().is_none() && t.resource().is_none() && t.domain().as_str() == self.domain)
-                        || st.to.as_ref().is_some_and(|t| t.node().is_none() && ctx.is_local_domain(t.domain().as_str()) && t.resource().is_none());
+                let to_server = st.to.as_ref().is_some_and(|t| {
+                    t.node().is_none() && t.resource().is_none() && ctx.is_local_domain(t.domain().as_str())
+                });
                 if to_self || to_server {
                     match st.iq_type() {
                         Some(IqType::Result | IqType::Error) => {
@@ -141,18 +135,18 @@ impl C2s {
                                     p.pending = None;
                                 }
                             }
-                            return true;
+                            return;
                         }
                         _ => {}
                     }
                     if st.iq_type() == Some(IqType::Set) && st.el.has_child("session", ns::SESSION) {
                         // RFC 3921 §3: legacy session establishment is a no-op.
                         s.send(make_iq_result(&st.el, None));
-                        return true;
+                        return;
                     }
                     if st.el.has_child("bind", ns::BIND) {
                         s.send(make_error_reply(&st.el, &StanzaError::not_allowed().with_text("already bound")));
-                        return true;
+                        return;
                     }
                     let (scope, to) = if to_server {
                         (IqScope::Server, st.to.clone().expect("server IQs have a 'to'"))
@@ -168,10 +162,10 @@ impl C2s {
                         }
                         s.send(reply);
                     }
-                    return true;
+                    return;
                 }
                 if !self.run_send_hooks(s, &mut st).await {
-                    return true;
+                    return;
                 }
                 ctx.route(st).await;
             }
@@ -180,10 +174,10 @@ impl C2s {
                     if let Some(status) = crate::presence::broadcast(&ctx, s, st).await {
                         self.last_status = status;
                     }
-                    return true;
+                    return;
                 }
                 if !self.run_send_hooks(s, &mut st).await {
-                    return true;
+                    return;
                 }
                 crate::presence::directed(&ctx, s, st).await;
             }
@@ -193,12 +187,11 @@ impl C2s {
                     st.set_to(Jid::from(s.bare.clone()));
                 }
                 if !self.run_send_hooks(s, &mut st).await {
-                    return true;
+                    return;
                 }
                 ctx.route(st).await;
             }
         }
-        true
     }
 
     /// Outgoing filters; `false` = the stanza was consumed.

@@ -454,9 +454,6 @@ impl C2s {
     /// Sends a stream error (with a header first if none was sent, RFC 6120
     /// §4.9.1.2) and closes.
     pub(crate) async fn stream_error(&mut self, cond: StreamError, text: Option<&str>) {
-        if matches!(self.state, State::Closed) && !self.header_sent && self.out.is_empty() {
-            // already closed and nothing written: still report
-        }
         self.send_header();
         self.out.push(Output::Element(cond.to_element(text)));
         self.terminate().await;
