@@ -108,7 +108,7 @@ class Client(slixmpp.ClientXMPP):
 
     async def login(self, server, timeout=10, presence=True, roster=True):
         port = server.tls_port if self.enable_direct_tls else server.starttls_port
-        self.connect(("127.0.0.1", port))
+        self.connect("127.0.0.1", port)
         ok = await asyncio.wait_for(self.started, timeout)
         if ok and roster:
             await self.get_roster()
