@@ -89,6 +89,11 @@ pub trait SessionHooks: Send + Sync + 'static {
     fn on_user_receive(&self, _ctx: &ServerContext, _s: &mut SessionState, _st: &mut Stanza) -> Flow {
         Flow::Continue
     }
+    /// Whether the session's presence broadcast (RFC 6121 §4.2.2, §4.5.2) may go
+    /// to `to` (XEP-0191: not to blocked contacts). Cheap and synchronous.
+    fn allows_presence_to(&self, _ctx: &ServerContext, _s: &SessionState, _to: &Jid) -> bool {
+        true
+    }
     /// The session sent available presence (`initial` = its first one).
     async fn on_available(&self, _ctx: &ServerContext, _s: &mut SessionState, _initial: bool) {}
     /// A module event reached the session.
@@ -123,8 +128,9 @@ pub trait DeliveryHooks: Send + Sync + 'static {
     }
     /// A message about to be delivered to local user `to` (e.g. stamp a stanza id).
     fn on_deliver_message(&self, _ctx: &ServerContext, _to: &BareJid, _st: &mut Stanza) {}
-    /// A stanza for local user `to` from `from`, checked before delivery or offline
-    /// storage when the user has no session (e.g. the stored blocklist).
+    /// A stanza for local user `to`, checked against the user's stored policy (the
+    /// XEP-0191 blocklist) where no session of the user decides: before offline
+    /// storage, and before answering a presence probe.
     async fn on_inbound_offline_filter(&self, _ctx: &ServerContext, _to: &BareJid, _st: &Stanza) -> Flow {
         Flow::Continue
     }

@@ -283,6 +283,10 @@ impl SessionHooks for Blocking {
         }
     }
 
+    fn allows_presence_to(&self, ctx: &ServerContext, s: &SessionState, to: &Jid) -> bool {
+        !session_blocks(ctx, s, to)
+    }
+
     fn on_user_receive(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         let Some(from) = &st.from else { return Flow::Continue };
         let Some(cache) = s.ext::<Cache>(EXT) else { return Flow::Continue };

@@ -214,6 +214,12 @@ impl LocalRouter {
             return;
         }
         let from_bare = from.to_bare();
+        // XEP-0191 §3.3: a blocked prober learns nothing.
+        for h in &ctx.hooks.delivery {
+            if !matches!(h.on_inbound_offline_filter(ctx, &bare, st).await, Flow::Continue) {
+                return;
+            }
+        }
         if from_bare != bare {
             let Some(acc) = account(&bare) else { return };
             match ctx.stores.roster.get_item(acc, from_bare.as_str()).await {

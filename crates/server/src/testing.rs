@@ -46,8 +46,17 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 impl TestServer {
     /// Starts a server with `cfg` (ports 0 are fine).
     pub async fn start_with(cfg: Config, dir: Option<tempfile::TempDir>) -> anyhow::Result<TestServer> {
-        let cfg = Arc::new(cfg);
         let stores = crate::open_storage(&cfg).await?;
+        Self::start_with_stores(cfg, stores, dir).await
+    }
+
+    /// Starts a server with `cfg` on already opened storage.
+    pub async fn start_with_stores(
+        cfg: Config,
+        stores: meerkat_storage::Stores,
+        dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<TestServer> {
+        let cfg = Arc::new(cfg);
         let ctx = crate::build_context(cfg.clone(), stores);
         let listeners = crate::bind(&cfg).await?;
         let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;

@@ -438,3 +438,36 @@ async fn clean_close_in_both_directions() {
     assert_eq!(b.expect_stream_error().await.as_deref(), Some("system-shutdown"));
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn blocked_contacts_get_no_presence() {
+    let s = server_with_users().await;
+    // Mutual subscription between alice and bob.
+    let mut a = online(&s, "alice", "a").await;
+    let mut b = online(&s, "bob", "b").await;
+    a.send("<presence to='bob@localhost' type='subscribe'/>").await;
+    b.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
+    b.send("<presence to='alice@localhost' type='subscribed'/>").await;
+    a.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("bob@localhost/b")).await;
+    b.send("<presence to='alice@localhost' type='subscribe'/>").await;
+    a.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
+    a.send("<presence to='bob@localhost' type='subscribed'/>").await;
+    b.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a") && e.attr("type").is_none()).await;
+    // Alice blocks Bob: Bob sees her go unavailable, then nothing more.
+    a.send("<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>").await;
+    a.expect_where(|e| e.attr("id") == Some("blk")).await;
+    let p = b.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a")).await;
+    assert_eq!(p.attr("type"), Some("unavailable"));
+    a.send("<presence><status>hidden from bob</status></presence>").await;
+    while let Some(e) = b.next(SHORT).await {
+        assert!(e.attr("from") != Some("alice@localhost/a"), "blocked contact got {e}");
+    }
+    // Bob's probe (a new resource) is not answered either.
+    let mut b2 = client(&s).await;
+    b2.login_plain("bob", "bob-pass", "b2").await;
+    b2.send("<presence/>").await;
+    while let Some(e) = b2.next(SHORT).await {
+        assert!(e.attr("from") != Some("alice@localhost/a"), "probe answered for a blocked contact: {e}");
+    }
+    s.stop().await;
+}

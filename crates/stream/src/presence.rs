@@ -10,8 +10,14 @@ use meerkat_core::{ServerContext, SessionState};
 use meerkat_stanza::{ns, Jid, Stanza};
 use meerkat_xml::Element;
 
-/// Routes a copy of `el` from the session to `to`.
+/// Routes a copy of `el` from the session to `to`, unless a module forbids it
+/// (XEP-0191: no presence to blocked contacts).
 async fn send_copy(ctx: &ServerContext, s: &SessionState, el: &Element, to: &str) {
+    if let Ok(jid) = Jid::new(to) {
+        if !ctx.hooks.session.iter().all(|h| h.allows_presence_to(ctx, s, &jid)) {
+            return;
+        }
+    }
     let mut copy = el.clone();
     copy.set_attr("from", s.jid.as_str());
     copy.set_attr("to", to);
