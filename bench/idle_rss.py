@@ -104,7 +104,10 @@ ping_interval = 3600
     open(path, "w").write(cfg)
     subprocess.run([BIN, "--config", path, "user", "bulk-add", "--count", str(args.sessions),
                     "--domain", "localhost", "--password", "secret"], check=True)
-    proc = subprocess.Popen([BIN, "--config", path, "serve"])
+    log = open(os.path.join(tmp, "server.log"), "w")
+    print(f"server log: {tmp}/server.log")
+    proc = subprocess.Popen([BIN, "--config", path, "serve"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "MEERKAT_LOG": os.environ.get("MEERKAT_LOG", "warn")})
     try:
         for _ in range(200):
             try:

@@ -20,8 +20,10 @@ pub type SessionEvent = Arc<dyn Any + Send + Sync>;
 /// What other tasks send to a session's mailbox.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// A stanza for the client; receive hooks run before it is written.
-    Stanza(Stanza),
+    /// A stanza for the client; receive hooks run before it is written. Boxed so
+    /// a mailbox slot stays small (tokio allocates slots in blocks of 32, and an
+    /// idle session's first block is part of its memory footprint).
+    Stanza(Box<Stanza>),
     /// A module event (see [`SessionEvent`]).
     Event(SessionEvent),
     /// RFC 6120 §7.7.2.2: another session bound the same full JID; close with `conflict`.

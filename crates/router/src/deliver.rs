@@ -28,14 +28,15 @@ impl LocalRouter {
     /// Puts a stanza in a session's mailbox; gives it back if the mailbox is full
     /// (the session is then told to close) or gone.
     fn try_deliver(&self, h: &SessionHandle, st: Stanza) -> Result<(), Stanza> {
-        match h.mailbox.try_send(SessionMsg::Stanza(st)) {
+        match h.mailbox.try_send(SessionMsg::Stanza(Box::new(st))) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(SessionMsg::Stanza(st))) => {
+                let st = *st;
                 tracing::warn!(jid = %h.jid, "session mailbox full: closing the session");
                 h.overflow.notify_one();
                 Err(st)
             }
-            Err(TrySendError::Closed(SessionMsg::Stanza(st))) => Err(st),
+            Err(TrySendError::Closed(SessionMsg::Stanza(st))) => Err(*st),
             Err(_) => unreachable!("try_send gives back the message it was given"),
         }
     }

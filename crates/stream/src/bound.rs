@@ -245,6 +245,7 @@ impl C2s {
                     }
                 }
                 if deliver {
+                    let st = *st;
                     self.out.push(Output::Element(st.el));
                 }
             }

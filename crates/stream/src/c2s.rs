@@ -487,7 +487,7 @@ impl C2s {
                 rx.close();
                 while let Ok(msg) = rx.try_recv() {
                     if let SessionMsg::Stanza(st) = msg {
-                        crate::bound::reroute_undelivered(&self.ctx, &s, st).await;
+                        crate::bound::reroute_undelivered(&self.ctx, &s, *st).await;
                     }
                 }
             }

@@ -10,7 +10,7 @@ use meerkat_sasl::ChannelBinding;
 use meerkat_stanza::ns;
 use meerkat_stream::{C2s, Listener, Output, TlsState, TransportInfo};
 use meerkat_xml::{Decoder, Framing, Limits};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -74,13 +74,73 @@ enum Conn {
     Gone,
 }
 
+/// What one [`Conn::read_now`] got.
+struct Got {
+    bytes: usize,
+    eof: bool,
+    /// More may be ready at once (the per-wake budget ran out).
+    more: bool,
+}
+
+/// Most bytes taken from one connection per wake-up, for fairness.
+const READ_BUDGET: usize = 64 * 1024;
+
+thread_local! {
+    /// One read buffer per runtime thread instead of one per connection: an idle
+    /// session holds no read buffer at all (memory per session is a target).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK]);
+}
+
 impl Conn {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf).await,
-            Conn::Tls(s) => s.read(buf).await,
-            Conn::Gone => Ok(0),
+    /// Waits until the socket has something to read (or `more` says data is
+    /// already waiting).
+    async fn ready(&self, more: bool) -> std::io::Result<()> {
+        if more {
+            return Ok(());
         }
+        match self {
+            Conn::Plain(s) => s.readable().await,
+            Conn::Tls(s) => s.get_ref().0.readable().await,
+            Conn::Gone => std::future::pending().await,
+        }
+    }
+
+    /// Reads what is available now, without waiting, into the decoder.
+    fn read_now(&mut self, dec: &mut Decoder) -> std::io::Result<Got> {
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut got = Got { bytes: 0, eof: false, more: false };
+            while got.bytes < READ_BUDGET {
+                let n = match self {
+                    Conn::Plain(s) => match s.try_read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(got),
+                        Err(e) => return Err(e),
+                    },
+                    Conn::Tls(s) => {
+                        // Poll once: rustls hands out buffered plaintext first; Pending
+                        // means both rustls and the socket are drained (tokio re-arms
+                        // readiness, which `ready` then awaits).
+                        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                        match std::pin::Pin::new(s.as_mut()).poll_read(&mut cx, &mut rb) {
+                            std::task::Poll::Ready(Ok(())) => rb.filled().len(),
+                            std::task::Poll::Ready(Err(e)) => return Err(e),
+                            std::task::Poll::Pending => return Ok(got),
+                        }
+                    }
+                    Conn::Gone => 0,
+                };
+                if n == 0 {
+                    got.eof = true;
+                    return Ok(got);
+                }
+                dec.feed(&buf[..n]);
+                got.bytes += n;
+            }
+            got.more = true;
+            Ok(got)
+        })
     }
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         async fn w<S: AsyncWrite + AsyncRead + Unpin>(s: &mut S, buf: &[u8]) -> std::io::Result<()> {
@@ -161,16 +221,20 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
     let limits = Limits { max_stanza_bytes: rt.cfg.max_stanza_size, ..Limits::default() };
     let mut dec = Decoder::new(Framing::Stream, limits);
     let mut shaper = rt.shaper_rate.map(|r| Shaper { rate: r as f64, tokens: r as f64, at: Instant::now() });
-    let mut rbuf = vec![0u8; READ_CHUNK];
     let mut wbuf: Vec<u8> = Vec::new();
+    // Read at once: a TLS handshake may already have decrypted the client's first
+    // bytes, which no socket readiness will announce.
+    let mut more = true;
     loop {
         let deadline = c2s.next_deadline();
         tokio::select! {
-            r = conn.read(&mut rbuf) => match r {
-                Ok(0) | Err(_) => c2s.on_disconnect().await,
-                Ok(n) => {
-                    c2s.touch();
-                    dec.feed(&rbuf[..n]);
+            r = conn.ready(more) => match r.and_then(|()| conn.read_now(&mut dec)) {
+                Err(_) => c2s.on_disconnect().await,
+                Ok(got) => {
+                    more = got.more;
+                    if got.bytes > 0 {
+                        c2s.touch();
+                    }
                     loop {
                         match dec.next_event() {
                             Ok(Some(ev)) => {
@@ -178,7 +242,7 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
                                 c2s.on_event(ev, &default_ns).await;
                                 // STARTTLS and SASL success restart the stream: act on
                                 // them before decoding anything further.
-                                if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf).await || c2s.is_closed() {
+                                if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf, &mut more).await || c2s.is_closed() {
                                     break;
                                 }
                             }
@@ -189,14 +253,14 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
                             }
                         }
                     }
-                    if let Some(d) = shaper.as_mut().and_then(|s| s.consume(n)) {
+                    if got.eof && !c2s.is_closed() {
+                        c2s.on_disconnect().await;
+                    }
+                    if let Some(d) = shaper.as_mut().and_then(|s| s.consume(got.bytes)) {
                         tokio::time::sleep(d).await;
                     }
                     if let Some(d) = c2s.throttle() {
                         tokio::time::sleep(d).await;
-                    }
-                    if rbuf.len() > READ_CHUNK {
-                        rbuf.truncate(READ_CHUNK);
                     }
                     if dec.buffered() == 0 {
                         dec.shrink();
@@ -207,7 +271,7 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
             _ = sleep_until(deadline) => c2s.on_timer().await,
             _ = shutdown.changed() => c2s.on_shutdown().await,
         }
-        if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf).await || c2s.is_closed() {
+        if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf, &mut more).await || c2s.is_closed() {
             break;
         }
     }
@@ -231,6 +295,7 @@ async fn flush(
     dec: &mut Decoder,
     rt: &ListenerRuntime,
     wbuf: &mut Vec<u8>,
+    more: &mut bool,
 ) -> bool {
     let outputs = c2s.take_output();
     let mut keep = true;
@@ -250,6 +315,7 @@ async fn flush(
                         *conn = c;
                         c2s.tls_established(cb);
                         dec.reset();
+                        *more = true;
                     }
                     None => return false,
                 }
@@ -268,9 +334,7 @@ async fn flush(
 
 async fn write(conn: &mut Conn, wbuf: &mut Vec<u8>) -> bool {
     let ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(wbuf)).await, Ok(Ok(())));
-    wbuf.clear();
-    if wbuf.capacity() > 64 * 1024 {
-        wbuf.shrink_to(4096);
-    }
+    // Keep nothing between writes: an idle session holds no write buffer.
+    *wbuf = Vec::new();
     ok
 }
