@@ -507,7 +507,12 @@ impl SessionHooks for Roster {
             .collect();
         for mut el in pending {
             el.set_attr("to", s.jid.as_str());
-            s.send(el);
+            // The receive filters still apply (XEP-0191: the sender may have been
+            // blocked since the request was stored).
+            let mut st = Stanza::from_trusted(el);
+            if ctx.hooks.session.iter().all(|h| matches!(h.on_user_receive(ctx, s, &mut st), Flow::Continue)) {
+                s.send(st.el);
+            }
         }
     }
 

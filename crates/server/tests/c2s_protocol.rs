@@ -429,6 +429,10 @@ async fn directed_presence_gets_unavailable_on_disconnect() {
 async fn clean_close_in_both_directions() {
     let s = server_with_users().await;
     let mut a = online(&s, "alice", "a").await;
+    // Whitespace keep-alives are accepted between stanzas.
+    a.send("  \n ").await;
+    a.send("<iq type='get' id='ka' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>\n\n").await;
+    assert_eq!(a.expect_where(|e| e.attr("id") == Some("ka")).await.attr("type"), Some("result"));
     a.send("</stream:stream>").await;
     assert!(a.next(Duration::from_secs(2)).await.is_none());
     assert!(a.closed);
@@ -469,5 +473,33 @@ async fn blocked_contacts_get_no_presence() {
     while let Some(e) = b2.next(SHORT).await {
         assert!(e.attr("from") != Some("alice@localhost/a"), "probe answered for a blocked contact: {e}");
     }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn server_pings_close_dead_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = meerkat::testing::test_config(dir.path());
+    let ping = cfg.modules.mod_ping.as_mut().unwrap();
+    ping.ping_interval = 1;
+    ping.ping_req_timeout = 1;
+    let s = TestServer::start_with(cfg, Some(dir)).await.unwrap();
+    s.add_user("alice@localhost", "alice-pass").await;
+    s.add_user("bob@localhost", "bob-pass").await;
+    // Bob answers pings and stays.
+    let mut b = online(&s, "bob", "b").await;
+    // Alice goes silent.
+    let mut a = online(&s, "alice", "a").await;
+    for _ in 0..3 {
+        let p = b.expect_where(|e| e.has_child("ping", ns::PING)).await;
+        assert_eq!(p.attr("type"), Some("get"));
+        assert_eq!(p.attr("to"), Some("bob@localhost/b"));
+        b.send(&format!("<iq type='result' id='{}' to='localhost'/>", p.attr("id").unwrap())).await;
+    }
+    let p = a.expect_where(|e| e.has_child("ping", ns::PING)).await;
+    assert_eq!(p.attr("from"), Some("localhost"));
+    assert_eq!(a.expect_stream_error().await.as_deref(), Some("connection-timeout"));
+    b.send("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    assert_eq!(b.expect_where(|e| e.attr("id") == Some("alive")).await.attr("type"), Some("result"));
     s.stop().await;
 }
