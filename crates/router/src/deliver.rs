@@ -27,6 +27,7 @@ impl LocalRouter {
 
     /// Puts a stanza in a session's mailbox; gives it back if the mailbox is full
     /// (the session is then told to close) or gone.
+    #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
     fn try_deliver(&self, h: &SessionHandle, st: Stanza) -> Result<(), Stanza> {
         match h.mailbox.try_send(SessionMsg::Stanza(Box::new(st))) {
             Ok(()) => Ok(()),
@@ -207,9 +208,9 @@ impl LocalRouter {
         let available: Vec<&SessionInfo> = sessions
             .iter()
             .filter(|s| s.presence.is_some())
-            .filter(|s| to.try_as_full().map_or(true, |f| &s.jid == f))
+            .filter(|s| to.try_as_full().is_ok_and(|f| &s.jid == f) || to.is_bare())
             // A resource probing its own account learns about the others only.
-            .filter(|s| from.try_as_full().map_or(true, |f| &s.jid != f))
+            .filter(|s| from.try_as_full().is_ok_and(|f| &s.jid != f) || from.is_bare())
             .collect();
         if available.is_empty() {
             return;

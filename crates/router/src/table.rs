@@ -43,9 +43,12 @@ pub fn bare_str(jid: &FullJid) -> &str {
     &s[..s.find('/').unwrap_or(s.len())]
 }
 
+/// One shard: bare JID → that user's sessions.
+type Shard = RwLock<HashMap<Box<str>, Vec<Entry>>>;
+
 /// The sharded table.
 pub struct SessionTable {
-    shards: Box<[RwLock<HashMap<Box<str>, Vec<Entry>>>]>,
+    shards: Box<[Shard]>,
     count: AtomicUsize,
 }
 
@@ -61,7 +64,7 @@ impl SessionTable {
         SessionTable { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(), count: AtomicUsize::new(0) }
     }
 
-    fn shard(&self, bare: &str) -> &RwLock<HashMap<Box<str>, Vec<Entry>>> {
+    fn shard(&self, bare: &str) -> &Shard {
         let mut h = DefaultHasher::new();
         bare.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]

@@ -113,8 +113,9 @@ pub struct StanzaError {
     pub kind: ErrorType,
     /// Human-readable text (English).
     pub text: Option<String>,
-    /// Application-specific condition element (e.g. XEP-0191 `<blocked/>`).
-    pub app: Option<Element>,
+    /// Application-specific condition element (e.g. XEP-0191 `<blocked/>`), boxed
+    /// to keep the error small on `Result` paths.
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -134,7 +135,7 @@ impl StanzaError {
     }
     /// Adds an application-specific condition.
     pub fn with_app(mut self, app: Element) -> Self {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
     /// `<bad-request/>` with a text.
@@ -178,7 +179,7 @@ impl StanzaError {
             e.append_child(te);
         }
         if let Some(app) = &self.app {
-            e.append_child(app.clone());
+            e.append_child((**app).clone());
         }
         e
     }

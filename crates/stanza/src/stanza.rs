@@ -64,6 +64,7 @@ impl Stanza {
     /// Wraps an element. Fails with `jid-malformed` when `to` or `from` are not JIDs,
     /// and with `None` when the element is not a stanza in `jabber:client`
     /// (the caller answers `unsupported-stanza-type`).
+    #[allow(clippy::result_large_err)] // the error gives the element back, by design
     pub fn parse(el: Element) -> Result<Stanza, (Element, Option<StanzaError>)> {
         let kind = if el.ns() != ns::CLIENT {
             None

@@ -126,18 +126,15 @@ impl C2s {
                     t.node().is_none() && t.resource().is_none() && ctx.is_local_domain(t.domain().as_str())
                 });
                 if to_self || to_server {
-                    match st.iq_type() {
-                        Some(IqType::Result | IqType::Error) => {
-                            // Answers to server pings (XEP-0199 §4.2) and other
-                            // server-originated requests.
-                            if let (Some(p), Some(id)) = (&mut self.pinger, st.id()) {
-                                if p.pending.as_ref().is_some_and(|(pid, _)| pid == id) {
-                                    p.pending = None;
-                                }
+                    if let Some(IqType::Result | IqType::Error) = st.iq_type() {
+                        // Answers to server pings (XEP-0199 §4.2) and other
+                        // server-originated requests.
+                        if let (Some(p), Some(id)) = (&mut self.pinger, st.id()) {
+                            if p.pending.as_ref().is_some_and(|(pid, _)| pid == id) {
+                                p.pending = None;
                             }
-                            return;
                         }
-                        _ => {}
+                        return;
                     }
                     if st.iq_type() == Some(IqType::Set) && st.el.has_child("session", ns::SESSION) {
                         // RFC 3921 §3: legacy session establishment is a no-op.
