@@ -13,6 +13,29 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::table::SessionTable;
 
+/// RFC 6121 §5.2.2 message types (absent = normal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageType {
+    Chat,
+    Normal,
+    Headline,
+    Groupchat,
+    Error,
+}
+
+impl MessageType {
+    fn of(st: &Stanza) -> Self {
+        match st.type_attr() {
+            Some("chat") => MessageType::Chat,
+            Some("headline") => MessageType::Headline,
+            Some("groupchat") => MessageType::Groupchat,
+            Some("error") => MessageType::Error,
+            // RFC 6121 §5.2.2: an unknown type is treated as normal.
+            _ => MessageType::Normal,
+        }
+    }
+}
+
 /// The single-node router.
 #[derive(Default)]
 pub struct LocalRouter {
@@ -42,6 +65,19 @@ impl LocalRouter {
         }
     }
 
+    /// [`Self::try_deliver`] to a full JID, under the table's read lock (no handle
+    /// clone). `Err` gives the stanza back when there is no such session or it
+    /// could not take it.
+    #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
+    fn deliver_full(&self, jid: &FullJid, st: Stanza) -> Result<(), Stanza> {
+        let mut st = Some(st);
+        let res = self.table.with_session(jid, |e| self.try_deliver(&e.handle, st.take().expect("taken once")));
+        match res {
+            Some(r) => r,
+            None => Err(st.take().expect("not taken when the session is absent")),
+        }
+    }
+
     /// Sends an error reply for `st` back to its sender (never for errors).
     async fn bounce(&self, ctx: &ServerContext, st: &Stanza, err: StanzaError) {
         if let Some(reply) = st.error_reply(&err) {
@@ -62,38 +98,34 @@ impl LocalRouter {
 
     /// RFC 6121 §8.5.2 / §8.5.3.1 / §8.5.3.2.1 for messages.
     async fn message(&self, ctx: &ServerContext, to: Jid, mut st: Stanza) {
-        let ty = st.type_attr().unwrap_or("normal").to_string();
+        let ty = MessageType::of(&st);
         let bare = to.to_bare();
-        match ty.as_str() {
-            "error" => {}
-            "groupchat" => {}
-            _ => self.stamp(ctx, &bare, &mut st),
+        if matches!(ty, MessageType::Chat | MessageType::Normal | MessageType::Headline) {
+            self.stamp(ctx, &bare, &mut st);
         }
         if let Ok(full) = to.try_as_full() {
             // §8.5.3.1: a connected resource that matches exactly gets it.
-            if let Some(h) = self.table.get(full) {
-                match self.try_deliver(&h, st) {
-                    Ok(()) => return,
-                    Err(back) => st = back,
-                }
+            match self.deliver_full(full, st) {
+                Ok(()) => return,
+                Err(back) => st = back,
             }
             // §8.5.3.2.1: no such resource; chat and normal fall back to the bare JID.
-            match ty.as_str() {
-                "chat" | "normal" => {}
-                "groupchat" => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
-                _ => return, // headline, error: silently ignored
+            match ty {
+                MessageType::Chat | MessageType::Normal => {}
+                MessageType::Groupchat => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
+                MessageType::Headline | MessageType::Error => return, // silently ignored
             }
         }
-        match ty.as_str() {
-            "error" => return,
-            "groupchat" => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
+        match ty {
+            MessageType::Error => return,
+            MessageType::Groupchat => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
             _ => {}
         }
         // §8.5.2.1: available resources with non-negative priority; headlines go to
         // all of them, chat and normal to the highest-priority ones.
         let targets: Vec<SessionHandle> = self.table.with_user(bare.as_str(), |list| {
             let avail = list.iter().filter(|e| e.presence.is_some() && e.priority >= 0);
-            let top = if ty == "headline" { None } else { avail.clone().map(|e| e.priority).max() };
+            let top = if ty == MessageType::Headline { None } else { avail.clone().map(|e| e.priority).max() };
             avail.filter(|e| top.is_none_or(|t| e.priority == t)).map(|e| e.handle.clone()).collect()
         });
         let n = targets.len();
@@ -120,7 +152,7 @@ impl LocalRouter {
         }
         let (false, Some(st)) = (delivered, pending) else { return };
         // §8.5.2.2: no available resource took it.
-        if ty == "headline" {
+        if ty == MessageType::Headline {
             return;
         }
         self.offline(ctx, &bare, st).await;
@@ -179,9 +211,7 @@ impl LocalRouter {
             Some("probe") => self.probe(ctx, to, &st).await,
             _ => match to.try_as_full() {
                 Ok(full) => {
-                    if let Some(h) = self.table.get(full) {
-                        let _ = self.try_deliver(&h, st);
-                    }
+                    let _ = self.deliver_full(full, st);
                 }
                 Err(_) => self.to_available(&bare, &st),
             },
@@ -247,12 +277,8 @@ impl LocalRouter {
     async fn iq(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
         match to.try_as_full() {
             Ok(full) => {
-                if let Some(h) = self.table.get(full) {
-                    if let Err(back) = self.try_deliver(&h, st) {
-                        self.bounce(ctx, &back, StanzaError::service_unavailable()).await;
-                    }
-                } else {
-                    self.bounce(ctx, &st, StanzaError::service_unavailable()).await;
+                if let Err(back) = self.deliver_full(full, st) {
+                    self.bounce(ctx, &back, StanzaError::service_unavailable()).await;
                 }
             }
             Err(_) => {

@@ -128,6 +128,12 @@ impl SessionTable {
         self.with_user(bare_str(jid), |l| l.iter().find(|e| &e.handle.jid == jid).map(|e| e.handle.clone()))
     }
 
+    /// Runs `f` on one session's row under the shard's read lock, without cloning
+    /// its handle (the hot path: a message to a full JID). `None` if absent.
+    pub fn with_session<R>(&self, jid: &FullJid, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        self.with_user(bare_str(jid), |l| l.iter().find(|e| &e.handle.jid == jid).map(f))
+    }
+
     /// Number of sessions.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
