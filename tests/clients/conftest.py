@@ -30,6 +30,8 @@ class Server:
         example = subprocess.run([BIN, "config", "example"], check=True, capture_output=True, text=True).stdout
         cfg = example.replace("port = 5222", f"port = {self.starttls_port}")
         cfg = cfg.replace("port = 5223", f"port = {self.tls_port}")
+        self.http_port = free_port()
+        cfg = cfg.replace("port = 5280", f"port = {self.http_port}")
         cfg = cfg.replace('ip_address = "0.0.0.0"', 'ip_address = "127.0.0.1"')
         cfg = cfg.replace('data_dir = "data"', f'data_dir = "{tmp}"')
         cfg = cfg.replace('url = "sqlite://data/meerkat.db"', f'url = "sqlite://{tmp}/meerkat.db"')

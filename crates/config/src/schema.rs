@@ -41,6 +41,17 @@ impl Default for Config {
         Config {
             general: General::default(),
             listen: Listen {
+                http: vec![HttpListener {
+                    port: Spanned::new(0..0, 5280),
+                    ip_address: default_ip(),
+                    tls: None,
+                    max_stanza_size: default_max_stanza(),
+                    state_timeout: default_state_timeout(),
+                    max_stanza_rate: default_stanza_rate(),
+                    handlers: HttpHandlers {
+                        mod_websockets: vec![HttpHandler { host: any_host(), path: Spanned::new(0..0, "/ws-xmpp".into()) }],
+                    },
+                }],
                 c2s: vec![
                     C2sListener::default(),
                     C2sListener {
@@ -115,6 +126,61 @@ pub struct Listen {
     /// `[[listen.c2s]]` client listeners.
     #[serde(default)]
     pub c2s: Vec<C2sListener>,
+    /// `[[listen.http]]` HTTP listeners (XMPP over WebSocket, RFC 7395).
+    #[serde(default)]
+    pub http: Vec<HttpListener>,
+}
+
+/// `[[listen.http]]`: an HTTP listener with handlers by path, shaped like
+/// MongooseIM's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListener {
+    /// TCP port.
+    pub port: Spanned<u16>,
+    /// Address to bind.
+    #[serde(default = "default_ip")]
+    pub ip_address: Spanned<String>,
+    /// HTTPS when `tls.certfile`/`tls.keyfile` are set (`tls.mode` is ignored here:
+    /// an HTTP listener is either plain or HTTPS from the first byte).
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Largest stanza (one WebSocket message) in bytes.
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_size: usize,
+    /// Seconds to authenticate and bind.
+    #[serde(default = "default_state_timeout")]
+    pub state_timeout: u64,
+    /// Stanzas per second a session may send before it is throttled.
+    #[serde(default = "default_stanza_rate")]
+    pub max_stanza_rate: u32,
+    /// Handlers by kind.
+    #[serde(default)]
+    pub handlers: HttpHandlers,
+}
+
+/// `[[listen.http.handlers.*]]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHandlers {
+    /// XMPP over WebSocket (RFC 7395).
+    #[serde(default)]
+    pub mod_websockets: Vec<HttpHandler>,
+}
+
+/// One handler: which host and path it answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHandler {
+    /// Host header to match; `_` = any.
+    #[serde(default = "any_host")]
+    pub host: String,
+    /// URL path, e.g. `/ws-xmpp`.
+    pub path: Spanned<String>,
+}
+
+fn any_host() -> String {
+    "_".to_string()
 }
 
 /// `[[listen.c2s]]`: one client-to-server listener.
@@ -341,6 +407,25 @@ impl Config {
             if let Some(s) = &l.shaper {
                 if !self.shaper.contains_key(s.get_ref()) {
                     report(span(s), key("shaper"), format!("no [shaper.{}] table", s.get_ref()));
+                }
+            }
+        }
+        for (i, l) in self.listen.http.iter().enumerate() {
+            let key = |k: &str| format!("listen.http[{i}].{k}");
+            if !seen.insert((l.ip_address.get_ref().clone(), *l.port.get_ref())) {
+                report(span(&l.port), key("port"), format!("port {} is used by another listener", l.port.get_ref()));
+            }
+            if l.ip_address.get_ref().parse::<std::net::IpAddr>().is_err() {
+                report(span(&l.ip_address), key("ip_address"), format!("`{}` is not an IP address", l.ip_address.get_ref()));
+            }
+            if let Some(t) = &l.tls {
+                if t.certfile.is_none() || t.keyfile.is_none() {
+                    report(span(&l.port), key("tls"), "an HTTPS listener needs tls.certfile and tls.keyfile".into());
+                }
+            }
+            for h in &l.handlers.mod_websockets {
+                if !h.path.get_ref().starts_with('/') {
+                    report(span(&h.path), key("handlers.mod_websockets.path"), "a path starts with '/'".into());
                 }
             }
         }

@@ -12,7 +12,7 @@ use meerkat_config::{Config, StorageUrl, TlsMode};
 use meerkat_core::{HookRegistry, ServerContext};
 use meerkat_storage::Stores;
 use meerkat_transport::tls::TlsMaterial;
-use meerkat_transport::{serve_c2s, ListenerRuntime};
+use meerkat_transport::{serve_c2s, serve_http, HttpRuntime, ListenerRuntime};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -38,13 +38,24 @@ pub fn build_context(cfg: Arc<Config>, stores: Stores) -> Arc<ServerContext> {
     Arc::new(ServerContext::new(cfg, stores, reg.freeze(), router))
 }
 
-/// Binds every `[[listen.c2s]]` listener, in configuration order.
-pub async fn bind(cfg: &Config) -> anyhow::Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
+/// Bound listener sockets, in configuration order.
+pub struct Listeners {
+    /// One per `[[listen.c2s]]`.
+    pub c2s: Vec<TcpListener>,
+    /// One per `[[listen.http]]`.
+    pub http: Vec<TcpListener>,
+}
+
+/// Binds every `[[listen.c2s]]` and `[[listen.http]]` listener.
+pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+    let mut out = Listeners { c2s: Vec::new(), http: Vec::new() };
     for l in &cfg.listen.c2s {
         let addr = format!("{}:{}", l.ip_address.get_ref(), l.port.get_ref());
-        let sock = TcpListener::bind(&addr).await.with_context(|| format!("binding c2s listener {addr}"))?;
-        out.push(sock);
+        out.c2s.push(TcpListener::bind(&addr).await.with_context(|| format!("binding c2s listener {addr}"))?);
+    }
+    for l in &cfg.listen.http {
+        let addr = format!("{}:{}", l.ip_address.get_ref(), l.port.get_ref());
+        out.http.push(TcpListener::bind(&addr).await.with_context(|| format!("binding http listener {addr}"))?);
     }
     Ok(out)
 }
@@ -71,19 +82,35 @@ fn load_scram_secret(data_dir: &Path) -> anyhow::Result<()> {
 /// session to close and returns.
 pub async fn run(
     ctx: Arc<ServerContext>,
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let cfg = ctx.config.clone();
-    if listeners.len() != cfg.listen.c2s.len() {
-        bail!("{} listeners bound for {} [[listen.c2s]] tables", listeners.len(), cfg.listen.c2s.len());
+    if listeners.c2s.len() != cfg.listen.c2s.len() || listeners.http.len() != cfg.listen.http.len() {
+        bail!("the bound listeners do not match the [[listen.*]] tables");
     }
     let data_dir = Path::new(&cfg.general.data_dir);
     load_scram_secret(data_dir)?;
     let slots = Arc::new(Semaphore::new(cfg.general.max_connections));
     let mut self_signed: Option<TlsMaterial> = None;
     let mut tasks = Vec::new();
-    for (l, sock) in cfg.listen.c2s.iter().zip(listeners) {
+    for (l, sock) in cfg.listen.http.iter().zip(listeners.http) {
+        let tls = match &l.tls {
+            Some(t) => match (&t.certfile, &t.keyfile) {
+                (Some(c), Some(k)) => Some(
+                    meerkat_transport::tls::load(Path::new(c.get_ref()), Path::new(k.get_ref()))
+                        .context("loading the HTTP listener's TLS certificate")?,
+                ),
+                _ => bail!("an HTTPS listener needs tls.certfile and tls.keyfile"),
+            },
+            None => None,
+        };
+        let addr = sock.local_addr()?;
+        tracing::info!(%addr, https = tls.is_some(), "http listener ready (WebSocket)");
+        let rt = Arc::new(HttpRuntime { ctx: ctx.clone(), cfg: l.clone(), tls, slots: slots.clone() });
+        tasks.push(tokio::spawn(serve_http(rt, sock, shutdown.clone())));
+    }
+    for (l, sock) in cfg.listen.c2s.iter().zip(listeners.c2s) {
         let tls = match (&l.tls.certfile, &l.tls.keyfile, l.tls.mode) {
             (_, _, TlsMode::None) => None,
             (Some(c), Some(k), _) => Some(

@@ -17,8 +17,10 @@ use tokio::sync::watch;
 pub struct TestServer {
     /// The context (for creating users, inspecting sessions).
     pub ctx: Arc<ServerContext>,
-    /// Listener addresses in configuration order.
+    /// c2s listener addresses in configuration order.
     pub addrs: Vec<SocketAddr>,
+    /// HTTP listener addresses in configuration order.
+    pub http_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -34,6 +36,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         *l.ip_address.get_mut() = "127.0.0.1".into();
         *l.port.get_mut() = 0;
         l.shaper = None;
+    }
+    for l in &mut cfg.listen.http {
+        *l.ip_address.get_mut() = "127.0.0.1".into();
+        *l.port.get_mut() = 0;
     }
     // A third, unencrypted listener for transcript tests on loopback.
     let mut plain = cfg.listen.c2s[0].clone();
@@ -59,10 +65,11 @@ impl TestServer {
         let cfg = Arc::new(cfg);
         let ctx = crate::build_context(cfg.clone(), stores);
         let listeners = crate::bind(&cfg).await?;
-        let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
+        let addrs = listeners.c2s.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
+        let http_addrs = listeners.http.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(crate::run(ctx.clone(), listeners, rx));
-        Ok(TestServer { ctx, addrs, shutdown: tx, task: Some(task), _dir: dir })
+        Ok(TestServer { ctx, addrs, http_addrs, shutdown: tx, task: Some(task), _dir: dir })
     }
 
     /// Starts the default test server (see [`test_config`]).

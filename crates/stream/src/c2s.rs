@@ -352,6 +352,14 @@ impl C2s {
 
     /// A top-level element.
     async fn on_element(&mut self, el: Element) {
+        // RFC 7395 §3.3: over WebSocket the stream is framed by <open/> and <close/>.
+        if el.ns() == ns::FRAMING {
+            return match el.name() {
+                "open" => self.on_header(el, ns::FRAMING).await,
+                "close" => self.close_gracefully().await,
+                _ => self.stream_error(StreamError::UnsupportedStanzaType, None).await,
+            };
+        }
         match std::mem::replace(&mut self.state, State::Closed) {
             State::WaitHeader(stage) => {
                 self.state = State::WaitHeader(stage);

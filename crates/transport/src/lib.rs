@@ -1,5 +1,6 @@
 //! Sockets for XMPP clients: TCP listeners with STARTTLS (RFC 6120 §5) or direct TLS
-//! (XEP-0368), each connection driving one [`meerkat_stream::C2s`].
+//! (XEP-0368), and HTTP listeners carrying XMPP over WebSocket (RFC 7395); each
+//! connection drives one [`meerkat_stream::C2s`].
 //!
 //! A connection task is a thin loop (`c2s.rs`): `select!` on socket reads, the
 //! session mailbox, timers and shutdown; hand the event to the state machine; write
@@ -10,5 +11,7 @@
 
 mod c2s;
 pub mod tls;
+mod websocket;
 
 pub use c2s::{serve_c2s, ListenerRuntime};
+pub use websocket::{serve_http, HttpRuntime};
