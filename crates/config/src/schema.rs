@@ -50,6 +50,14 @@ impl Default for Config {
                     max_stanza_rate: default_stanza_rate(),
                     handlers: HttpHandlers {
                         mod_websockets: vec![HttpHandler { host: any_host(), path: Spanned::new(0..0, "/ws-xmpp".into()) }],
+                        mod_bosh: vec![BoshHandler {
+                            host: any_host(),
+                            path: Spanned::new(0..0, "/http-bind".into()),
+                            max_wait: default_bosh_wait(),
+                            max_hold: default_bosh_hold(),
+                            inactivity: default_bosh_inactivity(),
+                            max_pause: default_bosh_maxpause(),
+                        }],
                     },
                 }],
                 c2s: vec![
@@ -166,6 +174,45 @@ pub struct HttpHandlers {
     /// XMPP over WebSocket (RFC 7395).
     #[serde(default)]
     pub mod_websockets: Vec<HttpHandler>,
+    /// XMPP over BOSH (XEP-0124 / XEP-0206).
+    #[serde(default)]
+    pub mod_bosh: Vec<BoshHandler>,
+}
+
+/// `[[listen.http.handlers.mod_bosh]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoshHandler {
+    /// Host header to match; `_` = any.
+    #[serde(default = "any_host")]
+    pub host: String,
+    /// URL path, e.g. `/http-bind`.
+    pub path: Spanned<String>,
+    /// Longest `wait` granted, seconds (XEP-0124 §7.1).
+    #[serde(default = "default_bosh_wait")]
+    pub max_wait: u64,
+    /// Most requests held at once (`hold`).
+    #[serde(default = "default_bosh_hold")]
+    pub max_hold: u64,
+    /// Seconds without a request before the session ends (`inactivity`).
+    #[serde(default = "default_bosh_inactivity")]
+    pub inactivity: u64,
+    /// Longest `pause` a client may ask for, seconds (`maxpause`).
+    #[serde(default = "default_bosh_maxpause")]
+    pub max_pause: u64,
+}
+
+fn default_bosh_wait() -> u64 {
+    60
+}
+fn default_bosh_hold() -> u64 {
+    1
+}
+fn default_bosh_inactivity() -> u64 {
+    30
+}
+fn default_bosh_maxpause() -> u64 {
+    120
 }
 
 /// One handler: which host and path it answers.
@@ -426,6 +473,14 @@ impl Config {
             for h in &l.handlers.mod_websockets {
                 if !h.path.get_ref().starts_with('/') {
                     report(span(&h.path), key("handlers.mod_websockets.path"), "a path starts with '/'".into());
+                }
+            }
+            for h in &l.handlers.mod_bosh {
+                if !h.path.get_ref().starts_with('/') {
+                    report(span(&h.path), key("handlers.mod_bosh.path"), "a path starts with '/'".into());
+                }
+                if h.max_wait == 0 || h.inactivity == 0 {
+                    report(span(&h.path), key("handlers.mod_bosh"), "max_wait and inactivity must be at least 1 second".into());
                 }
             }
         }

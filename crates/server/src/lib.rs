@@ -107,7 +107,13 @@ pub async fn run(
         };
         let addr = sock.local_addr()?;
         tracing::info!(%addr, https = tls.is_some(), "http listener ready (WebSocket)");
-        let rt = Arc::new(HttpRuntime { ctx: ctx.clone(), cfg: l.clone(), tls, slots: slots.clone() });
+        let rt = Arc::new(HttpRuntime {
+            ctx: ctx.clone(),
+            cfg: l.clone(),
+            tls,
+            slots: slots.clone(),
+            bosh: Default::default(),
+        });
         tasks.push(tokio::spawn(serve_http(rt, sock, shutdown.clone())));
     }
     for (l, sock) in cfg.listen.c2s.iter().zip(listeners.c2s) {

@@ -13,7 +13,8 @@ use meerkat_config::Config;
 struct Cli {
     /// Configuration file (TOML, shaped like mongooseim.toml). Without it the
     /// built-in single-node configuration is used: domain localhost, ports 5222
-    /// (STARTTLS), 5223 (direct TLS) and 5280 (WebSocket at /ws-xmpp), SQLite under ./data.
+    /// (STARTTLS), 5223 (direct TLS) and 5280 (WebSocket /ws-xmpp, BOSH /http-bind),
+    /// SQLite under ./data.
     #[arg(long, global = true, env = "MEERKAT_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]

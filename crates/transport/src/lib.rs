@@ -9,9 +9,11 @@
 //! first start under the data directory and reused afterwards.
 #![warn(missing_docs)]
 
+mod bosh;
 mod c2s;
 pub mod tls;
 mod websocket;
 
 pub use c2s::{serve_c2s, ListenerRuntime};
+pub use bosh::BoshSessions;
 pub use websocket::{serve_http, HttpRuntime};

@@ -1,4 +1,5 @@
-//! XMPP over WebSocket (RFC 7395) on `[[listen.http]]` listeners.
+//! The `[[listen.http]]` listeners (hyper with axum routing; HTTP or HTTPS), and
+//! XMPP over WebSocket (RFC 7395) on them. BOSH handlers live in `bosh.rs`.
 //!
 //! Each WebSocket text message carries one complete element (§3.3.3): the framing
 //! elements `<open/>` and `<close/>` (namespace `urn:ietf:params:xml:ns:xmpp-framing`)
@@ -38,6 +39,8 @@ pub struct HttpRuntime {
     pub tls: Option<TlsMaterial>,
     /// Connection slots shared by all listeners.
     pub slots: Arc<Semaphore>,
+    /// Open BOSH sessions.
+    pub bosh: crate::bosh::BoshSessions,
 }
 
 #[derive(Clone)]
@@ -71,6 +74,16 @@ pub async fn serve_http(rt: Arc<HttpRuntime>, listener: TcpListener, mut shutdow
             let mut app = Router::new();
             for h in &conn.rt.cfg.handlers.mod_websockets {
                 app = app.route(h.path.get_ref(), get(upgrade));
+            }
+            for h in &conn.rt.cfg.handlers.mod_bosh {
+                let handler = h.clone();
+                app = app.route(
+                    h.path.get_ref(),
+                    axum::routing::post(move |State(c): State<Conn>, headers: HeaderMap, body: axum::body::Bytes| {
+                        crate::bosh::post(c.rt, handler, c.peer, c.shutdown, headers, body)
+                    })
+                    .options(|| async { crate::bosh::options() }),
+                );
             }
             let app = app.with_state(conn.clone());
             let service = hyper_util::service::TowerToHyperService::new(app);

@@ -1,5 +1,6 @@
-// Meerkat in a real browser: Strophe.js over WebSocket (RFC 7395) in headless
-// Chromium, driven by Playwright, exchanging messages with a plain TCP client.
+// Meerkat in a real browser: Strophe.js over WebSocket (RFC 7395) and, in a
+// second run, over BOSH (XEP-0124/0206, cross-origin: CORS), in headless Chromium
+// driven by Playwright, exchanging messages with a plain TCP client.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -81,6 +82,8 @@ port = ${ports.http}
 ip_address = "127.0.0.1"
 [[listen.http.handlers.mod_websockets]]
 path = "/ws-xmpp"
+[[listen.http.handlers.mod_bosh]]
+path = "/http-bind"
 [storage]
 url = "sqlite://${dir}/meerkat.db"
 [modules.mod_roster]
@@ -106,7 +109,7 @@ after(() => {
   server?.kill();
 });
 
-test('Strophe.js logs in over WebSocket and chats with a TCP client', async () => {
+async function chat(service, resource, shot) {
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -114,22 +117,29 @@ test('Strophe.js logs in over WebSocket and chats with a TCP client', async () =
   });
   try {
     const page = await browser.newPage();
-    const service = `ws://127.0.0.1:${ports.http}/ws-xmpp`;
-    await page.goto(`http://127.0.0.1:${ports.page}/?service=${encodeURIComponent(service)}&jid=alice@localhost/browser&password=alice-secret`);
-    await page.waitForFunction(() => String(window.xmppStatus).startsWith('online'), null, { timeout: 15000 });
+    await page.goto(`http://127.0.0.1:${ports.page}/?service=${encodeURIComponent(service)}&jid=alice@localhost/${resource}&password=alice-secret`);
+    await page.waitForFunction(() => String(window.xmppStatus).startsWith('online'), null, { timeout: 20000 });
     const bob = new TcpClient(ports.c2s);
-    await bob.login('bob', 'bob-secret', 'tcp');
-    bob.send("<message to='alice@localhost/browser' type='chat' id='m1'><body>hello browser</body></message>");
-    await page.waitForFunction(() => window.received.length > 0, null, { timeout: 10000 });
+    await bob.login('bob', 'bob-secret', 'tcp-' + resource);
+    bob.send(`<message to='alice@localhost/${resource}' type='chat' id='m1'><body>hello ${resource}</body></message>`);
+    await page.waitForFunction(() => window.received.length > 0, null, { timeout: 15000 });
     const got = await page.evaluate(() => window.received[0]);
-    assert.equal(got.text, 'hello browser');
-    assert.equal(got.from, 'bob@localhost/tcp');
-    const echoed = await bob.until('echo: hello browser');
-    assert.match(echoed, /from=['"]alice@localhost\/browser['"]/);
+    assert.equal(got.text, 'hello ' + resource);
+    assert.equal(got.from, 'bob@localhost/tcp-' + resource);
+    const echoed = await bob.until('echo: hello ' + resource, 15000);
+    assert.match(echoed, new RegExp(`from=['"]alice@localhost/${resource}['"]`));
     mkdirSync(join(here, 'artifacts'), { recursive: true });
-    await page.screenshot({ path: join(here, 'artifacts', 'websocket.png') });
+    await page.screenshot({ path: join(here, 'artifacts', shot) });
     bob.close();
   } finally {
     await browser.close();
   }
+}
+
+test('Strophe.js over WebSocket chats with a TCP client', async () => {
+  await chat(`ws://127.0.0.1:${ports.http}/ws-xmpp`, 'websocket', 'websocket.png');
+});
+
+test('Strophe.js over BOSH (cross-origin) chats with a TCP client', async () => {
+  await chat(`http://127.0.0.1:${ports.http}/http-bind`, 'bosh', 'bosh.png');
 });
