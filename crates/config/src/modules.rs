@@ -34,6 +34,8 @@ pub struct Modules {
     pub mod_register: Option<RegisterCfg>,
     /// Unique and stable stanza IDs (XEP-0359).
     pub mod_stanza_id: Option<Empty>,
+    /// Message carbons (XEP-0280).
+    pub mod_carboncopy: Option<Empty>,
 }
 
 impl Modules {
@@ -52,6 +54,7 @@ impl Modules {
             mod_offline: Some(OfflineCfg::default()),
             mod_register: None,
             mod_stanza_id: Some(Empty {}),
+            mod_carboncopy: Some(Empty {}),
         }
     }
 

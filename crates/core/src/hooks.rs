@@ -21,7 +21,7 @@ use meerkat_stanza::{BareJid, Jid, Stanza, StanzaError};
 use meerkat_xml::Element;
 
 use crate::context::ServerContext;
-use crate::session::{SessionEvent, SessionState};
+use crate::session::{SessionEvent, SessionId, SessionState};
 
 /// What a filter decides about a stanza.
 #[derive(Debug)]
@@ -128,6 +128,14 @@ pub trait DeliveryHooks: Send + Sync + 'static {
     }
     /// A message about to be delivered to local user `to` (e.g. stamp a stanza id).
     fn on_deliver_message(&self, _ctx: &ServerContext, _to: &BareJid, _st: &mut Stanza) {}
+    /// Whether [`DeliveryHooks::on_message_delivered`] is wanted (the router then
+    /// keeps a copy of each chat/normal message it delivers).
+    fn wants_delivered_messages(&self) -> bool {
+        false
+    }
+    /// A chat or normal message was put in the mailboxes of these sessions of
+    /// local user `to` (e.g. XEP-0280 carbons for the others).
+    fn on_message_delivered(&self, _ctx: &ServerContext, _to: &BareJid, _st: &Stanza, _receivers: &[SessionId]) {}
     /// A stanza for local user `to`, checked against the user's stored policy (the
     /// XEP-0191 blocklist) where no session of the user decides: before offline
     /// storage, and before answering a presence probe.

@@ -9,6 +9,7 @@ use meerkat_config::Config;
 use meerkat_core::{HookRegistry, Module};
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod offline;
@@ -62,5 +63,8 @@ pub fn start(cfg: &Config, reg: &mut HookRegistry) {
     }
     if m.mod_stanza_id.is_some() {
         add(Arc::new(stanza_id::StanzaId), reg);
+    }
+    if m.mod_carboncopy.is_some() {
+        add(Arc::new(carbons::Carbons), reg);
     }
 }

@@ -66,15 +66,26 @@ impl LocalRouter {
     }
 
     /// [`Self::try_deliver`] to a full JID, under the table's read lock (no handle
-    /// clone). `Err` gives the stanza back when there is no such session or it
-    /// could not take it.
+    /// clone). Returns the receiving session, or gives the stanza back when there
+    /// is no such session or it could not take it.
     #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
-    fn deliver_full(&self, jid: &FullJid, st: Stanza) -> Result<(), Stanza> {
+    fn deliver_full(&self, jid: &FullJid, st: Stanza) -> Result<SessionId, Stanza> {
         let mut st = Some(st);
-        let res = self.table.with_session(jid, |e| self.try_deliver(&e.handle, st.take().expect("taken once")));
+        let res = self
+            .table
+            .with_session(jid, |e| self.try_deliver(&e.handle, st.take().expect("taken once")).map(|()| e.handle.id));
         match res {
             Some(r) => r,
             None => Err(st.take().expect("not taken when the session is absent")),
+        }
+    }
+
+    /// Tells the delivery hooks which sessions took a message.
+    fn delivered(&self, ctx: &ServerContext, bare: &BareJid, copy: Option<Stanza>, receivers: &[SessionId]) {
+        if let Some(copy) = copy {
+            for h in &ctx.hooks.delivery {
+                h.on_message_delivered(ctx, bare, &copy, receivers);
+            }
         }
     }
 
@@ -103,10 +114,14 @@ impl LocalRouter {
         if matches!(ty, MessageType::Chat | MessageType::Normal | MessageType::Headline) {
             self.stamp(ctx, &bare, &mut st);
         }
+        // Keep a copy for hooks that want to know where chat messages went (carbons).
+        let copy = (matches!(ty, MessageType::Chat | MessageType::Normal)
+            && ctx.hooks.delivery.iter().any(|h| h.wants_delivered_messages()))
+        .then(|| st.clone());
         if let Ok(full) = to.try_as_full() {
             // §8.5.3.1: a connected resource that matches exactly gets it.
             match self.deliver_full(full, st) {
-                Ok(()) => return,
+                Ok(id) => return self.delivered(ctx, &bare, copy, &[id]),
                 Err(back) => st = back,
             }
             // §8.5.3.2.1: no such resource; chat and normal fall back to the bare JID.
@@ -130,7 +145,7 @@ impl LocalRouter {
         });
         let n = targets.len();
         let mut pending = Some(st);
-        let mut delivered = false;
+        let mut receivers = Vec::new();
         for (i, h) in targets.iter().enumerate() {
             let one = match (i + 1 == n, pending.take()) {
                 (true, Some(p)) => p,
@@ -142,7 +157,7 @@ impl LocalRouter {
                 (_, None) => break,
             };
             match self.try_deliver(h, one) {
-                Ok(()) => delivered = true,
+                Ok(()) => receivers.push(h.id),
                 Err(back) => {
                     if pending.is_none() {
                         pending = Some(back);
@@ -150,7 +165,10 @@ impl LocalRouter {
                 }
             }
         }
-        let (false, Some(st)) = (delivered, pending) else { return };
+        if !receivers.is_empty() {
+            return self.delivered(ctx, &bare, copy, &receivers);
+        }
+        let Some(st) = pending else { return };
         // §8.5.2.2: no available resource took it.
         if ty == MessageType::Headline {
             return;

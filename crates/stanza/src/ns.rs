@@ -56,5 +56,11 @@ pub const DATA_FORMS: &str = "jabber:x:data";
 pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// XEP-0160 §2: offline message retrieval marker feature.
 pub const MSGOFFLINE: &str = "msgoffline";
+/// XEP-0280 message carbons.
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0297 stanza forwarding.
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0334 message processing hints.
+pub const HINTS: &str = "urn:xmpp:hints";
 /// XEP-0115 entity capabilities (parsed from presence only).
 pub const CAPS: &str = "http://jabber.org/protocol/caps";
