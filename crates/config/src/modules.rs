@@ -36,6 +36,27 @@ pub struct Modules {
     pub mod_stanza_id: Option<Empty>,
     /// Message carbons (XEP-0280).
     pub mod_carboncopy: Option<Empty>,
+    /// Client state indication (XEP-0352).
+    pub mod_csi: Option<CsiCfg>,
+}
+
+/// `[modules.mod_csi]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsiCfg {
+    /// Most stanzas held back for an inactive client before they are all sent.
+    #[serde(default = "default_csi_buffer")]
+    pub buffer_max: usize,
+}
+
+fn default_csi_buffer() -> usize {
+    100
+}
+
+impl Default for CsiCfg {
+    fn default() -> Self {
+        CsiCfg { buffer_max: default_csi_buffer() }
+    }
 }
 
 impl Modules {
@@ -55,6 +76,7 @@ impl Modules {
             mod_register: None,
             mod_stanza_id: Some(Empty {}),
             mod_carboncopy: Some(Empty {}),
+            mod_csi: Some(CsiCfg::default()),
         }
     }
 

@@ -85,6 +85,12 @@ pub trait SessionHooks: Send + Sync + 'static {
     async fn on_user_send(&self, _ctx: &ServerContext, _s: &mut SessionState, _st: &mut Stanza) -> Flow {
         Flow::Continue
     }
+    /// A top-level element from the bound client that is not a stanza (a "nonza",
+    /// e.g. XEP-0352 `<active/>`). Returns whether the hook handled it; an element
+    /// no hook handles ends the stream with `unsupported-stanza-type`.
+    fn on_nonza(&self, _ctx: &ServerContext, _s: &mut SessionState, _el: &Element) -> bool {
+        false
+    }
     /// A stanza about to be written to the client (cheap, synchronous filter).
     fn on_user_receive(&self, _ctx: &ServerContext, _s: &mut SessionState, _st: &mut Stanza) -> Flow {
         Flow::Continue
@@ -161,6 +167,7 @@ pub struct HookRegistry {
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
     stream_features_preauth: Vec<Element>,
+    stream_features_bound: Vec<Element>,
     server_info_forms: Vec<Element>,
     modules: Vec<&'static str>,
 }
@@ -192,6 +199,10 @@ impl HookRegistry {
     pub fn stream_feature_preauth(&mut self, el: Element) {
         self.stream_features_preauth.push(el);
     }
+    /// Adds a stream feature offered after authentication (e.g. XEP-0352's `<csi/>`).
+    pub fn stream_feature_bound(&mut self, el: Element) {
+        self.stream_features_bound.push(el);
+    }
     /// Adds an XEP-0128 extended-information form to the server's disco#info.
     pub fn server_info_form(&mut self, form: Element) {
         self.server_info_forms.push(form);
@@ -216,6 +227,7 @@ impl HookRegistry {
             server_features: self.server_features,
             account_features: self.account_features,
             stream_features_preauth: self.stream_features_preauth,
+            stream_features_bound: self.stream_features_bound,
             server_info_forms: self.server_info_forms,
             modules: self.modules,
         }
@@ -235,6 +247,8 @@ pub struct Hooks {
     pub account_features: Vec<&'static str>,
     /// Extra pre-authentication stream features.
     pub stream_features_preauth: Vec<Element>,
+    /// Extra stream features after authentication.
+    pub stream_features_bound: Vec<Element>,
     /// XEP-0128 forms for the server's disco#info.
     pub server_info_forms: Vec<Element>,
     /// Names of running modules.

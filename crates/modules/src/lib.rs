@@ -10,6 +10,7 @@ use meerkat_core::{HookRegistry, Module};
 
 pub mod blocking;
 pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod offline;
@@ -66,5 +67,8 @@ pub fn start(cfg: &Config, reg: &mut HookRegistry) {
     }
     if m.mod_carboncopy.is_some() {
         add(Arc::new(carbons::Carbons), reg);
+    }
+    if let Some(c) = &m.mod_csi {
+        add(Arc::new(csi::Csi::new(c.clone())), reg);
     }
 }

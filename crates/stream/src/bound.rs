@@ -85,6 +85,16 @@ impl C2s {
     pub(crate) async fn bound_element(&mut self, el: Element) {
         self.tokens -= 1.0;
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
+            if let State::Bound(s) = &mut self.state {
+                let ctx = self.ctx.clone();
+                if ctx.hooks.session.iter().any(|h| h.on_nonza(&ctx, s, &el)) {
+                    let mut outbox = std::mem::take(&mut s.outbox);
+                    for e in outbox.drain(..) {
+                        self.out.push(Output::Element(e));
+                    }
+                    return;
+                }
+            }
             return self.stream_error(StreamError::UnsupportedStanzaType, None).await;
         }
         let mut st = match Stanza::parse(el) {
@@ -242,6 +252,8 @@ impl C2s {
                     }
                 }
                 if deliver {
+                    // What hooks queued (e.g. presence held back by CSI) goes first.
+                    self.flush_outbox(&mut s);
                     let st = *st;
                     self.out.push(Output::Element(st.el));
                 }

@@ -63,6 +63,9 @@ pub(crate) fn features(c: &C2s, stage: &Stage) -> Element {
             if c.ctx.config.modules.mod_roster.as_ref().is_none_or(|r| r.versioning) {
                 f.append_child(Element::new("ver", ns::ROSTER_VER));
             }
+            for extra in &c.ctx.hooks.stream_features_bound {
+                f.append_child(extra.clone());
+            }
         }
     }
     f
