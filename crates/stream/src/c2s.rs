@@ -398,7 +398,7 @@ impl C2s {
                 }
                 self.sasl_start(el).await
             }
-            (Stage::Anonymous, "iq", ns::CLIENT) if self.tls_satisfied() => {
+            (Stage::Anonymous, "iq", ns::CLIENT) if self.confidential() => {
                 self.state = State::Open(stage);
                 self.preauth_iq(el).await
             }
@@ -412,6 +412,13 @@ impl C2s {
             }
             _ => self.stream_error(StreamError::UnsupportedStanzaType, None).await,
         }
+    }
+
+    /// Whether secrets may be sent on this connection before authentication (a
+    /// password in XEP-0077 registration, like SASL PLAIN): over TLS, or on a
+    /// listener explicitly without TLS (loopback tests).
+    pub(crate) fn confidential(&self) -> bool {
+        self.info.tls == TlsState::Secure || self.listener.tls_mode == TlsMode::None
     }
 
     /// Whether TLS policy allows negotiation beyond STARTTLS.

@@ -11,14 +11,13 @@ use crate::c2s::{C2s, Stage, TlsState};
 /// over TLS (or on a listener explicitly without TLS, for loopback tests); -PLUS
 /// only when the channel offers `tls-exporter` (TLS 1.3).
 pub(crate) fn mechanisms(c: &C2s) -> Vec<Mechanism> {
-    let secure = c.info.tls == TlsState::Secure;
     let exporter = matches!(c.info.channel_binding, ChannelBinding::TlsExporter(_));
     let allowed = c.ctx.config.auth.sasl_mechanisms.as_ref().map(|m| m.get_ref());
     Mechanism::all()
         .iter()
         .copied()
         .filter(|m| match m {
-            Mechanism::Plain => secure || c.listener.tls_mode == TlsMode::None,
+            Mechanism::Plain => c.confidential(),
             Mechanism::Scram { plus, .. } => !plus || exporter,
         })
         .filter(|m| allowed.is_none_or(|a| a.iter().any(|n| n == m.name())))
@@ -51,8 +50,10 @@ pub(crate) fn features(c: &C2s, stage: &Stage) -> Element {
                             .build(),
                     );
                 }
-                for extra in &c.ctx.hooks.stream_features_preauth {
-                    f.append_child(extra.clone());
+                if c.confidential() {
+                    for extra in &c.ctx.hooks.stream_features_preauth {
+                        f.append_child(extra.clone());
+                    }
                 }
             }
         }
