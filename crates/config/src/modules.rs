@@ -38,6 +38,51 @@ pub struct Modules {
     pub mod_carboncopy: Option<Empty>,
     /// Client state indication (XEP-0352).
     pub mod_csi: Option<CsiCfg>,
+    /// Stream management (XEP-0198): acks and resumption.
+    pub mod_stream_management: Option<SmCfg>,
+}
+
+/// `[modules.mod_stream_management]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmCfg {
+    /// Most stanzas sent and not yet acknowledged; beyond it the stream closes
+    /// with `resource-constraint` (the client stopped acknowledging).
+    #[serde(default = "default_sm_buffer")]
+    pub buffer_max: usize,
+    /// Ask for an acknowledgement after this many unacknowledged stanzas.
+    #[serde(default = "default_ack_freq")]
+    pub ack_freq: usize,
+    /// Seconds a session waits, detached, for its client to resume it.
+    #[serde(default = "default_resume_timeout")]
+    pub resume_timeout: u64,
+    /// Seconds the `h` of a timed-out session is remembered (MongooseIM's stale_h).
+    #[serde(default = "default_stale_h")]
+    pub stale_h_timeout: u64,
+}
+
+fn default_sm_buffer() -> usize {
+    100
+}
+fn default_ack_freq() -> usize {
+    1
+}
+fn default_resume_timeout() -> u64 {
+    600
+}
+fn default_stale_h() -> u64 {
+    3600
+}
+
+impl Default for SmCfg {
+    fn default() -> Self {
+        SmCfg {
+            buffer_max: default_sm_buffer(),
+            ack_freq: default_ack_freq(),
+            resume_timeout: default_resume_timeout(),
+            stale_h_timeout: default_stale_h(),
+        }
+    }
 }
 
 /// `[modules.mod_csi]`
@@ -77,6 +122,7 @@ impl Modules {
             mod_stanza_id: Some(Empty {}),
             mod_carboncopy: Some(Empty {}),
             mod_csi: Some(CsiCfg::default()),
+            mod_stream_management: Some(SmCfg::default()),
         }
     }
 
@@ -87,6 +133,15 @@ impl Modules {
             }
             if p.ping_req_timeout == 0 {
                 report(None, "modules.mod_ping.ping_req_timeout".into(), "must be at least 1 second".into());
+            }
+        }
+        if let Some(s) = &self.mod_stream_management {
+            if s.buffer_max == 0 || s.ack_freq == 0 || s.resume_timeout == 0 {
+                report(
+                    None,
+                    "modules.mod_stream_management".into(),
+                    "buffer_max, ack_freq and resume_timeout must be at least 1".into(),
+                );
             }
         }
         if let Some(o) = &self.mod_offline {

@@ -49,7 +49,10 @@ impl Default for Config {
                     state_timeout: default_state_timeout(),
                     max_stanza_rate: default_stanza_rate(),
                     handlers: HttpHandlers {
-                        mod_websockets: vec![HttpHandler { host: any_host(), path: Spanned::new(0..0, "/ws-xmpp".into()) }],
+                        mod_websockets: vec![HttpHandler {
+                            host: any_host(),
+                            path: Spanned::new(0..0, "/ws-xmpp".into()),
+                        }],
                         mod_bosh: vec![BoshHandler {
                             host: any_host(),
                             path: Spanned::new(0..0, "/http-bind".into()),
@@ -441,7 +444,11 @@ impl Config {
                 report(span(&l.port), key("port"), format!("port {} is used by another listener", l.port.get_ref()));
             }
             if l.ip_address.get_ref().parse::<std::net::IpAddr>().is_err() {
-                report(span(&l.ip_address), key("ip_address"), format!("`{}` is not an IP address", l.ip_address.get_ref()));
+                report(
+                    span(&l.ip_address),
+                    key("ip_address"),
+                    format!("`{}` is not an IP address", l.ip_address.get_ref()),
+                );
             }
             if l.max_stanza_size < 1024 {
                 report(None, key("max_stanza_size"), "must be at least 1024 bytes".into());
@@ -463,7 +470,11 @@ impl Config {
                 report(span(&l.port), key("port"), format!("port {} is used by another listener", l.port.get_ref()));
             }
             if l.ip_address.get_ref().parse::<std::net::IpAddr>().is_err() {
-                report(span(&l.ip_address), key("ip_address"), format!("`{}` is not an IP address", l.ip_address.get_ref()));
+                report(
+                    span(&l.ip_address),
+                    key("ip_address"),
+                    format!("`{}` is not an IP address", l.ip_address.get_ref()),
+                );
             }
             if let Some(t) = &l.tls {
                 if t.certfile.is_none() || t.keyfile.is_none() {
@@ -480,7 +491,11 @@ impl Config {
                     report(span(&h.path), key("handlers.mod_bosh.path"), "a path starts with '/'".into());
                 }
                 if h.max_wait == 0 || h.inactivity == 0 {
-                    report(span(&h.path), key("handlers.mod_bosh"), "max_wait and inactivity must be at least 1 second".into());
+                    report(
+                        span(&h.path),
+                        key("handlers.mod_bosh"),
+                        "max_wait and inactivity must be at least 1 second".into(),
+                    );
                 }
             }
         }
@@ -489,7 +504,11 @@ impl Config {
         }
         for m in self.auth.methods.get_ref() {
             if m != "internal" {
-                report(span(&self.auth.methods), "auth.methods".into(), format!("unknown method `{m}` (supported: internal)"));
+                report(
+                    span(&self.auth.methods),
+                    "auth.methods".into(),
+                    format!("unknown method `{m}` (supported: internal)"),
+                );
             }
         }
         if let Some(mechs) = &self.auth.sasl_mechanisms {

@@ -61,6 +61,6 @@ fn example_config_is_valid_and_enables_every_module() {
     assert!(m.mod_version.is_some() && m.mod_time.is_some() && m.mod_last.is_some());
     assert!(m.mod_vcard.is_some() && m.mod_private.is_some() && m.mod_blocking.is_some());
     assert!(m.mod_offline.is_some() && m.mod_register.is_some() && m.mod_stanza_id.is_some());
-    assert!(m.mod_carboncopy.is_some() && m.mod_csi.is_some());
+    assert!(m.mod_carboncopy.is_some() && m.mod_csi.is_some() && m.mod_stream_management.is_some());
     assert_eq!(c.listen.c2s.len(), 2);
 }

@@ -26,13 +26,23 @@ pub struct ServerContext {
     pub router: Arc<dyn Router>,
     /// When the server started (XEP-0012 uptime).
     pub started: Instant,
+    /// Resumable sessions (XEP-0198).
+    pub resumptions: crate::resumption::Resumptions,
     next_session: AtomicU64,
 }
 
 impl ServerContext {
     /// Assembles a context.
     pub fn new(config: Arc<Config>, stores: Stores, hooks: Hooks, router: Arc<dyn Router>) -> Self {
-        ServerContext { config, stores, hooks, router, started: Instant::now(), next_session: AtomicU64::new(1) }
+        ServerContext {
+            config,
+            stores,
+            hooks,
+            router,
+            started: Instant::now(),
+            resumptions: Default::default(),
+            next_session: AtomicU64::new(1),
+        }
     }
 
     /// Whether `domain` is served here.
@@ -77,11 +87,19 @@ impl ServerContext {
             Some(IqType::Get) => false,
             Some(IqType::Set) => true,
             Some(IqType::Result) | Some(IqType::Error) => return None,
-            None => return Some(make_error_reply(&iq.el, &StanzaError::bad_request("IQ type must be get, set, result or error"))),
+            None => {
+                return Some(make_error_reply(
+                    &iq.el,
+                    &StanzaError::bad_request("IQ type must be get, set, result or error"),
+                ))
+            }
         };
         let mut children = iq.el.children();
         let (Some(payload), None) = (children.next(), children.next()) else {
-            return Some(make_error_reply(&iq.el, &StanzaError::bad_request("an IQ get or set carries exactly one payload")));
+            return Some(make_error_reply(
+                &iq.el,
+                &StanzaError::bad_request("an IQ get or set carries exactly one payload"),
+            ));
         };
         let Some(h) = self.hooks.iq_handler(scope, payload.ns()) else {
             return Some(make_error_reply(&iq.el, &StanzaError::service_unavailable()));

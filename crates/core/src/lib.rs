@@ -14,6 +14,7 @@
 
 pub mod context;
 pub mod hooks;
+pub mod resumption;
 pub mod router;
 pub mod session;
 pub mod util;

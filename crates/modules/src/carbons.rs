@@ -91,7 +91,7 @@ impl SessionHooks for Carbons {
 
     async fn on_event(&self, _ctx: &ServerContext, s: &mut SessionState, ev: &SessionEvent) {
         let Some(c) = ev.downcast_ref::<Copy>() else { return };
-        if s.ext.get(EXT).is_none() || c.skip.contains(&s.id) {
+        if !s.ext.contains_key(EXT) || c.skip.contains(&s.id) {
             return;
         }
         let mut inner = c.msg.clone();

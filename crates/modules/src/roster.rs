@@ -251,10 +251,11 @@ impl Roster {
             return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("name too long"));
         }
         let roster = ensure_roster(ctx, s).await?;
-        let mut it = roster.items.get(contact.as_str()).cloned().unwrap_or_else(|| RosterItem {
-            jid: contact.as_str().to_string(),
-            ..RosterItem::default()
-        });
+        let mut it = roster
+            .items
+            .get(contact.as_str())
+            .cloned()
+            .unwrap_or_else(|| RosterItem { jid: contact.as_str().to_string(), ..RosterItem::default() });
         if !it.visible && roster.items.values().filter(|i| i.visible).count() >= self.cfg.max_roster_size {
             return Err(StanzaError::new(StanzaErrorCondition::NotAllowed).with_text("roster is full"));
         }

@@ -330,9 +330,7 @@ impl Router for LocalRouter {
         };
         if !ctx.is_local_domain(to.domain().as_str()) {
             // No server-to-server yet: RFC 6120 §10.4.
-            return self
-                .bounce(ctx, &st, StanzaError::new(StanzaErrorCondition::RemoteServerNotFound))
-                .await;
+            return self.bounce(ctx, &st, StanzaError::new(StanzaErrorCondition::RemoteServerNotFound)).await;
         }
         if to.node().is_none() {
             return self.to_server(ctx, to, st).await;
@@ -386,4 +384,3 @@ impl Router for LocalRouter {
         self.table.len()
     }
 }
-

@@ -99,20 +99,11 @@ mod tests {
         assert_eq!(decode_saslname("=3D=3D").as_deref(), Ok("=="));
         assert_eq!(decode_saslname("=2C").as_deref(), Ok(","));
         assert_eq!(decode_saslname("plain").as_deref(), Ok("plain"));
-        for bad in [
-            "", "a=", "a=2", "a=2c", "a=3d", "a=41", "=", "a\0b", "a,b", "x=3",
-        ] {
-            assert_eq!(
-                decode_saslname(bad),
-                Err(Failure::MalformedRequest),
-                "{bad:?}"
-            );
+        for bad in ["", "a=", "a=2", "a=2c", "a=3d", "a=41", "=", "a\0b", "a,b", "x=3"] {
+            assert_eq!(decode_saslname(bad), Err(Failure::MalformedRequest), "{bad:?}");
         }
         assert_eq!(encode_saslname("a,b=c"), "a=2Cb=3Dc");
-        assert_eq!(
-            decode_saslname(&encode_saslname("=,x,=")).as_deref(),
-            Ok("=,x,=")
-        );
+        assert_eq!(decode_saslname(&encode_saslname("=,x,=")).as_deref(), Ok("=,x,="));
     }
 
     #[test]
@@ -128,10 +119,7 @@ mod tests {
     #[test]
     fn size_bound() {
         assert!(message_str(&[b'a'; MAX_MESSAGE_LEN]).is_ok());
-        assert_eq!(
-            message_str(&[b'a'; MAX_MESSAGE_LEN + 1]),
-            Err(Failure::MalformedRequest)
-        );
+        assert_eq!(message_str(&[b'a'; MAX_MESSAGE_LEN + 1]), Err(Failure::MalformedRequest));
         assert_eq!(message_str(b"\xff"), Err(Failure::MalformedRequest));
     }
 }

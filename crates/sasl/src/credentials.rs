@@ -2,8 +2,8 @@
 //! ServerKey per hash. Passwords are never stored; PLAIN logins are checked by
 //! deriving the StoredKey from the offered password.
 
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
@@ -200,15 +200,9 @@ impl StoredCredentials {
             if f.next() != Some(alg.name()) {
                 return Err(CredentialsFormatError("hash entries out of order"));
             }
-            let iterations = f
-                .next()
-                .and_then(|i| i.parse().ok())
-                .ok_or(CredentialsFormatError("bad iteration count"))?;
-            let mut b = || {
-                f.next()
-                    .and_then(|x| B64.decode(x).ok())
-                    .ok_or(CredentialsFormatError("bad base64 field"))
-            };
+            let iterations =
+                f.next().and_then(|i| i.parse().ok()).ok_or(CredentialsFormatError("bad iteration count"))?;
+            let mut b = || f.next().and_then(|x| B64.decode(x).ok()).ok_or(CredentialsFormatError("bad base64 field"));
             Ok(ScramKeys { iterations, salt: b()?, stored_key: b()?, server_key: b()? })
         };
         Ok(StoredCredentials {

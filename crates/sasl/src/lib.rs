@@ -39,9 +39,7 @@ mod scram_client;
 mod scram_server;
 
 pub use attr::MAX_MESSAGE_LEN;
-pub use credentials::{
-    CredentialsFormatError, HashAlg, ScramKeys, StoredCredentials, DEFAULT_ITERATIONS,
-};
+pub use credentials::{CredentialsFormatError, HashAlg, ScramKeys, StoredCredentials, DEFAULT_ITERATIONS};
 pub use mechanism::{AuthRequest, ChannelBinding, Failure, Mechanism};
 pub use plain::{parse_plain, plain_client_message};
 pub use scram_client::{ScramClient, MAX_CLIENT_ITERATIONS};

@@ -20,30 +20,12 @@ pub enum Mechanism {
 }
 
 const ALL_MECHANISMS: [Mechanism; 7] = [
-    Mechanism::Scram {
-        alg: HashAlg::Sha512,
-        plus: true,
-    },
-    Mechanism::Scram {
-        alg: HashAlg::Sha256,
-        plus: true,
-    },
-    Mechanism::Scram {
-        alg: HashAlg::Sha1,
-        plus: true,
-    },
-    Mechanism::Scram {
-        alg: HashAlg::Sha512,
-        plus: false,
-    },
-    Mechanism::Scram {
-        alg: HashAlg::Sha256,
-        plus: false,
-    },
-    Mechanism::Scram {
-        alg: HashAlg::Sha1,
-        plus: false,
-    },
+    Mechanism::Scram { alg: HashAlg::Sha512, plus: true },
+    Mechanism::Scram { alg: HashAlg::Sha256, plus: true },
+    Mechanism::Scram { alg: HashAlg::Sha1, plus: true },
+    Mechanism::Scram { alg: HashAlg::Sha512, plus: false },
+    Mechanism::Scram { alg: HashAlg::Sha256, plus: false },
+    Mechanism::Scram { alg: HashAlg::Sha1, plus: false },
     Mechanism::Plain,
 ];
 
@@ -53,30 +35,12 @@ impl Mechanism {
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
-            Mechanism::Scram {
-                alg: HashAlg::Sha1,
-                plus: false,
-            } => "SCRAM-SHA-1",
-            Mechanism::Scram {
-                alg: HashAlg::Sha1,
-                plus: true,
-            } => "SCRAM-SHA-1-PLUS",
-            Mechanism::Scram {
-                alg: HashAlg::Sha256,
-                plus: false,
-            } => "SCRAM-SHA-256",
-            Mechanism::Scram {
-                alg: HashAlg::Sha256,
-                plus: true,
-            } => "SCRAM-SHA-256-PLUS",
-            Mechanism::Scram {
-                alg: HashAlg::Sha512,
-                plus: false,
-            } => "SCRAM-SHA-512",
-            Mechanism::Scram {
-                alg: HashAlg::Sha512,
-                plus: true,
-            } => "SCRAM-SHA-512-PLUS",
+            Mechanism::Scram { alg: HashAlg::Sha1, plus: false } => "SCRAM-SHA-1",
+            Mechanism::Scram { alg: HashAlg::Sha1, plus: true } => "SCRAM-SHA-1-PLUS",
+            Mechanism::Scram { alg: HashAlg::Sha256, plus: false } => "SCRAM-SHA-256",
+            Mechanism::Scram { alg: HashAlg::Sha256, plus: true } => "SCRAM-SHA-256-PLUS",
+            Mechanism::Scram { alg: HashAlg::Sha512, plus: false } => "SCRAM-SHA-512",
+            Mechanism::Scram { alg: HashAlg::Sha512, plus: true } => "SCRAM-SHA-512-PLUS",
         }
     }
 

@@ -29,9 +29,7 @@ pub fn parse_plain(msg: &[u8]) -> Result<(AuthRequest, String), Failure> {
     if authcid.is_empty() || password.is_empty() {
         return Err(Failure::MalformedRequest);
     }
-    let authcid = saslprep(authcid)
-        .filter(|a| !a.is_empty())
-        .ok_or(Failure::NotAuthorized)?;
+    let authcid = saslprep(authcid).filter(|a| !a.is_empty()).ok_or(Failure::NotAuthorized)?;
     let authzid = (!authzid.is_empty()).then(|| authzid.to_owned());
     Ok((AuthRequest { authcid, authzid }, password.to_owned()))
 }
@@ -53,33 +51,21 @@ mod tests {
     use super::*;
 
     fn req(authcid: &str, authzid: Option<&str>) -> AuthRequest {
-        AuthRequest {
-            authcid: authcid.into(),
-            authzid: authzid.map(Into::into),
-        }
+        AuthRequest { authcid: authcid.into(), authzid: authzid.map(Into::into) }
     }
 
     #[test]
     fn rfc4616_examples() {
         // RFC 4616 §4.
-        assert_eq!(
-            parse_plain(b"\0tim\0tanstaaftanstaaf"),
-            Ok((req("tim", None), "tanstaaftanstaaf".into()))
-        );
-        assert_eq!(
-            parse_plain(b"Ursel\0Kurt\0xipj3plmq"),
-            Ok((req("Kurt", Some("Ursel")), "xipj3plmq".into()))
-        );
+        assert_eq!(parse_plain(b"\0tim\0tanstaaftanstaaf"), Ok((req("tim", None), "tanstaaftanstaaf".into())));
+        assert_eq!(parse_plain(b"Ursel\0Kurt\0xipj3plmq"), Ok((req("Kurt", Some("Ursel")), "xipj3plmq".into())));
     }
 
     #[test]
     fn client_message_roundtrip() {
         let m = plain_client_message(Some("juliet@example.com"), "juliet", "r0m30");
         assert_eq!(m, b"juliet@example.com\0juliet\0r0m30");
-        assert_eq!(
-            parse_plain(&m),
-            Ok((req("juliet", Some("juliet@example.com")), "r0m30".into()))
-        );
+        assert_eq!(parse_plain(&m), Ok((req("juliet", Some("juliet@example.com")), "r0m30".into())));
         assert_eq!(plain_client_message(None, "a", "b"), b"\0a\0b");
     }
 
@@ -92,28 +78,13 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for m in [
-            &b""[..],
-            b"\0",
-            b"\0\0",
-            b"\0user\0",
-            b"\0\0pass",
-            b"a\0b\0c\0d",
-            b"user\0pass",
-            b"\0\xff\0p",
-        ] {
+        for m in [&b""[..], b"\0", b"\0\0", b"\0user\0", b"\0\0pass", b"a\0b\0c\0d", b"user\0pass", b"\0\xff\0p"] {
             assert_eq!(parse_plain(m), Err(Failure::MalformedRequest), "{m:?}");
         }
         let mut big = b"\0user\0".to_vec();
         big.resize(crate::MAX_MESSAGE_LEN + 1, b'x');
         assert_eq!(parse_plain(&big), Err(Failure::MalformedRequest));
-        assert_eq!(
-            parse_plain(b"\0us\x07er\0pass"),
-            Err(Failure::NotAuthorized)
-        );
-        assert_eq!(
-            parse_plain("\0\u{00AD}\0pass".as_bytes()),
-            Err(Failure::NotAuthorized)
-        );
+        assert_eq!(parse_plain(b"\0us\x07er\0pass"), Err(Failure::NotAuthorized));
+        assert_eq!(parse_plain("\0\u{00AD}\0pass".as_bytes()), Err(Failure::NotAuthorized));
     }
 }

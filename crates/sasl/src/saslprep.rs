@@ -51,10 +51,7 @@ fn mapped_to_nothing(c: char) -> bool {
 
 /// RFC 3454 table C.1.2: non-ASCII space characters.
 fn non_ascii_space(c: char) -> bool {
-    matches!(
-        c as u32,
-        0x00A0 | 0x1680 | 0x2000..=0x200B | 0x202F | 0x205F | 0x3000
-    )
+    matches!(c as u32, 0x00A0 | 0x1680 | 0x2000..=0x200B | 0x202F | 0x205F | 0x3000)
 }
 
 /// RFC 4013 §2.3 prohibited output (tables C.1.2, C.2.1, C.2.2, C.3, C.4, C.6, C.7, C.8, C.9).
@@ -120,10 +117,7 @@ mod tests {
     #[test]
     fn mapping() {
         assert_eq!(saslprep("a\u{00A0}b\u{3000}c").as_deref(), Some("a b c"));
-        assert_eq!(
-            saslprep("a\u{200B}b\u{FEFF}c\u{FE0F}").as_deref(),
-            Some("abc")
-        );
+        assert_eq!(saslprep("a\u{200B}b\u{FEFF}c\u{FE0F}").as_deref(), Some("abc"));
         assert_eq!(saslprep("\u{00AD}").as_deref(), Some(""));
         assert_eq!(saslprep("jürgen").as_deref(), Some("jürgen"));
         assert_eq!(saslprep("日本").as_deref(), Some("日本"));

@@ -6,9 +6,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
-use crate::attr::{
-    check_extensions, encode_saslname, expect_attr, message_str, split_attr, valid_nonce,
-};
+use crate::attr::{check_extensions, encode_saslname, expect_attr, message_str, split_attr, valid_nonce};
 use crate::saslprep::saslprep;
 use crate::scram_server::TLS_EXPORTER;
 use crate::{ChannelBinding, Failure, HashAlg, Mechanism};
@@ -54,13 +52,7 @@ impl ScramClient {
 
     /// Like [`new`](Self::new) with a fixed client nonce, to reproduce RFC test vectors.
     #[doc(hidden)]
-    pub fn with_nonce(
-        alg: HashAlg,
-        username: &str,
-        password: &str,
-        cb: ChannelBinding,
-        cnonce: &str,
-    ) -> Self {
+    pub fn with_nonce(alg: HashAlg, username: &str, password: &str, cb: ChannelBinding, cnonce: &str) -> Self {
         ScramClient {
             alg,
             username: username.to_owned(),
@@ -84,10 +76,7 @@ impl ScramClient {
     /// The mechanism to select: `SCRAM-<hash>-PLUS` with `tls-exporter` binding data,
     /// plain `SCRAM-<hash>` otherwise.
     pub fn mechanism(&self) -> Mechanism {
-        Mechanism::Scram {
-            alg: self.alg,
-            plus: matches!(self.cb, ChannelBinding::TlsExporter(_)),
-        }
+        Mechanism::Scram { alg: self.alg, plus: matches!(self.cb, ChannelBinding::TlsExporter(_)) }
     }
 
     /// The client-first message: `gs2-header n=<user>,r=<nonce>`. The username is
@@ -98,11 +87,7 @@ impl ScramClient {
             ChannelBinding::None => "n".to_owned(),
             ChannelBinding::Unsupported => "y".to_owned(),
         };
-        let authz = self
-            .authzid
-            .as_deref()
-            .map(|a| format!("a={}", encode_saslname(a)))
-            .unwrap_or_default();
+        let authz = self.authzid.as_deref().map(|a| format!("a={}", encode_saslname(a))).unwrap_or_default();
         self.gs2_header = format!("{flag},{authz},");
         let user = saslprep(&self.username).unwrap_or_else(|| self.username.clone());
         let bare = format!("n={},r={}", encode_saslname(&user), self.cnonce);
@@ -138,12 +123,8 @@ impl ScramClient {
         if nonce.len() <= self.cnonce.len() || !nonce.starts_with(&self.cnonce) {
             return Err(Failure::NotAuthorized);
         }
-        let salt = B64
-            .decode(expect_attr(attrs.next(), b's')?)
-            .map_err(|_| Failure::MalformedRequest)?;
-        let iterations: u32 = expect_attr(attrs.next(), b'i')?
-            .parse()
-            .map_err(|_| Failure::MalformedRequest)?;
+        let salt = B64.decode(expect_attr(attrs.next(), b's')?).map_err(|_| Failure::MalformedRequest)?;
+        let iterations: u32 = expect_attr(attrs.next(), b'i')?.parse().map_err(|_| Failure::MalformedRequest)?;
         if salt.is_empty() || iterations == 0 || iterations > MAX_CLIENT_ITERATIONS {
             return Err(Failure::MalformedRequest);
         }
@@ -160,11 +141,7 @@ impl ScramClient {
         let without_proof = format!("c={},r={}", B64.encode(&cbind), nonce);
         let auth_message = format!("{bare},{s},{without_proof}");
         let client_signature = alg.hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&client_signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
+        let proof: Vec<u8> = client_key.iter().zip(&client_signature).map(|(k, s)| k ^ s).collect();
         let server_key = alg.hmac(&salted, b"Server Key");
         self.server_signature = Some(alg.hmac(&server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
@@ -175,19 +152,14 @@ impl ScramClient {
     /// [`Failure::NotAuthorized`]; anything unparsable or a call before
     /// [`handle_server_first`](Self::handle_server_first) → [`Failure::MalformedRequest`].
     pub fn verify_server_final(&self, msg: &[u8]) -> Result<(), Failure> {
-        let expected = self
-            .server_signature
-            .as_ref()
-            .ok_or(Failure::MalformedRequest)?;
+        let expected = self.server_signature.as_ref().ok_or(Failure::MalformedRequest)?;
         let s = message_str(msg)?;
         let mut attrs = s.split(',');
         let first = attrs.next();
         if let Some((b'e', _)) = first.map(split_attr).transpose()? {
             return Err(Failure::NotAuthorized);
         }
-        let v = B64
-            .decode(expect_attr(first, b'v')?)
-            .map_err(|_| Failure::MalformedRequest)?;
+        let v = B64.decode(expect_attr(first, b'v')?).map_err(|_| Failure::MalformedRequest)?;
         check_extensions(attrs)?;
         if v.len() == expected.len() && bool::from(v.ct_eq(expected)) {
             Ok(())
@@ -203,99 +175,43 @@ mod tests {
 
     #[test]
     fn rfc5802_client_side() {
-        let mut c = ScramClient::with_nonce(
-            HashAlg::Sha1,
-            "user",
-            "pencil",
-            ChannelBinding::None,
-            "fyko+d2lbbFgONRv9qkxdawL",
-        );
+        let mut c =
+            ScramClient::with_nonce(HashAlg::Sha1, "user", "pencil", ChannelBinding::None, "fyko+d2lbbFgONRv9qkxdawL");
         assert_eq!(c.mechanism().name(), "SCRAM-SHA-1");
         assert_eq!(c.client_first(), b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL");
-        let cf = c
-            .handle_server_first(
-                b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
-            )
-            .unwrap();
-        assert_eq!(
-            cf,
-            b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
-        );
-        assert_eq!(
-            c.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="),
-            Ok(())
-        );
-        assert_eq!(
-            c.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKA="),
-            Err(Failure::NotAuthorized)
-        );
-        assert_eq!(
-            c.verify_server_final(b"e=invalid-proof"),
-            Err(Failure::NotAuthorized)
-        );
-        assert_eq!(
-            c.verify_server_final(b"v=!!"),
-            Err(Failure::MalformedRequest)
-        );
+        let cf =
+            c.handle_server_first(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096").unwrap();
+        assert_eq!(cf, b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=");
+        assert_eq!(c.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="), Ok(()));
+        assert_eq!(c.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKA="), Err(Failure::NotAuthorized));
+        assert_eq!(c.verify_server_final(b"e=invalid-proof"), Err(Failure::NotAuthorized));
+        assert_eq!(c.verify_server_final(b"v=!!"), Err(Failure::MalformedRequest));
     }
 
     #[test]
     fn bad_server_first() {
         let fresh = || {
-            let mut c = ScramClient::with_nonce(
-                HashAlg::Sha1,
-                "user",
-                "pencil",
-                ChannelBinding::None,
-                "abc",
-            );
+            let mut c = ScramClient::with_nonce(HashAlg::Sha1, "user", "pencil", ChannelBinding::None, "abc");
             c.client_first();
             c
         };
         for (m, f) in [
             (&b"e=unknown-user"[..], Failure::NotAuthorized),
-            (
-                b"r=xyzdef,s=QSXCR+Q6sek8bf92,i=4096",
-                Failure::NotAuthorized,
-            ),
+            (b"r=xyzdef,s=QSXCR+Q6sek8bf92,i=4096", Failure::NotAuthorized),
             (b"r=abc,s=QSXCR+Q6sek8bf92,i=4096", Failure::NotAuthorized),
-            (
-                b"m=x,r=abcdef,s=QSXCR+Q6sek8bf92,i=4096",
-                Failure::MalformedRequest,
-            ),
-            (
-                b"r=abcdef,s=QSXCR+Q6sek8bf92,i=0",
-                Failure::MalformedRequest,
-            ),
-            (
-                b"r=abcdef,s=QSXCR+Q6sek8bf92,i=99999999",
-                Failure::MalformedRequest,
-            ),
+            (b"m=x,r=abcdef,s=QSXCR+Q6sek8bf92,i=4096", Failure::MalformedRequest),
+            (b"r=abcdef,s=QSXCR+Q6sek8bf92,i=0", Failure::MalformedRequest),
+            (b"r=abcdef,s=QSXCR+Q6sek8bf92,i=99999999", Failure::MalformedRequest),
             (b"r=abcdef,s=,i=4096", Failure::MalformedRequest),
             (b"r=abcdef,s=***,i=4096", Failure::MalformedRequest),
-            (
-                b"r=abcdef,i=4096,s=QSXCR+Q6sek8bf92",
-                Failure::MalformedRequest,
-            ),
+            (b"r=abcdef,i=4096,s=QSXCR+Q6sek8bf92", Failure::MalformedRequest),
             (b"r=abcdef,s=QSXCR+Q6sek8bf92", Failure::MalformedRequest),
         ] {
-            assert_eq!(
-                fresh().handle_server_first(m),
-                Err(f),
-                "{}",
-                String::from_utf8_lossy(m)
-            );
+            assert_eq!(fresh().handle_server_first(m), Err(f), "{}", String::from_utf8_lossy(m));
         }
-        let mut c =
-            ScramClient::with_nonce(HashAlg::Sha1, "user", "pencil", ChannelBinding::None, "abc");
-        assert_eq!(
-            c.handle_server_first(b"r=abcdef,s=QSXCR+Q6sek8bf92,i=1"),
-            Err(Failure::MalformedRequest)
-        );
-        assert_eq!(
-            c.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="),
-            Err(Failure::MalformedRequest)
-        );
+        let mut c = ScramClient::with_nonce(HashAlg::Sha1, "user", "pencil", ChannelBinding::None, "abc");
+        assert_eq!(c.handle_server_first(b"r=abcdef,s=QSXCR+Q6sek8bf92,i=1"), Err(Failure::MalformedRequest));
+        assert_eq!(c.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="), Err(Failure::MalformedRequest));
     }
 
     #[test]
@@ -308,10 +224,7 @@ mod tests {
             String::from_utf8(c.client_first()).unwrap()
         };
         assert_eq!(first(ChannelBinding::None, None), "n,,n=a=2Cb=3Dc,r=N");
-        assert_eq!(
-            first(ChannelBinding::Unsupported, None),
-            "y,,n=a=2Cb=3Dc,r=N"
-        );
+        assert_eq!(first(ChannelBinding::Unsupported, None), "y,,n=a=2Cb=3Dc,r=N");
         assert_eq!(
             first(ChannelBinding::TlsExporter(vec![1; 32]), Some("x=y,z")),
             "p=tls-exporter,a=x=3Dy=2Cz,n=a=2Cb=3Dc,r=N"

@@ -48,9 +48,7 @@ fn unknown_user_secret() -> Result<&'static [u8; 32], Failure> {
     getrandom::fill(&mut fresh).map_err(|_| Failure::TemporaryAuthFailure)?;
     // If another thread won the race its secret is kept; either way it is set now.
     let _ = UNKNOWN_USER_SECRET.set(fresh);
-    UNKNOWN_USER_SECRET
-        .get()
-        .ok_or(Failure::TemporaryAuthFailure)
+    UNKNOWN_USER_SECRET.get().ok_or(Failure::TemporaryAuthFailure)
 }
 
 /// Deterministic stand-in keys for a user that does not exist.
@@ -141,14 +139,7 @@ impl ScramServer {
     /// connection (for downgrade detection per RFC 5802 §6: a client sending `y` while the
     /// server did advertise PLUS fails with [`Failure::NotAuthorized`]).
     pub fn new(alg: HashAlg, plus: bool, plus_advertised: bool, cb: ChannelBinding) -> Self {
-        ScramServer {
-            alg,
-            plus,
-            plus_advertised,
-            cb,
-            nonce_suffix: None,
-            state: State::Start,
-        }
+        ScramServer { alg, plus, plus_advertised, cb, nonce_suffix: None, state: State::Start }
     }
 
     /// Like [`new`](Self::new) but with a fixed server nonce suffix instead of a random one.
@@ -161,10 +152,7 @@ impl ScramServer {
         cb: ChannelBinding,
         suffix: &str,
     ) -> Self {
-        ScramServer {
-            nonce_suffix: Some(suffix.to_owned()),
-            ..Self::new(alg, plus, plus_advertised, cb)
-        }
+        ScramServer { nonce_suffix: Some(suffix.to_owned()), ..Self::new(alg, plus, plus_advertised, cb) }
     }
 
     /// Parses client-first (RFC 5802 §7 `client-first-message`) and returns who wants to
@@ -190,8 +178,7 @@ impl ScramServer {
     fn parse_client_first(&self, msg: &[u8]) -> Result<(ClientFirst, AuthRequest), Failure> {
         let s = message_str(msg)?;
         let mut parts = s.splitn(3, ',');
-        let (Some(flag), Some(authz), Some(bare)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(flag), Some(authz), Some(bare)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(Failure::MalformedRequest);
         };
         let gs2_header = &s[..flag.len() + authz.len() + 2];
@@ -208,9 +195,7 @@ impl ScramServer {
             f => match f.strip_prefix("p=") {
                 Some(name)
                     if !name.is_empty()
-                        && name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
                 {
                     Flag::P(name)
                 }
@@ -219,9 +204,7 @@ impl ScramServer {
         };
         let authzid = match authz {
             "" => None,
-            a => Some(decode_saslname(
-                a.strip_prefix("a=").ok_or(Failure::MalformedRequest)?,
-            )?),
+            a => Some(decode_saslname(a.strip_prefix("a=").ok_or(Failure::MalformedRequest)?)?),
         };
 
         // client-first-message-bare = [reserved-mext ","] username "," nonce ["," extensions]
@@ -241,17 +224,13 @@ impl ScramServer {
         match flag {
             Flag::P(_) if !self.plus => return Err(Failure::MalformedRequest),
             Flag::P(name) if name != TLS_EXPORTER => return Err(Failure::NotAuthorized),
-            Flag::P(_) if !matches!(self.cb, ChannelBinding::TlsExporter(_)) => {
-                return Err(Failure::NotAuthorized)
-            }
+            Flag::P(_) if !matches!(self.cb, ChannelBinding::TlsExporter(_)) => return Err(Failure::NotAuthorized),
             Flag::N | Flag::Y if self.plus => return Err(Failure::MalformedRequest),
             Flag::Y if self.plus_advertised => return Err(Failure::NotAuthorized),
             _ => {}
         }
 
-        let authcid = saslprep(&username)
-            .filter(|u| !u.is_empty())
-            .ok_or(Failure::NotAuthorized)?;
+        let authcid = saslprep(&username).filter(|u| !u.is_empty()).ok_or(Failure::NotAuthorized)?;
         let first = ClientFirst {
             gs2_header: gs2_header.to_owned(),
             bound: matches!(flag, Flag::P(_)),
@@ -280,11 +259,7 @@ impl ScramServer {
         let (keys, known) = match keys {
             Some(k) => {
                 let n = self.alg.output_len();
-                if k.iterations == 0
-                    || k.salt.is_empty()
-                    || k.stored_key.len() != n
-                    || k.server_key.len() != n
-                {
+                if k.iterations == 0 || k.salt.is_empty() || k.stored_key.len() != n || k.server_key.len() != n {
                     return Err(Failure::TemporaryAuthFailure);
                 }
                 (k.clone(), true)
@@ -300,19 +275,9 @@ impl ScramServer {
             }
         };
         let nonce = format!("{}{}", first.cnonce, suffix);
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&keys.salt),
-            keys.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&keys.salt), keys.iterations);
         let out = server_first.clone().into_bytes();
-        self.state = State::SentServerFirst {
-            first,
-            server_first,
-            nonce,
-            keys,
-            known,
-        };
+        self.state = State::SentServerFirst { first, server_first, nonce, keys, known };
         Ok(out)
     }
 
@@ -325,13 +290,8 @@ impl ScramServer {
     /// nonce other than the combined one, a wrong proof, or an unknown user →
     /// [`Failure::NotAuthorized`].
     pub fn handle_client_final(&mut self, msg: &[u8]) -> Result<Vec<u8>, Failure> {
-        let State::SentServerFirst {
-            first,
-            server_first,
-            nonce,
-            keys,
-            known,
-        } = std::mem::replace(&mut self.state, State::Done)
+        let State::SentServerFirst { first, server_first, nonce, keys, known } =
+            std::mem::replace(&mut self.state, State::Done)
         else {
             return Err(Failure::MalformedRequest);
         };
@@ -364,11 +324,7 @@ impl ScramServer {
 
         let auth_message = format!("{},{},{}", first.bare, server_first, without_proof);
         let client_signature = alg.hmac(&keys.stored_key, auth_message.as_bytes());
-        let client_key: Vec<u8> = proof
-            .iter()
-            .zip(&client_signature)
-            .map(|(p, s)| p ^ s)
-            .collect();
+        let client_key: Vec<u8> = proof.iter().zip(&client_signature).map(|(p, s)| p ^ s).collect();
         let proof_ok: bool = alg.hash(&client_key).ct_eq(&keys.stored_key).into();
 
         if !(cb_ok && nonce_ok && proof_ok && known) {
@@ -389,39 +345,18 @@ mod tests {
 
     #[test]
     fn rfc5802_server_side() {
-        let mut s = ScramServer::with_nonce_suffix(
-            HashAlg::Sha1,
-            false,
-            false,
-            ChannelBinding::None,
-            "3rfcNHYJY1ZVvWVs7j",
-        );
-        let req = s
-            .handle_client_first(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL")
-            .unwrap();
-        assert_eq!(
-            req,
-            AuthRequest {
-                authcid: "user".into(),
-                authzid: None
-            }
-        );
-        let sf = s
-            .server_first(Some(&keys(HashAlg::Sha1, "QSXCR+Q6sek8bf92")))
-            .unwrap();
-        assert_eq!(
-            sf,
-            b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"
-        );
+        let mut s =
+            ScramServer::with_nonce_suffix(HashAlg::Sha1, false, false, ChannelBinding::None, "3rfcNHYJY1ZVvWVs7j");
+        let req = s.handle_client_first(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL").unwrap();
+        assert_eq!(req, AuthRequest { authcid: "user".into(), authzid: None });
+        let sf = s.server_first(Some(&keys(HashAlg::Sha1, "QSXCR+Q6sek8bf92"))).unwrap();
+        assert_eq!(sf, b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096");
         let sfinal = s
             .handle_client_final(b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=")
             .unwrap();
         assert_eq!(sfinal, b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=");
         // The exchange is over.
-        assert_eq!(
-            s.handle_client_final(b"c=biws"),
-            Err(Failure::MalformedRequest)
-        );
+        assert_eq!(s.handle_client_final(b"c=biws"), Err(Failure::MalformedRequest));
     }
 
     #[test]
@@ -429,30 +364,18 @@ mod tests {
         let mut s = ScramServer::new(HashAlg::Sha256, false, false, ChannelBinding::None);
         assert_eq!(s.server_first(None), Err(Failure::MalformedRequest));
         let mut s = ScramServer::new(HashAlg::Sha256, false, false, ChannelBinding::None);
-        assert_eq!(
-            s.handle_client_final(b"c=biws,r=x,p=AAAA"),
-            Err(Failure::MalformedRequest)
-        );
+        assert_eq!(s.handle_client_final(b"c=biws,r=x,p=AAAA"), Err(Failure::MalformedRequest));
         let mut s = ScramServer::new(HashAlg::Sha256, false, false, ChannelBinding::None);
         s.handle_client_first(b"n,,n=user,r=abc").unwrap();
-        assert_eq!(
-            s.handle_client_first(b"n,,n=user,r=abc"),
-            Err(Failure::MalformedRequest)
-        );
+        assert_eq!(s.handle_client_first(b"n,,n=user,r=abc"), Err(Failure::MalformedRequest));
         assert_eq!(s.server_first(None), Err(Failure::MalformedRequest));
     }
 
     #[test]
     fn failed_client_first_ends_exchange() {
         let mut s = ScramServer::new(HashAlg::Sha256, false, false, ChannelBinding::None);
-        assert_eq!(
-            s.handle_client_first(b"x,,n=user,r=abc"),
-            Err(Failure::MalformedRequest)
-        );
-        assert_eq!(
-            s.handle_client_first(b"n,,n=user,r=abc"),
-            Err(Failure::MalformedRequest)
-        );
+        assert_eq!(s.handle_client_first(b"x,,n=user,r=abc"), Err(Failure::MalformedRequest));
+        assert_eq!(s.handle_client_first(b"n,,n=user,r=abc"), Err(Failure::MalformedRequest));
     }
 
     #[test]
@@ -483,12 +406,8 @@ mod tests {
     fn debug_hides_keys() {
         let mut s = ScramServer::new(HashAlg::Sha1, false, false, ChannelBinding::None);
         s.handle_client_first(b"n,,n=user,r=abc").unwrap();
-        s.server_first(Some(&keys(HashAlg::Sha1, "QSXCR+Q6sek8bf92")))
-            .unwrap();
+        s.server_first(Some(&keys(HashAlg::Sha1, "QSXCR+Q6sek8bf92"))).unwrap();
         let d = format!("{s:?}");
-        assert!(
-            d.contains("sent-server-first") && !d.contains("stored_key"),
-            "{d}"
-        );
+        assert!(d.contains("sent-server-first") && !d.contains("stored_key"), "{d}");
     }
 }

@@ -24,8 +24,7 @@ const RFC5802: Vector = Vector {
     salt: "QSXCR+Q6sek8bf92",
     client_first: "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
     server_first: "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
-    client_final:
-        "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+    client_final: "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
     server_final: "v=rmF9pqV8S7suAoZWja4dJRkFsKQ=",
 };
 
@@ -38,7 +37,8 @@ const RFC7677: Vector = Vector {
     salt: "W22ZaJ0SNY7soEsUEjb6gQ==",
     client_first: "n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
     server_first: "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
-    client_final: "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+    client_final:
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
     server_final: "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
 };
 
@@ -46,30 +46,15 @@ fn check_server(v: &Vector) {
     let keys = ScramKeys::derive(v.alg, "pencil", &B64.decode(v.salt).unwrap(), 4096);
     let mut s = ScramServer::with_nonce_suffix(v.alg, false, false, ChannelBinding::None, v.snonce);
     let req = s.handle_client_first(v.client_first.as_bytes()).unwrap();
-    assert_eq!(
-        req,
-        AuthRequest {
-            authcid: "user".into(),
-            authzid: None
-        }
-    );
-    assert_eq!(
-        s.server_first(Some(&keys)).unwrap(),
-        v.server_first.as_bytes()
-    );
-    assert_eq!(
-        s.handle_client_final(v.client_final.as_bytes()).unwrap(),
-        v.server_final.as_bytes()
-    );
+    assert_eq!(req, AuthRequest { authcid: "user".into(), authzid: None });
+    assert_eq!(s.server_first(Some(&keys)).unwrap(), v.server_first.as_bytes());
+    assert_eq!(s.handle_client_final(v.client_final.as_bytes()).unwrap(), v.server_final.as_bytes());
 }
 
 fn check_client(v: &Vector) {
     let mut c = ScramClient::with_nonce(v.alg, "user", "pencil", ChannelBinding::None, v.cnonce);
     assert_eq!(c.client_first(), v.client_first.as_bytes());
-    assert_eq!(
-        c.handle_server_first(v.server_first.as_bytes()).unwrap(),
-        v.client_final.as_bytes()
-    );
+    assert_eq!(c.handle_server_first(v.server_first.as_bytes()).unwrap(), v.client_final.as_bytes());
     c.verify_server_final(v.server_final.as_bytes()).unwrap();
 }
 
@@ -100,8 +85,5 @@ fn rfc5802_wrong_password_is_not_authorized() {
     let mut s = ScramServer::with_nonce_suffix(v.alg, false, false, ChannelBinding::None, v.snonce);
     s.handle_client_first(v.client_first.as_bytes()).unwrap();
     s.server_first(Some(&keys)).unwrap();
-    assert_eq!(
-        s.handle_client_final(v.client_final.as_bytes()),
-        Err(meerkat_sasl::Failure::NotAuthorized)
-    );
+    assert_eq!(s.handle_client_final(v.client_final.as_bytes()), Err(meerkat_sasl::Failure::NotAuthorized));
 }

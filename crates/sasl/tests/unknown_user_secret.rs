@@ -5,10 +5,8 @@
 use meerkat_sasl::{set_unknown_user_secret, ChannelBinding, HashAlg, ScramServer};
 
 fn fake_server_first(user: &str) -> Vec<u8> {
-    let mut s =
-        ScramServer::with_nonce_suffix(HashAlg::Sha512, false, false, ChannelBinding::None, "S");
-    s.handle_client_first(format!("n,,n={user},r=C").as_bytes())
-        .unwrap();
+    let mut s = ScramServer::with_nonce_suffix(HashAlg::Sha512, false, false, ChannelBinding::None, "S");
+    s.handle_client_first(format!("n,,n={user},r=C").as_bytes()).unwrap();
     s.server_first(None).unwrap()
 }
 

@@ -80,11 +80,7 @@ fn load_scram_secret(data_dir: &Path) -> anyhow::Result<()> {
 
 /// Serves on already-bound listeners until `shutdown` turns true, then tells every
 /// session to close and returns.
-pub async fn run(
-    ctx: Arc<ServerContext>,
-    listeners: Listeners,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+pub async fn run(ctx: Arc<ServerContext>, listeners: Listeners, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let cfg = ctx.config.clone();
     if listeners.c2s.len() != cfg.listen.c2s.len() || listeners.http.len() != cfg.listen.http.len() {
         bail!("the bound listeners do not match the [[listen.*]] tables");

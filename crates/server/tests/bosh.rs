@@ -63,10 +63,29 @@ async fn bosh_session_end_to_end() {
     assert!(mechs.contains(&"SCRAM-SHA-256".into()) && !mechs.contains(&"PLAIN".into()), "{mechs:?}");
     // SASL SCRAM-SHA-256.
     let mut m = Scram::<Sha256>::new("alice", "alice-pass", sasl::common::ChannelBinding::None).unwrap();
-    let r = bosh(http, &body(&sid, 1001, &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>", B64.encode(m.initial())))).await;
+    let r = bosh(
+        http,
+        &body(
+            &sid,
+            1001,
+            &format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+                B64.encode(m.initial())
+            ),
+        ),
+    )
+    .await;
     let ch = r.get_child("challenge", ns::SASL).expect("challenge");
     let resp = m.response(&B64.decode(ch.text()).unwrap()).unwrap();
-    let r = bosh(http, &body(&sid, 1002, &format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", B64.encode(resp)))).await;
+    let r = bosh(
+        http,
+        &body(
+            &sid,
+            1002,
+            &format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", B64.encode(resp)),
+        ),
+    )
+    .await;
     let ok = r.get_child("success", ns::SASL).expect("success");
     m.success(&B64.decode(ok.text()).unwrap()).unwrap();
     // XEP-0206 §5 restart, then bind.
@@ -76,7 +95,11 @@ async fn bosh_session_end_to_end() {
     assert!(r.to_string().contains("alice@localhost/bosh"), "{r}");
     // Stanzas may inherit the body's namespace (XEP-0206 §6).
     let mut rid = 1005;
-    let r = bosh(http, &body(&sid, rid, "<presence/><iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+    let r = bosh(
+        http,
+        &body(&sid, rid, "<presence/><iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"),
+    )
+    .await;
     let mut got: Vec<Element> = r.children().cloned().collect();
     while !got.iter().any(|e| e.attr("id") == Some("p")) {
         rid += 1;
@@ -138,8 +161,12 @@ async fn bosh_bad_requests() {
     // A repeated rid gets the same answer (§14.3).
     let r = bosh(http, &format!("<body xmlns='{HTTPBIND}' rid='200' to='localhost' wait='1' hold='1'/>")).await;
     let sid = r.attr("sid").unwrap().to_string();
-    let first = bosh(http, &body(&sid, 201, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'>AA==</auth>")).await;
-    let again = bosh(http, &body(&sid, 201, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'>AA==</auth>")).await;
+    let first =
+        bosh(http, &body(&sid, 201, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'>AA==</auth>"))
+            .await;
+    let again =
+        bosh(http, &body(&sid, 201, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'>AA==</auth>"))
+            .await;
     assert!(first.to_string().contains("invalid-mechanism"), "{first}");
     assert_eq!(first.to_string(), again.to_string());
     // Client-initiated terminate.

@@ -170,7 +170,8 @@ async fn unknown_host_and_bad_version() {
     c.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='elsewhere.example' version='1.0'>").await;
     assert_eq!(c.expect_stream_error().await.as_deref(), Some("host-unknown"));
     let mut c = client(&s).await;
-    c.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost'>").await;
+    c.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost'>")
+        .await;
     assert_eq!(c.expect_stream_error().await.as_deref(), Some("unsupported-version"));
     let mut c = client(&s).await;
     c.send("<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong' to='localhost' version='1.0'>").await;
@@ -242,7 +243,9 @@ async fn messages_to_full_and_bare_jids_follow_priorities() {
     assert_eq!(m.attr("from"), Some("alice@localhost/a"));
     assert_eq!(m.child_text("body", ns::CLIENT).as_deref(), Some("to bare"));
     assert_eq!(m.attr_ns("stamp", "urn:test"), Some("123"));
-    assert!(m.get_child("x", "urn:test:payload").is_some_and(|x| x.attr("n") == Some("1") && x.has_child("y", "urn:test:payload")));
+    assert!(m
+        .get_child("x", "urn:test:payload")
+        .is_some_and(|x| x.attr("n") == Some("1") && x.has_child("y", "urn:test:payload")));
     assert!(m.has_child("stanza-id", ns::SID), "XEP-0359 stanza-id: {m}");
     assert!(lo.next(SHORT).await.is_none_or(|e| e.name() != "message"), "lower priority got a bare-JID message");
     // Full JID: exactly that resource.
@@ -318,7 +321,8 @@ async fn iq_routing_and_errors() {
     let r = a.expect_where(|e| e.attr("id") == Some("q1")).await;
     assert!(r.get_child("error", ns::CLIENT).unwrap().has_child("service-unavailable", ns::STANZAS), "{r}");
     // Two payloads: bad-request.
-    a.send("<iq type='get' id='q2' to='localhost'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    a.send("<iq type='get' id='q2' to='localhost'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     let r = a.expect_where(|e| e.attr("id") == Some("q2")).await;
     assert!(r.get_child("error", ns::CLIENT).unwrap().has_child("bad-request", ns::STANZAS), "{r}");
     // IQ to a full JID is delivered; the answer comes back.
@@ -398,7 +402,10 @@ async fn subscription_roster_and_presence() {
     assert_eq!(p.attr("type"), Some("unavailable"));
     a.send("<iq type='set' id='r4'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>").await;
     let push = a.expect_where(|e| e.name() == "iq" && e.attr("type") == Some("set")).await;
-    assert_eq!(push.get_child("query", ns::ROSTER).unwrap().children().next().unwrap().attr("subscription"), Some("remove"));
+    assert_eq!(
+        push.get_child("query", ns::ROSTER).unwrap().children().next().unwrap().attr("subscription"),
+        Some("remove")
+    );
     let it = s.ctx.stores.roster.get_item(acc_b, "alice@localhost").await.unwrap();
     assert!(it.as_ref().is_none_or(|i| i.subscription == meerkat_storage::Subscription::None), "{it:?}");
     s.stop().await;
@@ -457,7 +464,10 @@ async fn blocked_contacts_get_no_presence() {
     b.send("<presence to='alice@localhost' type='subscribe'/>").await;
     a.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
     a.send("<presence to='bob@localhost' type='subscribed'/>").await;
-    b.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a") && e.attr("type").is_none()).await;
+    b.expect_where(|e| {
+        e.name() == "presence" && e.attr("from") == Some("alice@localhost/a") && e.attr("type").is_none()
+    })
+    .await;
     // Alice blocks Bob: Bob sees her go unavailable, then nothing more.
     a.send("<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>").await;
     a.expect_where(|e| e.attr("id") == Some("blk")).await;

@@ -140,14 +140,20 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     mech: &mut dyn sasl::client::Mechanism,
 ) -> Element {
     let initial = mech.initial();
-    x.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>", mech.name(), B64.encode(initial))).await;
+    x.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
+        mech.name(),
+        B64.encode(initial)
+    ))
+    .await;
     loop {
         let e = x.expect().await;
         match e.name() {
             "challenge" => {
                 let data = B64.decode(e.text().trim()).unwrap();
                 let resp = mech.response(&data).expect("valid server challenge");
-                x.send(&format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", B64.encode(resp))).await;
+                x.send(&format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", B64.encode(resp)))
+                    .await;
             }
             "success" => {
                 let data = B64.decode(e.text().trim()).unwrap();
@@ -163,7 +169,8 @@ async fn bind<S: AsyncRead + AsyncWrite + Unpin>(x: &mut Xmpp<S>) -> String {
     x.open().await;
     let f = x.expect().await;
     assert!(f.has_child("bind", ns::BIND));
-    x.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>tls</resource></bind></iq>").await;
+    x.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>tls</resource></bind></iq>")
+        .await;
     let r = x.expect().await;
     r.get_child("bind", ns::BIND).unwrap().child_text("jid", ns::BIND).unwrap()
 }
@@ -234,9 +241,15 @@ async fn scram_sha512_and_plain_over_direct_tls() {
         x.open().await;
         let f = x.expect().await;
         assert!(!f.has_child("starttls", ns::TLS), "STARTTLS offered on direct TLS");
-        let binding = if plus { meerkat_sasl::ChannelBinding::TlsExporter(cb) } else { meerkat_sasl::ChannelBinding::None };
+        let binding =
+            if plus { meerkat_sasl::ChannelBinding::TlsExporter(cb) } else { meerkat_sasl::ChannelBinding::None };
         let mut c = meerkat_sasl::ScramClient::new(meerkat_sasl::HashAlg::Sha512, "alice", "wonderland", binding);
-        x.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>", c.mechanism(), B64.encode(c.client_first()))).await;
+        x.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
+            c.mechanism(),
+            B64.encode(c.client_first())
+        ))
+        .await;
         let ch = x.expect().await;
         let fin = c.handle_server_first(&B64.decode(ch.text()).unwrap()).unwrap();
         x.send(&format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", B64.encode(fin))).await;
@@ -252,7 +265,8 @@ async fn scram_sha512_and_plain_over_direct_tls() {
     x.open().await;
     x.expect().await;
     let msg = meerkat_sasl::plain_client_message(None, "alice", "wonderland");
-    x.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", B64.encode(msg))).await;
+    x.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", B64.encode(msg)))
+        .await;
     assert_eq!(x.expect().await.name(), "success");
     s.stop().await;
 }
@@ -276,6 +290,9 @@ async fn self_signed_certificate_is_generated_once_and_reused() {
     let p256_oid = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
     assert!(der.windows(p256_oid.len()).any(|w| w == p256_oid), "not a P-256 key");
     let tcp = TcpStream::connect(s.addr(TlsMode::Tls)).await.unwrap();
-    connector(true).connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS with the reused certificate");
+    connector(true)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS with the reused certificate");
     s.stop().await;
 }

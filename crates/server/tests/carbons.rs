@@ -18,7 +18,10 @@ async fn online(s: &TestServer, user: &str, res: &str, carbons: bool) -> RawClie
 }
 
 fn forwarded_body(e: &meerkat_xml::Element, kind: &str) -> Option<String> {
-    e.get_child(kind, ns::CARBONS)?.get_child("forwarded", ns::FORWARD)?.get_child("message", ns::CLIENT)?.child_text("body", ns::CLIENT)
+    e.get_child(kind, ns::CARBONS)?
+        .get_child("forwarded", ns::FORWARD)?
+        .get_child("message", ns::CLIENT)?
+        .child_text("body", ns::CLIENT)
 }
 
 #[tokio::test]
@@ -51,7 +54,10 @@ async fn carbons_copy_sent_and_received_messages() {
     }
     // The session without carbons never gets copies.
     while let Some(e) = old.next(Duration::from_millis(300)).await {
-        assert!(!e.has_child("sent", ns::CARBONS) && !e.has_child("received", ns::CARBONS), "copy without carbons: {e}");
+        assert!(
+            !e.has_child("sent", ns::CARBONS) && !e.has_child("received", ns::CARBONS),
+            "copy without carbons: {e}"
+        );
     }
     // Disabling stops the copies.
     laptop.send("<iq type='set' id='off'><disable xmlns='urn:xmpp:carbons:2'/></iq>").await;

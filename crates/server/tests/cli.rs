@@ -3,12 +3,8 @@
 use std::process::Command;
 
 fn meerkat(cfg: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meerkat"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .output()
-        .expect("run meerkat");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_meerkat")).arg("--config").arg(cfg).args(args).output().expect("run meerkat");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -50,7 +46,8 @@ fn user_commands_work_on_the_configured_storage() {
     assert!(!ok && err.contains("not served"), "{err}");
     let (ok, _, err) = meerkat(&cfg, &["user", "add", "not a jid@@", "pw"]);
     assert!(!ok, "{err}");
-    let (ok, out, _) = meerkat(&cfg, &["user", "bulk-add", "--count", "3", "--domain", "example.org", "--password", "load"]);
+    let (ok, out, _) =
+        meerkat(&cfg, &["user", "bulk-add", "--count", "3", "--domain", "example.org", "--password", "load"]);
     assert!(ok && out.contains("created 3"), "{out}");
     assert!(meerkat(&cfg, &["user", "check", "user2@example.org", "load"]).0);
     // The database holds SCRAM keys, not the password.
@@ -65,11 +62,13 @@ fn config_check_names_key_and_line() {
     let (ok, out, _) = meerkat(&good, &["config", "check"]);
     assert!(ok, "{out}");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[general]\nhosts = [\"localhost\"]\n\n[[listen.c2s]]\nport = 5222\ntls.mod = \"starttls\"\n").unwrap();
+    std::fs::write(&bad, "[general]\nhosts = [\"localhost\"]\n\n[[listen.c2s]]\nport = 5222\ntls.mod = \"starttls\"\n")
+        .unwrap();
     let (ok, _, err) = meerkat(&bad, &["config", "check"]);
     assert!(!ok);
     assert!(err.contains("line 6") && err.contains("mod"), "{err}");
-    std::fs::write(&bad, "[[listen.c2s]]\nport = 5222\n[[listen.c2s]]\nport = 5222\n[storage]\nurl = \"mysql://x\"\n").unwrap();
+    std::fs::write(&bad, "[[listen.c2s]]\nport = 5222\n[[listen.c2s]]\nport = 5222\n[storage]\nurl = \"mysql://x\"\n")
+        .unwrap();
     let (ok, _, err) = meerkat(&bad, &["config", "check"]);
     assert!(!ok);
     assert!(err.contains("line 4") && err.contains("listen.c2s[1].port"), "{err}");

@@ -36,7 +36,8 @@ async fn messaging_offline_and_roster_on_postgres_then_storage_failure() {
     a.login_plain("alice", "alice-pass", "a").await;
     a.send("<presence/>").await;
     a.send("<message to='bob@localhost' type='chat' id='pg1'><body>stored in postgres</body></message>").await;
-    a.send("<iq type='set' id='r'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='B'/></query></iq>").await;
+    a.send("<iq type='set' id='r'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='B'/></query></iq>")
+        .await;
     a.expect_where(|e| e.attr("id") == Some("r")).await;
     let mut b = RawClient::connect(s.addr(TlsMode::None)).await.unwrap();
     b.login_plain("bob", "bob-pass", "b").await;

@@ -95,8 +95,14 @@ impl StanzaErrorCondition {
         use StanzaErrorCondition::*;
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => ErrorType::Modify,
-            Conflict | FeatureNotImplemented | Gone | ItemNotFound | NotAllowed | RemoteServerNotFound
-            | ServiceUnavailable | UndefinedCondition => ErrorType::Cancel,
+            Conflict
+            | FeatureNotImplemented
+            | Gone
+            | ItemNotFound
+            | NotAllowed
+            | RemoteServerNotFound
+            | ServiceUnavailable
+            | UndefinedCondition => ErrorType::Cancel,
             Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => ErrorType::Auth,
             InternalServerError | RecipientUnavailable | RemoteServerTimeout | ResourceConstraint
             | UnexpectedRequest => ErrorType::Wait,

@@ -58,6 +58,8 @@ pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 pub const MSGOFFLINE: &str = "msgoffline";
 /// XEP-0280 message carbons.
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0198 stream management.
+pub const SM: &str = "urn:xmpp:sm:3";
 /// XEP-0352 client state indication.
 pub const CSI: &str = "urn:xmpp:csi:0";
 /// XEP-0297 stanza forwarding.

@@ -86,13 +86,7 @@ async fn open_inner(url: &str, schema: Option<&str>) -> Result<Stores> {
         };
         config.options(options);
     }
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager)
         .max_size(pool_size)
         .runtime(Runtime::Tokio1)
@@ -108,10 +102,7 @@ async fn open_inner(url: &str, schema: Option<&str>) -> Result<Stores> {
         .map_err(|e| Error::Backend(format!("cannot connect to PostgreSQL at {target}: {}", describe(&e))))?;
     migrate(&mut client, schema, &target).await?;
     drop(client);
-    Ok(Stores::from_backend(
-        "postgres",
-        Arc::new(store::PgStore::new(pool, target)),
-    ))
+    Ok(Stores::from_backend("postgres", Arc::new(store::PgStore::new(pool, target))))
 }
 
 /// Removes the `pool_size=N` query parameter from a `postgres://` / `postgresql://`
@@ -121,11 +112,7 @@ fn split_pool_size(url: &str) -> Result<(String, usize)> {
     // Like tokio-postgres: credentials end at the first '@', the query starts at the
     // first '?' after them (a '?' inside a password is not a query).
     let after_creds = url.find('@').map_or(0, |i| i + 1);
-    let query_start = if is_url {
-        url[after_creds..].find('?').map(|i| after_creds + i)
-    } else {
-        None
-    };
+    let query_start = if is_url { url[after_creds..].find('?').map(|i| after_creds + i) } else { None };
     let Some(q) = query_start else {
         return Ok((url.to_owned(), DEFAULT_POOL_SIZE));
     };
@@ -170,11 +157,7 @@ fn target_of(config: &tokio_postgres::Config) -> String {
             }
         })
         .collect();
-    let hosts = if hosts.is_empty() {
-        "localhost:5432".to_owned()
-    } else {
-        hosts.join(",")
-    };
+    let hosts = if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") };
     match config.get_dbname() {
         Some(db) => format!("{hosts}/{db}"),
         None => hosts,
@@ -185,8 +168,7 @@ fn target_of(config: &tokio_postgres::Config) -> String {
 fn check_schema_name(s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit();
     if ok {
         Ok(())
@@ -216,14 +198,10 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 async fn migrate(client: &mut deadpool_postgres::Object, schema: Option<&str>, target: &str) -> Result<()> {
     let err = |e: tokio_postgres::Error| Error::Backend(format!("postgres migration on {target}: {}", describe(&e)));
     let tx = client.transaction().await.map_err(err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&MIGRATION_LOCK_CLASS])
-        .await
-        .map_err(err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&MIGRATION_LOCK_CLASS]).await.map_err(err)?;
     if let Some(s) = schema {
         // `s` passed check_schema_name: a plain identifier, safe to splice in.
-        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))
-            .await
-            .map_err(err)?;
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}")).await.map_err(err)?;
     }
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -248,9 +226,7 @@ async fn migrate(client: &mut deadpool_postgres::Object, schema: Option<&str>, t
         tx.batch_execute(sql)
             .await
             .map_err(|e| Error::Backend(format!("postgres migration {version} on {target}: {}", describe(&e))))?;
-        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version])
-            .await
-            .map_err(err)?;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version]).await.map_err(err)?;
     }
     tx.commit().await.map_err(err)
 }
@@ -264,30 +240,18 @@ mod tests {
         let (u, n) = split_pool_size("postgres://u:p@h:5/db?pool_size=4").unwrap();
         assert_eq!((u.as_str(), n), ("postgres://u:p@h:5/db", 4));
         let (u, n) = split_pool_size("postgres://h/db?application_name=x&pool_size=7&connect_timeout=3").unwrap();
-        assert_eq!(
-            (u.as_str(), n),
-            ("postgres://h/db?application_name=x&connect_timeout=3", 7)
-        );
+        assert_eq!((u.as_str(), n), ("postgres://h/db?application_name=x&connect_timeout=3", 7));
         let (u, n) = split_pool_size("postgresql://h/db?sslmode=disable").unwrap();
-        assert_eq!(
-            (u.as_str(), n),
-            ("postgresql://h/db?sslmode=disable", DEFAULT_POOL_SIZE)
-        );
+        assert_eq!((u.as_str(), n), ("postgresql://h/db?sslmode=disable", DEFAULT_POOL_SIZE));
         let (u, n) = split_pool_size("postgres://u:pa?ss@h/db").unwrap();
         assert_eq!((u.as_str(), n), ("postgres://u:pa?ss@h/db", DEFAULT_POOL_SIZE));
         let (u, n) = split_pool_size("host=/run/postgresql dbname=meerkat").unwrap();
-        assert_eq!(
-            (u.as_str(), n),
-            ("host=/run/postgresql dbname=meerkat", DEFAULT_POOL_SIZE)
-        );
+        assert_eq!((u.as_str(), n), ("host=/run/postgresql dbname=meerkat", DEFAULT_POOL_SIZE));
     }
 
     #[test]
     fn bad_pool_size_is_refused_without_echoing_the_url() {
-        for url in [
-            "postgres://u:secret@h/db?pool_size=0",
-            "postgres://u:secret@h/db?pool_size=x",
-        ] {
+        for url in ["postgres://u:secret@h/db?pool_size=0", "postgres://u:secret@h/db?pool_size=x"] {
             match split_pool_size(url) {
                 Err(Error::Backend(m)) => assert!(m.contains("pool_size") && !m.contains("secret"), "{m}"),
                 other => panic!("{other:?}"),

@@ -32,13 +32,10 @@ impl PgStore {
 
     /// A pooled connection.
     async fn conn(&self, what: &'static str) -> Result<Object> {
-        self.pool.get().await.map_err(|e| {
-            Error::Backend(format!(
-                "postgres {what}: no connection to {}: {}",
-                self.target,
-                describe(&e)
-            ))
-        })
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::Backend(format!("postgres {what}: no connection to {}: {}", self.target, describe(&e))))
     }
 
     /// Maps a query error onto [`Error::Backend`].
@@ -49,8 +46,7 @@ impl PgStore {
 
 /// Reads column `idx` of `row`, mapping a type mismatch onto [`Error::Backend`].
 fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, idx: usize, what: &'static str) -> Result<T> {
-    row.try_get(idx)
-        .map_err(|e| Error::Backend(format!("postgres {what}: unexpected column {idx}: {}", describe(&e))))
+    row.try_get(idx).map_err(|e| Error::Backend(format!("postgres {what}: unexpected column {idx}: {}", describe(&e))))
 }
 
 /// A version column as the trait's `u64`.
@@ -70,10 +66,7 @@ impl AuthStore for PgStore {
             )
             .await
             .map_err(&err)?;
-        let n = c
-            .execute(&st, &[&acc.domain, &acc.user, &creds.to_storage_string()])
-            .await
-            .map_err(&err)?;
+        let n = c.execute(&st, &[&acc.domain, &acc.user, &creds.to_storage_string()]).await.map_err(&err)?;
         if n == 0 {
             Err(Error::AlreadyExists)
         } else {
@@ -88,10 +81,7 @@ impl AuthStore for PgStore {
             .prepare_cached("UPDATE users SET credentials = $3 WHERE domain = $1 AND username = $2")
             .await
             .map_err(&err)?;
-        let n = c
-            .execute(&st, &[&acc.domain, &acc.user, &creds.to_storage_string()])
-            .await
-            .map_err(&err)?;
+        let n = c.execute(&st, &[&acc.domain, &acc.user, &creds.to_storage_string()]).await.map_err(&err)?;
         if n == 0 {
             Err(Error::NotFound)
         } else {
@@ -111,10 +101,7 @@ impl AuthStore for PgStore {
         };
         let s: &str = col(&row, 0, "get_credentials")?;
         StoredCredentials::from_storage_string(s).map(Some).map_err(|e| {
-            Error::Backend(format!(
-                "postgres: stored credentials of {}@{} are unreadable: {e}",
-                acc.user, acc.domain
-            ))
+            Error::Backend(format!("postgres: stored credentials of {}@{} are unreadable: {e}", acc.user, acc.domain))
         })
     }
 
@@ -133,10 +120,7 @@ impl AuthStore for PgStore {
             let st = tx.prepare_cached(sql).await.map_err(&err)?;
             tx.execute(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?;
         }
-        let st = tx
-            .prepare_cached("DELETE FROM users WHERE domain = $1 AND username = $2")
-            .await
-            .map_err(&err)?;
+        let st = tx.prepare_cached("DELETE FROM users WHERE domain = $1 AND username = $2").await.map_err(&err)?;
         let n = tx.execute(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?;
         tx.commit().await.map_err(&err)?;
         Ok(n > 0)
@@ -145,10 +129,8 @@ impl AuthStore for PgStore {
     async fn list_users(&self, domain: &str) -> Result<Vec<String>> {
         let c = self.conn("list_users").await?;
         let err = self.err("list_users");
-        let st = c
-            .prepare_cached("SELECT username FROM users WHERE domain = $1 ORDER BY username")
-            .await
-            .map_err(&err)?;
+        let st =
+            c.prepare_cached("SELECT username FROM users WHERE domain = $1 ORDER BY username").await.map_err(&err)?;
         let rows = c.query(&st, &[&domain]).await.map_err(&err)?;
         rows.iter().map(|r| col(r, 0, "list_users")).collect()
     }
@@ -173,11 +155,8 @@ const ITEM_COLUMNS: &str =
 fn item_from_row(row: &Row, base: usize, what: &'static str) -> Result<RosterItem> {
     let jid: String = col(row, base, what)?;
     let sub: &str = col(row, base + 2, what)?;
-    let subscription = Subscription::parse(sub).ok_or_else(|| {
-        Error::Backend(format!(
-            "postgres: roster item {jid} has an unknown subscription {sub:?}"
-        ))
-    })?;
+    let subscription = Subscription::parse(sub)
+        .ok_or_else(|| Error::Backend(format!("postgres: roster item {jid} has an unknown subscription {sub:?}")))?;
     Ok(RosterItem {
         name: col(row, base + 1, what)?,
         subscription,
@@ -325,18 +304,12 @@ impl OfflineStore for PgStore {
             .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2::TEXT || '/' || $3::TEXT))")
             .await
             .map_err(&err)?;
-        tx.execute(&lock, &[&OFFLINE_LOCK_CLASS, &acc.domain, &acc.user])
-            .await
-            .map_err(&err)?;
+        tx.execute(&lock, &[&OFFLINE_LOCK_CLASS, &acc.domain, &acc.user]).await.map_err(&err)?;
         let count = tx
             .prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2")
             .await
             .map_err(&err)?;
-        let n: i64 = col(
-            &tx.query_one(&count, &[&acc.domain, &acc.user]).await.map_err(&err)?,
-            0,
-            "offline push",
-        )?;
+        let n: i64 = col(&tx.query_one(&count, &[&acc.domain, &acc.user]).await.map_err(&err)?, 0, "offline push")?;
         if n >= to_i64(limit) {
             tx.rollback().await.map_err(&err)?;
             return Ok(false);
@@ -347,9 +320,7 @@ impl OfflineStore for PgStore {
             )
             .await
             .map_err(&err)?;
-        tx.execute(&ins, &[&acc.domain, &acc.user, &stored_at_ms, &stanza])
-            .await
-            .map_err(&err)?;
+        tx.execute(&ins, &[&acc.domain, &acc.user, &stored_at_ms, &stanza]).await.map_err(&err)?;
         tx.commit().await.map_err(&err)?;
         Ok(true)
     }
@@ -364,10 +335,7 @@ impl OfflineStore for PgStore {
             )
             .await
             .map_err(&err)?;
-        let rows = c
-            .query(&st, &[&acc.domain, &acc.user, &to_i64(max)])
-            .await
-            .map_err(&err)?;
+        let rows = c.query(&st, &[&acc.domain, &acc.user, &to_i64(max)]).await.map_err(&err)?;
         rows.iter()
             .map(|r| {
                 Ok(OfflineMessage {
@@ -386,9 +354,7 @@ impl OfflineStore for PgStore {
             .prepare_cached("DELETE FROM offline_messages WHERE domain = $1 AND username = $2 AND id <= $3")
             .await
             .map_err(&err)?;
-        c.execute(&st, &[&acc.domain, &acc.user, &up_to_id])
-            .await
-            .map_err(&err)?;
+        c.execute(&st, &[&acc.domain, &acc.user, &up_to_id]).await.map_err(&err)?;
         Ok(())
     }
 
@@ -399,11 +365,7 @@ impl OfflineStore for PgStore {
             .prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2")
             .await
             .map_err(&err)?;
-        let n: i64 = col(
-            &c.query_one(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?,
-            0,
-            "offline count",
-        )?;
+        let n: i64 = col(&c.query_one(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?, 0, "offline count")?;
         usize::try_from(n).map_err(|_| Error::Backend(format!("postgres: offline count {n} out of range")))
     }
 }
@@ -417,10 +379,7 @@ impl XmlStore for PgStore {
             .prepare_cached("SELECT xml FROM xml_blobs WHERE domain = $1 AND username = $2 AND kind = $3 AND key = $4")
             .await
             .map_err(&err)?;
-        let row = c
-            .query_opt(&st, &[&acc.domain, &acc.user, &kind, &key])
-            .await
-            .map_err(&err)?;
+        let row = c.query_opt(&st, &[&acc.domain, &acc.user, &kind, &key]).await.map_err(&err)?;
         row.map(|r| col(&r, 0, "get_xml")).transpose()
     }
 
@@ -434,9 +393,7 @@ impl XmlStore for PgStore {
             )
             .await
             .map_err(&err)?;
-        c.execute(&st, &[&acc.domain, &acc.user, &kind, &key, &xml])
-            .await
-            .map_err(&err)?;
+        c.execute(&st, &[&acc.domain, &acc.user, &kind, &key, &xml]).await.map_err(&err)?;
         Ok(())
     }
 
@@ -447,9 +404,7 @@ impl XmlStore for PgStore {
             .prepare_cached("DELETE FROM xml_blobs WHERE domain = $1 AND username = $2 AND kind = $3 AND key = $4")
             .await
             .map_err(&err)?;
-        c.execute(&st, &[&acc.domain, &acc.user, &kind, &key])
-            .await
-            .map_err(&err)?;
+        c.execute(&st, &[&acc.domain, &acc.user, &kind, &key]).await.map_err(&err)?;
         Ok(())
     }
 }
@@ -490,10 +445,8 @@ impl BlockingStore for PgStore {
         let c = self.conn("unblock").await?;
         let err = self.err("unblock");
         if jids.is_empty() {
-            let st = c
-                .prepare_cached("DELETE FROM blocklist WHERE domain = $1 AND username = $2")
-                .await
-                .map_err(&err)?;
+            let st =
+                c.prepare_cached("DELETE FROM blocklist WHERE domain = $1 AND username = $2").await.map_err(&err)?;
             c.execute(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?;
         } else {
             let st = c
@@ -518,9 +471,7 @@ impl LastStore for PgStore {
             )
             .await
             .map_err(&err)?;
-        c.execute(&st, &[&acc.domain, &acc.user, &last.at_secs, &last.status])
-            .await
-            .map_err(&err)?;
+        c.execute(&st, &[&acc.domain, &acc.user, &last.at_secs, &last.status]).await.map_err(&err)?;
         Ok(())
     }
 
@@ -532,12 +483,6 @@ impl LastStore for PgStore {
             .await
             .map_err(&err)?;
         let row = c.query_opt(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?;
-        row.map(|r| {
-            Ok(LastActivity {
-                at_secs: col(&r, 0, "get_last")?,
-                status: col(&r, 1, "get_last")?,
-            })
-        })
-        .transpose()
+        row.map(|r| Ok(LastActivity { at_secs: col(&r, 0, "get_last")?, status: col(&r, 1, "get_last")? })).transpose()
     }
 }

@@ -18,11 +18,9 @@ fn pg_url() -> String {
 /// PostgreSQL is unreachable.
 async fn admin() -> tokio_postgres::Client {
     let url = pg_url();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is unreachable at {url} (set MEERKAT_TEST_PG_URL to a reachable test database): {e:?}")
-        });
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is unreachable at {url} (set MEERKAT_TEST_PG_URL to a reachable test database): {e:?}")
+    });
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -39,10 +37,7 @@ where
     let admin = admin().await;
     let schema = format!("meerkat_test_{}", unique_tag());
     let outcome = tokio::spawn(body(schema.clone())).await;
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .expect("drop the test schema");
+    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.expect("drop the test schema");
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -99,30 +94,16 @@ async fn migrations_apply_once_and_newer_schemas_are_refused() {
         };
         let q = format!("SELECT version, applied_at::TEXT FROM {schema}.schema_migrations ORDER BY version");
         let first = applied(admin.query(&q, &[]).await.expect("schema_migrations"));
-        assert_eq!(
-            first.iter().map(|r| r.0).collect::<Vec<_>>(),
-            (1..=SCHEMA_VERSION).collect::<Vec<_>>()
-        );
+        assert_eq!(first.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 
         let again = open_schema(&schema).await;
-        assert_eq!(
-            applied(admin.query(&q, &[]).await.expect("schema_migrations")),
-            first,
-            "reopen applies nothing"
-        );
-        assert_eq!(
-            again.auth.get_credentials(acc).await.expect("get"),
-            Some(creds),
-            "data survives reopening"
-        );
+        assert_eq!(applied(admin.query(&q, &[]).await.expect("schema_migrations")), first, "reopen applies nothing");
+        assert_eq!(again.auth.get_credentials(acc).await.expect("get"), Some(creds), "data survives reopening");
         drop(again);
 
         let newer = SCHEMA_VERSION + 7;
         admin
-            .execute(
-                &format!("INSERT INTO {schema}.schema_migrations (version) VALUES ($1)"),
-                &[&newer],
-            )
+            .execute(&format!("INSERT INTO {schema}.schema_migrations (version) VALUES ($1)"), &[&newer])
             .await
             .expect("insert a newer version");
         match open_with_schema(&pg_url(), &schema).await {
@@ -144,10 +125,7 @@ async fn unreachable_database_names_the_host_but_not_the_password() {
         Err(Error::Backend(msg)) => {
             assert!(msg.contains("127.0.0.1:1/meerkat"), "{msg}");
             assert!(!msg.contains("hunter2secret"), "{msg}");
-            assert!(
-                msg.to_lowercase().contains("refused") || msg.contains("connect"),
-                "{msg}"
-            );
+            assert!(msg.to_lowercase().contains("refused") || msg.contains("connect"), "{msg}");
         }
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("nothing listens on port 1"),
@@ -161,8 +139,5 @@ async fn unreachable_database_names_the_host_but_not_the_password() {
 
 #[tokio::test]
 async fn invalid_schema_names_are_refused() {
-    assert!(matches!(
-        open_with_schema(&pg_url(), "x; DROP TABLE users").await,
-        Err(Error::Backend(_))
-    ));
+    assert!(matches!(open_with_schema(&pg_url(), "x; DROP TABLE users").await, Err(Error::Backend(_))));
 }

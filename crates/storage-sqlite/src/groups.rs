@@ -38,9 +38,7 @@ pub(crate) fn encode(groups: &[String]) -> String {
 
 /// Decodes a JSON array of strings; the error names what is wrong.
 pub(crate) fn decode(s: &str) -> Result<Vec<String>, &'static str> {
-    let mut p = Parser {
-        chars: s.chars().peekable(),
-    };
+    let mut p = Parser { chars: s.chars().peekable() };
     p.skip_ws();
     if p.chars.next() != Some('[') {
         return Err("expected '['");
@@ -150,14 +148,7 @@ mod tests {
             v(&[""]),
             v(&["", ""]),
             v(&["Friends", "Work"]),
-            v(&[
-                "q\"uote",
-                "back\\slash",
-                "new\nline",
-                "\r\t\u{1}\u{1f}",
-                "[\"x\"]",
-                ", ]",
-            ]),
+            v(&["q\"uote", "back\\slash", "new\nline", "\r\t\u{1}\u{1f}", "[\"x\"]", ", ]"]),
             v(&["日本語", "🐈‍⬛", "\u{7f}", "\u{2028}"]),
         ] {
             let enc = encode(&groups);
@@ -181,18 +172,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in [
-            "",
-            "[",
-            "[\"a\"",
-            "[\"a\",]",
-            "[a]",
-            "[\"a\"] x",
-            "{}",
-            r#"["\ud83d"]"#,
-            r#"["\x"]"#,
-            "[\"\n\"]",
-        ] {
+        for bad in ["", "[", "[\"a\"", "[\"a\",]", "[a]", "[\"a\"] x", "{}", r#"["\ud83d"]"#, r#"["\x"]"#, "[\"\n\"]"] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
     }

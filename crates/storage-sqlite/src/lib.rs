@@ -77,8 +77,7 @@ async fn off_runtime<T: Send + 'static>(what: &str, f: impl FnOnce() -> Result<T
             let _ = tx.send(f());
         })
         .map_err(|e| Error::Backend(format!("sqlite {what}: cannot start a thread: {e}")))?;
-    rx.await
-        .map_err(|_| Error::Backend(format!("sqlite {what}: the thread panicked")))?
+    rx.await.map_err(|_| Error::Backend(format!("sqlite {what}: the thread panicked")))?
 }
 
 /// Maps a rusqlite error onto [`Error::Backend`], naming the operation.
@@ -109,10 +108,7 @@ impl Pool {
     fn open_file(path: &Path) -> Result<Pool> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Backend(format!(
-                    "cannot create the directory {} for the SQLite database: {e}",
-                    dir.display()
-                ))
+                Error::Backend(format!("cannot create the directory {} for the SQLite database: {e}", dir.display()))
             })?;
         }
         let open_err =
@@ -139,10 +135,7 @@ impl Pool {
         let mut conn = Connection::open_in_memory().map_err(open_err)?;
         configure(&mut conn, true).map_err(open_err)?;
         migrate(&mut conn)?;
-        Ok(Pool {
-            writer: spawn_workers("meerkat-sqlite-mem", vec![conn])?,
-            readers: None,
-        })
+        Ok(Pool { writer: spawn_workers("meerkat-sqlite-mem", vec![conn])?, readers: None })
     }
 
     /// Runs `f` on a connection thread and returns its result.
@@ -159,9 +152,7 @@ impl Pool {
             (Target::Reader, Some(r)) => r,
             _ => &self.writer,
         };
-        queue
-            .send(job)
-            .map_err(|_| Error::Backend("sqlite: the connection threads have stopped".into()))?;
+        queue.send(job).map_err(|_| Error::Backend("sqlite: the connection threads have stopped".into()))?;
         rx.await
             .map_err(|_| Error::Backend("sqlite: the connection thread panicked while running the request".into()))?
     }
@@ -213,9 +204,7 @@ fn worker(mut conn: Connection, rx: &Mutex<mpsc::Receiver<Job>>) {
 /// Brings the schema up to [`SCHEMA_VERSION`] in one transaction.
 fn migrate(conn: &mut Connection) -> Result<()> {
     let err = db_err("migration");
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(&err)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
@@ -223,24 +212,17 @@ fn migrate(conn: &mut Connection) -> Result<()> {
          )",
     )
     .map_err(&err)?;
-    let current: i64 = tx
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| {
-            r.get(0)
-        })
-        .map_err(&err)?;
+    let current: i64 =
+        tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(&err)?;
     if current > SCHEMA_VERSION {
         return Err(Error::Backend(format!(
             "database schema version {current} is newer than this Meerkat supports ({SCHEMA_VERSION})"
         )));
     }
     for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        tx.execute_batch(sql)
-            .map_err(|e| Error::Backend(format!("sqlite migration {version}: {e}")))?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            (version, store::now_secs()),
-        )
-        .map_err(&err)?;
+        tx.execute_batch(sql).map_err(|e| Error::Backend(format!("sqlite migration {version}: {e}")))?;
+        tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", (version, store::now_secs()))
+            .map_err(&err)?;
     }
     tx.commit().map_err(&err)
 }

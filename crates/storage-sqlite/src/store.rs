@@ -16,9 +16,7 @@ use crate::{db_err, groups, Pool, Target};
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Owned `(domain, user)` of an account, to move into a connection closure.
@@ -60,8 +58,7 @@ impl SqliteStore {
 
 /// Starts a write transaction that takes the database write lock immediately.
 fn write_tx<'c>(conn: &'c mut Connection, what: &'static str) -> Result<rusqlite::Transaction<'c>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db_err(what))
+    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err(what))
 }
 
 #[async_trait::async_trait]
@@ -132,9 +129,7 @@ impl AuthStore for SqliteStore {
                 "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM last_activity WHERE domain = ?1 AND username = ?2",
             ] {
-                tx.prepare_cached(sql)
-                    .and_then(|mut st| st.execute(params![d, u]))
-                    .map_err(&err)?;
+                tx.prepare_cached(sql).and_then(|mut st| st.execute(params![d, u])).map_err(&err)?;
             }
             let n = tx
                 .prepare_cached("DELETE FROM users WHERE domain = ?1 AND username = ?2")
@@ -153,8 +148,7 @@ impl AuthStore for SqliteStore {
                 .prepare_cached("SELECT username FROM users WHERE domain = ?1 ORDER BY username")
                 .map_err(db_err("list_users"))?;
             let rows = st.query_map(params![d], |r| r.get(0)).map_err(db_err("list_users"))?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
-                .map_err(db_err("list_users"))
+            rows.collect::<rusqlite::Result<Vec<String>>>().map_err(db_err("list_users"))
         })
         .await
     }
@@ -387,11 +381,7 @@ impl OfflineStore for SqliteStore {
                 .map_err(&err)?;
             let rows = st
                 .query_map(params![d, u, to_i64(max)], |r| {
-                    Ok(OfflineMessage {
-                        id: r.get(0)?,
-                        stored_at_ms: r.get(1)?,
-                        stanza: r.get(2)?,
-                    })
+                    Ok(OfflineMessage { id: r.get(0)?, stored_at_ms: r.get(1)?, stanza: r.get(2)? })
                 })
                 .map_err(&err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(&err)
@@ -554,13 +544,8 @@ impl LastStore for SqliteStore {
         self.read(move |conn| {
             conn.prepare_cached("SELECT at_secs, status FROM last_activity WHERE domain = ?1 AND username = ?2")
                 .and_then(|mut st| {
-                    st.query_row(params![d, u], |r| {
-                        Ok(LastActivity {
-                            at_secs: r.get(0)?,
-                            status: r.get(1)?,
-                        })
-                    })
-                    .optional()
+                    st.query_row(params![d, u], |r| Ok(LastActivity { at_secs: r.get(0)?, status: r.get(1)? }))
+                        .optional()
                 })
                 .map_err(db_err("get_last"))
         })

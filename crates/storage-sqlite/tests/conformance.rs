@@ -34,8 +34,6 @@ async fn conformance_in_memory() {
 async fn works_on_a_current_thread_runtime() {
     // Nothing blocks the (only) runtime thread: the connection threads do the work.
     let dir = tempfile::tempdir().expect("temp dir");
-    let stores = meerkat_storage_sqlite::open(&dir.path().join("m.db"))
-        .await
-        .expect("open");
+    let stores = meerkat_storage_sqlite::open(&dir.path().join("m.db")).await.expect("open");
     meerkat_storage::conformance::run(&stores).await;
 }

@@ -7,9 +7,7 @@ use meerkat_storage_sqlite::SCHEMA_VERSION;
 /// `(version, applied_at)` rows of `schema_migrations`, read with a plain connection.
 fn applied(path: &std::path::Path) -> Vec<(i64, i64)> {
     let conn = rusqlite::Connection::open(path).expect("open with rusqlite");
-    let mut st = conn
-        .prepare("SELECT version, applied_at FROM schema_migrations ORDER BY version")
-        .expect("prepare");
+    let mut st = conn.prepare("SELECT version, applied_at FROM schema_migrations ORDER BY version").expect("prepare");
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query");
     rows.collect::<Result<Vec<_>, _>>().expect("rows")
 }
@@ -25,23 +23,12 @@ async fn fresh_database_gets_every_migration_and_reopen_is_a_no_op() {
     drop(stores);
 
     let first = applied(&path);
-    assert_eq!(
-        first.iter().map(|r| r.0).collect::<Vec<_>>(),
-        (1..=SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    assert_eq!(first.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 
     std::thread::sleep(std::time::Duration::from_millis(1100)); // applied_at has second resolution
     let stores = meerkat_storage_sqlite::open(&path).await.expect("reopen");
-    assert_eq!(
-        applied(&path),
-        first,
-        "reopening an up-to-date database applies nothing"
-    );
-    assert_eq!(
-        stores.auth.get_credentials(acc).await.expect("get"),
-        Some(creds),
-        "data survives reopening"
-    );
+    assert_eq!(applied(&path), first, "reopening an up-to-date database applies nothing");
+    assert_eq!(stores.auth.get_credentials(acc).await.expect("get"), Some(creds), "data survives reopening");
 
     // The database is in WAL mode.
     let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
@@ -57,13 +44,8 @@ async fn newer_schema_is_refused() {
     let newer = SCHEMA_VERSION + 7;
     {
         let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .expect("busy timeout");
-        conn.execute(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
-            [newer],
-        )
-        .expect("insert");
+        conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy timeout");
+        conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [newer]).expect("insert");
     }
     match meerkat_storage_sqlite::open(&path).await {
         Err(Error::Backend(msg)) => assert_eq!(
@@ -93,8 +75,7 @@ async fn corrupt_rows_are_backend_errors_not_panics() {
     let stores = meerkat_storage_sqlite::open(&path).await.expect("open");
     {
         let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .expect("busy timeout");
+        conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy timeout");
         conn.execute_batch(
             "INSERT INTO users VALUES ('example.org', 'bad', 'plain:secret', 0);
              INSERT INTO roster_items VALUES ('example.org', 'bad', 'x@y', NULL, 'none', 0, 0, NULL, 0, 1, '[oops');",
@@ -104,8 +85,5 @@ async fn corrupt_rows_are_backend_errors_not_panics() {
     let acc = Account::new("bad", "example.org");
     assert!(matches!(stores.auth.get_credentials(acc).await, Err(Error::Backend(_))));
     assert!(matches!(stores.roster.get_roster(acc).await, Err(Error::Backend(_))));
-    assert!(matches!(
-        stores.roster.get_item(acc, "x@y").await,
-        Err(Error::Backend(_))
-    ));
+    assert!(matches!(stores.roster.get_item(acc, "x@y").await, Err(Error::Backend(_))));
 }

@@ -49,11 +49,7 @@ fn creds(password: &str) -> StoredCredentials {
 }
 
 fn item(jid: &str) -> RosterItem {
-    RosterItem {
-        jid: jid.to_owned(),
-        visible: true,
-        ..RosterItem::default()
-    }
+    RosterItem { jid: jid.to_owned(), visible: true, ..RosterItem::default() }
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -71,23 +67,14 @@ async fn auth(s: &Stores, domain: &str) {
     let c1 = creds("pencil");
     let c2 = creds("crayon");
 
-    assert!(
-        !s.auth.user_exists(alice).await.unwrap(),
-        "fresh account must not exist"
-    );
+    assert!(!s.auth.user_exists(alice).await.unwrap(), "fresh account must not exist");
     assert_eq!(s.auth.get_credentials(alice).await.unwrap(), None);
     assert!(
         matches!(s.auth.set_credentials(alice, &c1).await, Err(Error::NotFound)),
         "set_credentials on an unknown account must be NotFound"
     );
-    assert!(
-        !s.auth.user_exists(alice).await.unwrap(),
-        "set_credentials must not create the account"
-    );
-    assert!(
-        !s.auth.delete_user(alice).await.unwrap(),
-        "deleting an unknown account returns false"
-    );
+    assert!(!s.auth.user_exists(alice).await.unwrap(), "set_credentials must not create the account");
+    assert!(!s.auth.delete_user(alice).await.unwrap(), "deleting an unknown account returns false");
 
     s.auth.create_user(alice, &c1).await.unwrap();
     assert!(s.auth.user_exists(alice).await.unwrap());
@@ -95,50 +82,28 @@ async fn auth(s: &Stores, domain: &str) {
         matches!(s.auth.create_user(alice, &c2).await, Err(Error::AlreadyExists)),
         "second create_user must be AlreadyExists"
     );
-    let got = s
-        .auth
-        .get_credentials(alice)
-        .await
-        .unwrap()
-        .expect("credentials stored");
-    assert_eq!(
-        got, c1,
-        "credentials roundtrip exactly (and the failed create did not overwrite)"
-    );
+    let got = s.auth.get_credentials(alice).await.unwrap().expect("credentials stored");
+    assert_eq!(got, c1, "credentials roundtrip exactly (and the failed create did not overwrite)");
     assert!(got.verify_password("pencil"));
 
     s.auth.set_credentials(alice, &c2).await.unwrap();
-    let got = s
-        .auth
-        .get_credentials(alice)
-        .await
-        .unwrap()
-        .expect("credentials stored");
+    let got = s.auth.get_credentials(alice).await.unwrap().expect("credentials stored");
     assert_eq!(got, c2);
     assert!(got.verify_password("crayon") && !got.verify_password("pencil"));
 
     // Accounts are compared exactly: case and domain both matter.
     let upper = Account::new("Alice", domain);
-    assert!(
-        !s.auth.user_exists(upper).await.unwrap(),
-        "user names are compared byte-exactly"
-    );
+    assert!(!s.auth.user_exists(upper).await.unwrap(), "user names are compared byte-exactly");
     let other_domain = format!("other.{domain}");
     let elsewhere = Account::new("alice", &other_domain);
-    assert!(
-        !s.auth.user_exists(elsewhere).await.unwrap(),
-        "accounts are scoped by domain"
-    );
+    assert!(!s.auth.user_exists(elsewhere).await.unwrap(), "accounts are scoped by domain");
     s.auth.create_user(elsewhere, &c1).await.unwrap();
     assert_eq!(s.auth.get_credentials(elsewhere).await.unwrap(), Some(c1.clone()));
     assert_eq!(s.auth.get_credentials(alice).await.unwrap(), Some(c2.clone()));
 
     assert!(s.auth.delete_user(elsewhere).await.unwrap());
     assert!(!s.auth.user_exists(elsewhere).await.unwrap());
-    assert!(
-        s.auth.user_exists(alice).await.unwrap(),
-        "deleting one domain's user leaves the other"
-    );
+    assert!(s.auth.user_exists(alice).await.unwrap(), "deleting one domain's user leaves the other");
     assert!(s.auth.delete_user(alice).await.unwrap());
     assert!(!s.auth.delete_user(alice).await.unwrap());
     assert_eq!(s.auth.get_credentials(alice).await.unwrap(), None);
@@ -182,26 +147,14 @@ async fn list_users(s: &Stores, tag: &str) {
     let empty = format!("{tag}.nobody.example");
     assert!(s.auth.list_users(&empty).await.unwrap().is_empty());
 
-    let names = [
-        "zed", "amy", "bob", "Bob", "_under", "a.b", "émile", "日本", "a", "a%", "a_b",
-    ];
+    let names = ["zed", "amy", "bob", "Bob", "_under", "a.b", "émile", "日本", "a", "a%", "a_b"];
     for n in names {
         s.auth.create_user(Account::new(n, &d1), &creds("x")).await.unwrap();
     }
-    s.auth
-        .create_user(Account::new("carl", &d2), &creds("x"))
-        .await
-        .unwrap();
-    s.auth
-        .create_user(Account::new("dora", &d3), &creds("x"))
-        .await
-        .unwrap();
+    s.auth.create_user(Account::new("carl", &d2), &creds("x")).await.unwrap();
+    s.auth.create_user(Account::new("dora", &d3), &creds("x")).await.unwrap();
 
-    assert_eq!(
-        s.auth.list_users(&d1).await.unwrap(),
-        sorted(&names),
-        "byte-order sorted, scoped to the domain"
-    );
+    assert_eq!(s.auth.list_users(&d1).await.unwrap(), sorted(&names), "byte-order sorted, scoped to the domain");
     assert_eq!(s.auth.list_users(&d2).await.unwrap(), strings(&["carl"]));
     assert_eq!(s.auth.list_users(&d3).await.unwrap(), strings(&["dora"]));
     assert!(s.auth.list_users(&empty).await.unwrap().is_empty());
@@ -229,11 +182,7 @@ async fn roster(s: &Stores, domain: &str) {
     assert!(r.items.is_empty());
     assert_eq!(s.roster.get_item(acc, "nobody@example.org").await.unwrap(), None);
     assert_eq!(s.roster.delete_item(acc, "nobody@example.org").await.unwrap(), None);
-    assert_eq!(
-        s.roster.get_roster(acc).await.unwrap().version,
-        0,
-        "deleting nothing does not bump"
-    );
+    assert_eq!(s.roster.get_roster(acc).await.unwrap().version, 0, "deleting nothing does not bump");
 
     let juliet = RosterItem {
         jid: "juliet@example.com".into(),
@@ -283,10 +232,7 @@ async fn roster(s: &Stores, domain: &str) {
     assert_eq!(r.version, 3);
     let mut expected = vec![juliet.clone(), hidden.clone(), mercutio.clone()];
     expected.sort_by(|a, b| a.jid.cmp(&b.jid));
-    assert_eq!(
-        r.items, expected,
-        "all items, hidden ones included, sorted by jid (byte order)"
-    );
+    assert_eq!(r.items, expected, "all items, hidden ones included, sorted by jid (byte order)");
     assert_eq!(
         s.roster.get_item(acc, &mercutio.jid).await.unwrap().map(|i| i.name),
         Some(Some(String::new())),
@@ -306,10 +252,7 @@ async fn roster(s: &Stores, domain: &str) {
         ..juliet.clone()
     };
     assert_eq!(s.roster.put_item(acc, &juliet2).await.unwrap(), 4);
-    assert_eq!(
-        s.roster.get_item(acc, &juliet.jid).await.unwrap(),
-        Some(juliet2.clone())
-    );
+    assert_eq!(s.roster.get_item(acc, &juliet.jid).await.unwrap(), Some(juliet2.clone()));
     let hidden2 = RosterItem {
         visible: true,
         pending_in: false,
@@ -320,26 +263,13 @@ async fn roster(s: &Stores, domain: &str) {
     assert_eq!(s.roster.put_item(acc, &hidden2).await.unwrap(), 5);
     // Putting an identical item still counts as a change.
     assert_eq!(s.roster.put_item(acc, &hidden2).await.unwrap(), 6);
-    assert_eq!(
-        s.roster.get_roster(acc).await.unwrap().items.len(),
-        3,
-        "replacing does not duplicate"
-    );
+    assert_eq!(s.roster.get_roster(acc).await.unwrap().items.len(), 3, "replacing does not duplicate");
 
     // Every subscription state roundtrips.
-    for (i, sub) in [
-        Subscription::None,
-        Subscription::To,
-        Subscription::From,
-        Subscription::Both,
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, sub) in
+        [Subscription::None, Subscription::To, Subscription::From, Subscription::Both].into_iter().enumerate()
     {
-        let it = RosterItem {
-            subscription: sub,
-            ..item(&format!("sub{i}@example.org"))
-        };
+        let it = RosterItem { subscription: sub, ..item(&format!("sub{i}@example.org")) };
         s.roster.put_item(acc, &it).await.unwrap();
         assert_eq!(s.roster.get_item(acc, &it.jid).await.unwrap(), Some(it));
     }
@@ -348,38 +278,23 @@ async fn roster(s: &Stores, domain: &str) {
     // The other account's roster is separate, with its own version.
     assert_eq!(s.roster.get_roster(other).await.unwrap(), crate::Roster::default());
     assert_eq!(s.roster.put_item(other, &juliet).await.unwrap(), 1);
-    assert_eq!(
-        s.roster.get_item(other, &juliet.jid).await.unwrap(),
-        Some(juliet.clone())
-    );
-    assert_eq!(
-        s.roster.get_item(acc, &juliet.jid).await.unwrap(),
-        Some(juliet2.clone())
-    );
+    assert_eq!(s.roster.get_item(other, &juliet.jid).await.unwrap(), Some(juliet.clone()));
+    assert_eq!(s.roster.get_item(acc, &juliet.jid).await.unwrap(), Some(juliet2.clone()));
 
     // Deletes.
     assert_eq!(s.roster.delete_item(acc, &juliet.jid).await.unwrap(), Some(11));
     assert_eq!(s.roster.get_item(acc, &juliet.jid).await.unwrap(), None);
     assert_eq!(s.roster.delete_item(acc, &juliet.jid).await.unwrap(), None);
     assert_eq!(s.roster.get_roster(acc).await.unwrap().version, 11);
-    assert_eq!(
-        s.roster.get_item(other, &juliet.jid).await.unwrap(),
-        Some(juliet.clone()),
-        "other roster untouched"
-    );
+    assert_eq!(s.roster.get_item(other, &juliet.jid).await.unwrap(), Some(juliet.clone()), "other roster untouched");
     // JIDs are compared exactly.
     assert_eq!(s.roster.delete_item(acc, "mercutio@example.org").await.unwrap(), None);
     assert_eq!(s.roster.delete_item(acc, &mercutio.jid).await.unwrap(), Some(12));
     let r = s.roster.get_roster(acc).await.unwrap();
     assert_eq!(r.version, 12);
     let jids: Vec<&str> = r.items.iter().map(|i| i.jid.as_str()).collect();
-    let mut want = vec![
-        hidden.jid.as_str(),
-        "sub0@example.org",
-        "sub1@example.org",
-        "sub2@example.org",
-        "sub3@example.org",
-    ];
+    let mut want =
+        vec![hidden.jid.as_str(), "sub0@example.org", "sub1@example.org", "sub2@example.org", "sub3@example.org"];
     want.sort();
     assert_eq!(jids, want);
 
@@ -395,10 +310,7 @@ async fn roster_concurrent(s: &Stores, domain: &str) {
     const TASKS: usize = 8;
     const PER_TASK: usize = 4;
     let user = "crowd";
-    s.auth
-        .create_user(Account::new(user, domain), &creds("x"))
-        .await
-        .unwrap();
+    s.auth.create_user(Account::new(user, domain), &creds("x")).await.unwrap();
     let mut set = tokio::task::JoinSet::new();
     for t in 0..TASKS {
         let s = s.clone();
@@ -407,18 +319,11 @@ async fn roster_concurrent(s: &Stores, domain: &str) {
             let acc = Account::new(user, &domain);
             let mut versions = Vec::new();
             for i in 0..PER_TASK {
-                let it = RosterItem {
-                    groups: strings(&[&format!("g{t}")]),
-                    ..item(&format!("c{t}-{i}@example.org"))
-                };
+                let it = RosterItem { groups: strings(&[&format!("g{t}")]), ..item(&format!("c{t}-{i}@example.org")) };
                 versions.push(s.roster.put_item(acc, &it).await.expect("concurrent put_item"));
             }
             // Every task also removes its first item again.
-            let del = s
-                .roster
-                .delete_item(acc, &format!("c{t}-0@example.org"))
-                .await
-                .expect("concurrent delete_item");
+            let del = s.roster.delete_item(acc, &format!("c{t}-0@example.org")).await.expect("concurrent delete_item");
             versions.push(del.expect("the item this task put is there"));
             versions
         });
@@ -429,11 +334,7 @@ async fn roster_concurrent(s: &Stores, domain: &str) {
     }
     let changes = TASKS * (PER_TASK + 1);
     let unique: HashSet<u64> = all.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        changes,
-        "every concurrent change got its own version: {all:?}"
-    );
+    assert_eq!(unique.len(), changes, "every concurrent change got its own version: {all:?}");
     let max = all.iter().copied().max().unwrap_or(0);
     assert_eq!(max, changes as u64, "versions grow by exactly one per change");
     let r = s.roster.get_roster(Account::new(user, domain)).await.unwrap();
@@ -457,10 +358,7 @@ async fn offline(s: &Stores, domain: &str) {
 
     assert_eq!(s.offline.count(acc).await.unwrap(), 0);
     assert!(s.offline.fetch(acc, 10).await.unwrap().is_empty());
-    assert!(
-        !s.offline.push(acc, 1, "<message/>", 0).await.unwrap(),
-        "limit 0 stores nothing"
-    );
+    assert!(!s.offline.push(acc, 1, "<message/>", 0).await.unwrap(), "limit 0 stores nothing");
     assert_eq!(s.offline.count(acc).await.unwrap(), 0);
 
     let stanzas = [
@@ -471,27 +369,14 @@ async fn offline(s: &Stores, domain: &str) {
     for (i, st) in stanzas.iter().enumerate() {
         assert!(s.offline.push(acc, 1_700_000_000_000 + i as i64, st, 3).await.unwrap());
     }
-    assert!(
-        !s.offline.push(acc, 5, "<message>four</message>", 3).await.unwrap(),
-        "limit reached"
-    );
+    assert!(!s.offline.push(acc, 5, "<message>four</message>", 3).await.unwrap(), "limit reached");
     assert_eq!(s.offline.count(acc).await.unwrap(), 3);
-    assert!(
-        s.offline.push(acc, 5, "<message>four</message>", 4).await.unwrap(),
-        "a higher limit admits more"
-    );
+    assert!(s.offline.push(acc, 5, "<message>four</message>", 4).await.unwrap(), "a higher limit admits more");
     assert_eq!(s.offline.count(acc).await.unwrap(), 4);
-    assert!(
-        !s.offline.push(acc, 6, "<message>five</message>", 2).await.unwrap(),
-        "over the limit already"
-    );
+    assert!(!s.offline.push(acc, 6, "<message>five</message>", 2).await.unwrap(), "over the limit already");
 
     // The other account is unaffected and has its own limit.
-    assert!(s
-        .offline
-        .push(other, 9, "<message>for oscar</message>", 1)
-        .await
-        .unwrap());
+    assert!(s.offline.push(other, 9, "<message>for oscar</message>", 1).await.unwrap());
     assert_eq!(s.offline.count(other).await.unwrap(), 1);
 
     let all = s.offline.fetch(acc, 100).await.unwrap();
@@ -502,22 +387,14 @@ async fn offline(s: &Stores, domain: &str) {
     }
     assert_eq!(all[3].stanza, "<message>four</message>");
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
-    assert_eq!(
-        s.offline.fetch(acc, 2).await.unwrap(),
-        all[..2].to_vec(),
-        "fetch honours max"
-    );
+    assert_eq!(s.offline.fetch(acc, 2).await.unwrap(), all[..2].to_vec(), "fetch honours max");
     assert!(s.offline.fetch(acc, 0).await.unwrap().is_empty());
     assert_eq!(s.offline.count(acc).await.unwrap(), 4, "fetch does not remove");
 
     s.offline.remove_up_to(acc, all[1].id).await.unwrap();
     assert_eq!(s.offline.count(acc).await.unwrap(), 2);
     assert_eq!(s.offline.fetch(acc, 10).await.unwrap(), all[2..].to_vec());
-    assert_eq!(
-        s.offline.count(other).await.unwrap(),
-        1,
-        "remove_up_to is scoped to the account"
-    );
+    assert_eq!(s.offline.count(other).await.unwrap(), 1, "remove_up_to is scoped to the account");
 
     // New messages get larger ids than everything before.
     assert!(s.offline.push(acc, 7, "<message>six</message>", 10).await.unwrap());
@@ -547,10 +424,7 @@ async fn offline(s: &Stores, domain: &str) {
 async fn offline_concurrent_limit(s: &Stores, domain: &str) {
     const LIMIT: usize = 5;
     let user = "flood";
-    s.auth
-        .create_user(Account::new(user, domain), &creds("x"))
-        .await
-        .unwrap();
+    s.auth.create_user(Account::new(user, domain), &creds("x")).await.unwrap();
     let mut set = tokio::task::JoinSet::new();
     for t in 0..8 {
         let s = s.clone();
@@ -559,11 +433,7 @@ async fn offline_concurrent_limit(s: &Stores, domain: &str) {
             let acc = Account::new(user, &domain);
             let mut stored = 0usize;
             for i in 0..2 {
-                if s.offline
-                    .push(acc, t * 10 + i, &format!("<message>{t}/{i}</message>"), LIMIT)
-                    .await
-                    .expect("push")
-                {
+                if s.offline.push(acc, t * 10 + i, &format!("<message>{t}/{i}</message>"), LIMIT).await.expect("push") {
                     stored += 1;
                 }
             }
@@ -595,48 +465,20 @@ async fn xml(s: &Stores, domain: &str) {
     let bookmarks = "<storage xmlns='storage:bookmarks'><conference jid='a@b'/></storage>";
     let notes = "<storage xmlns='storage:rosternotes'/>";
     s.xml.set_xml(acc, "vcard", "", vcard).await.unwrap();
-    s.xml
-        .set_xml(acc, "private", "storage:bookmarks", bookmarks)
-        .await
-        .unwrap();
-    s.xml
-        .set_xml(acc, "private", "storage:rosternotes", notes)
-        .await
-        .unwrap();
+    s.xml.set_xml(acc, "private", "storage:bookmarks", bookmarks).await.unwrap();
+    s.xml.set_xml(acc, "private", "storage:rosternotes", notes).await.unwrap();
     // (kind, key) pairs that would collide if naively concatenated.
     s.xml.set_xml(acc, "ab", "c", "<one/>").await.unwrap();
     s.xml.set_xml(acc, "a", "bc", "<two/>").await.unwrap();
 
     assert_eq!(s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(), Some(vcard));
-    assert_eq!(
-        s.xml
-            .get_xml(acc, "private", "storage:bookmarks")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(bookmarks)
-    );
-    assert_eq!(
-        s.xml
-            .get_xml(acc, "private", "storage:rosternotes")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(notes)
-    );
+    assert_eq!(s.xml.get_xml(acc, "private", "storage:bookmarks").await.unwrap().as_deref(), Some(bookmarks));
+    assert_eq!(s.xml.get_xml(acc, "private", "storage:rosternotes").await.unwrap().as_deref(), Some(notes));
     assert_eq!(s.xml.get_xml(acc, "ab", "c").await.unwrap().as_deref(), Some("<one/>"));
     assert_eq!(s.xml.get_xml(acc, "a", "bc").await.unwrap().as_deref(), Some("<two/>"));
-    assert_eq!(
-        s.xml.get_xml(acc, "private", "").await.unwrap(),
-        None,
-        "kinds and keys are separate"
-    );
+    assert_eq!(s.xml.get_xml(acc, "private", "").await.unwrap(), None, "kinds and keys are separate");
     assert_eq!(s.xml.get_xml(acc, "vcard", "storage:bookmarks").await.unwrap(), None);
-    assert_eq!(
-        s.xml.get_xml(other, "vcard", "").await.unwrap(),
-        None,
-        "scoped to the account"
-    );
+    assert_eq!(s.xml.get_xml(other, "vcard", "").await.unwrap(), None, "scoped to the account");
 
     // Replace.
     let vcard2 = "<vCard xmlns='vcard-temp'><FN>Xena II</FN><NICKNAME>x</NICKNAME></vCard>";
@@ -644,55 +486,26 @@ async fn xml(s: &Stores, domain: &str) {
     assert_eq!(s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(), Some(vcard2));
     // Empty XML is stored as is (distinct from absent).
     s.xml.set_xml(acc, "private", "storage:rosternotes", "").await.unwrap();
-    assert_eq!(
-        s.xml
-            .get_xml(acc, "private", "storage:rosternotes")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("")
-    );
+    assert_eq!(s.xml.get_xml(acc, "private", "storage:rosternotes").await.unwrap().as_deref(), Some(""));
 
     // A large blob survives intact.
-    let big = format!(
-        "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>{}</BINVAL></PHOTO></vCard>",
-        "QUJD".repeat(64 * 1024)
-    );
+    let big = format!("<vCard xmlns='vcard-temp'><PHOTO><BINVAL>{}</BINVAL></PHOTO></vCard>", "QUJD".repeat(64 * 1024));
     s.xml.set_xml(acc, "vcard", "", &big).await.unwrap();
-    assert_eq!(
-        s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(),
-        Some(big.as_str())
-    );
+    assert_eq!(s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(), Some(big.as_str()));
 
     // Delete removes exactly one blob.
     s.xml.delete_xml(acc, "private", "storage:bookmarks").await.unwrap();
     assert_eq!(s.xml.get_xml(acc, "private", "storage:bookmarks").await.unwrap(), None);
-    assert_eq!(
-        s.xml
-            .get_xml(acc, "private", "storage:rosternotes")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("")
-    );
-    assert_eq!(
-        s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(),
-        Some(big.as_str())
-    );
+    assert_eq!(s.xml.get_xml(acc, "private", "storage:rosternotes").await.unwrap().as_deref(), Some(""));
+    assert_eq!(s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(), Some(big.as_str()));
     s.xml.delete_xml(acc, "private", "storage:bookmarks").await.unwrap();
 
     // Another account may store under the same keys independently.
     s.xml.set_xml(other, "vcard", "", vcard).await.unwrap();
     assert_eq!(s.xml.get_xml(other, "vcard", "").await.unwrap().as_deref(), Some(vcard));
-    assert_eq!(
-        s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(),
-        Some(big.as_str())
-    );
+    assert_eq!(s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(), Some(big.as_str()));
     s.xml.delete_xml(other, "vcard", "").await.unwrap();
-    assert_eq!(
-        s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(),
-        Some(big.as_str())
-    );
+    assert_eq!(s.xml.get_xml(acc, "vcard", "").await.unwrap().as_deref(), Some(big.as_str()));
 
     assert!(s.auth.delete_user(acc).await.unwrap());
 }
@@ -708,15 +521,7 @@ async fn blocking(s: &Stores, domain: &str) {
     assert!(s.blocking.blocklist(acc).await.unwrap().is_empty());
 
     s.blocking
-        .block(
-            acc,
-            &strings(&[
-                "romeo@example.net",
-                "iago@example.com",
-                "example.org",
-                "romeo@example.net",
-            ]),
-        )
+        .block(acc, &strings(&["romeo@example.net", "iago@example.com", "example.org", "romeo@example.net"]))
         .await
         .unwrap();
     assert_eq!(
@@ -724,63 +529,25 @@ async fn blocking(s: &Stores, domain: &str) {
         sorted(&["example.org", "iago@example.com", "romeo@example.net"]),
         "sorted, duplicates within one call ignored"
     );
-    s.blocking
-        .block(
-            acc,
-            &strings(&["iago@example.com", "Zed@example.com", "a@example.com/res"]),
-        )
-        .await
-        .unwrap();
-    let all = [
-        "example.org",
-        "iago@example.com",
-        "romeo@example.net",
-        "Zed@example.com",
-        "a@example.com/res",
-    ];
-    assert_eq!(
-        s.blocking.blocklist(acc).await.unwrap(),
-        sorted(&all),
-        "already-blocked JIDs are ignored"
-    );
-    assert!(
-        s.blocking.blocklist(other).await.unwrap().is_empty(),
-        "scoped to the account"
-    );
+    s.blocking.block(acc, &strings(&["iago@example.com", "Zed@example.com", "a@example.com/res"])).await.unwrap();
+    let all = ["example.org", "iago@example.com", "romeo@example.net", "Zed@example.com", "a@example.com/res"];
+    assert_eq!(s.blocking.blocklist(acc).await.unwrap(), sorted(&all), "already-blocked JIDs are ignored");
+    assert!(s.blocking.blocklist(other).await.unwrap().is_empty(), "scoped to the account");
     s.blocking.block(other, &strings(&["iago@example.com"])).await.unwrap();
 
-    s.blocking
-        .unblock(
-            acc,
-            &strings(&["iago@example.com", "never@blocked.example", "example.org"]),
-        )
-        .await
-        .unwrap();
+    s.blocking.unblock(acc, &strings(&["iago@example.com", "never@blocked.example", "example.org"])).await.unwrap();
     assert_eq!(
         s.blocking.blocklist(acc).await.unwrap(),
         sorted(&["romeo@example.net", "Zed@example.com", "a@example.com/res"])
     );
-    assert_eq!(
-        s.blocking.blocklist(other).await.unwrap(),
-        strings(&["iago@example.com"])
-    );
+    assert_eq!(s.blocking.blocklist(other).await.unwrap(), strings(&["iago@example.com"]));
 
     s.blocking.unblock(acc, &[]).await.unwrap();
-    assert!(
-        s.blocking.blocklist(acc).await.unwrap().is_empty(),
-        "empty unblock removes all"
-    );
-    assert_eq!(
-        s.blocking.blocklist(other).await.unwrap(),
-        strings(&["iago@example.com"]),
-        "other list untouched"
-    );
+    assert!(s.blocking.blocklist(acc).await.unwrap().is_empty(), "empty unblock removes all");
+    assert_eq!(s.blocking.blocklist(other).await.unwrap(), strings(&["iago@example.com"]), "other list untouched");
 
     s.blocking.block(acc, &strings(&["again@example.com"])).await.unwrap();
-    assert_eq!(
-        s.blocking.blocklist(acc).await.unwrap(),
-        strings(&["again@example.com"])
-    );
+    assert_eq!(s.blocking.blocklist(acc).await.unwrap(), strings(&["again@example.com"]));
     s.blocking.unblock(other, &[]).await.unwrap();
     assert!(s.auth.delete_user(acc).await.unwrap());
 }
@@ -791,36 +558,19 @@ async fn last(s: &Stores, domain: &str) {
     s.auth.create_user(acc, &creds("x")).await.unwrap();
 
     assert_eq!(s.last.get_last(acc).await.unwrap(), None);
-    let l1 = LastActivity {
-        at_secs: 1_700_000_000,
-        status: "Gone fishing".into(),
-    };
+    let l1 = LastActivity { at_secs: 1_700_000_000, status: "Gone fishing".into() };
     s.last.set_last(acc, &l1).await.unwrap();
     assert_eq!(s.last.get_last(acc).await.unwrap(), Some(l1));
-    let l2 = LastActivity {
-        at_secs: 1_800_000_000,
-        status: String::new(),
-    };
+    let l2 = LastActivity { at_secs: 1_800_000_000, status: String::new() };
     s.last.set_last(acc, &l2).await.unwrap();
-    assert_eq!(
-        s.last.get_last(acc).await.unwrap(),
-        Some(l2.clone()),
-        "replaced, empty status kept"
-    );
+    assert_eq!(s.last.get_last(acc).await.unwrap(), Some(l2.clone()), "replaced, empty status kept");
     assert_eq!(s.last.get_last(other).await.unwrap(), None, "scoped to the account");
-    let l3 = LastActivity {
-        at_secs: 0,
-        status: "zero".into(),
-    };
+    let l3 = LastActivity { at_secs: 0, status: "zero".into() };
     s.last.set_last(other, &l3).await.unwrap();
     assert_eq!(s.last.get_last(other).await.unwrap(), Some(l3));
     assert_eq!(s.last.get_last(acc).await.unwrap(), Some(l2));
     assert!(!s.auth.delete_user(other).await.unwrap(), "lena never had an account");
-    assert_eq!(
-        s.last.get_last(other).await.unwrap(),
-        None,
-        "delete_user purges data even without an account"
-    );
+    assert_eq!(s.last.get_last(other).await.unwrap(), None, "delete_user purges data even without an account");
     assert!(s.auth.delete_user(acc).await.unwrap());
 }
 
@@ -828,85 +578,31 @@ async fn last(s: &Stores, domain: &str) {
 async fn populate(s: &Stores, acc: Account<'_>, label: &str) {
     s.auth.create_user(acc, &creds(label)).await.unwrap();
     for j in ["a@example.org", "b@example.org"] {
-        let it = RosterItem {
-            name: Some(label.into()),
-            groups: strings(&[label]),
-            ..item(j)
-        };
+        let it = RosterItem { name: Some(label.into()), groups: strings(&[label]), ..item(j) };
         s.roster.put_item(acc, &it).await.unwrap();
     }
     for i in 0..3 {
-        assert!(s
-            .offline
-            .push(acc, i, &format!("<message>{label} {i}</message>"), 100)
-            .await
-            .unwrap());
+        assert!(s.offline.push(acc, i, &format!("<message>{label} {i}</message>"), 100).await.unwrap());
     }
-    s.xml
-        .set_xml(acc, "vcard", "", &format!("<vCard><FN>{label}</FN></vCard>"))
-        .await
-        .unwrap();
-    s.xml
-        .set_xml(acc, "private", "storage:bookmarks", "<storage/>")
-        .await
-        .unwrap();
-    s.blocking
-        .block(acc, &strings(&["spam@example.org", "troll@example.org"]))
-        .await
-        .unwrap();
-    s.last
-        .set_last(
-            acc,
-            &LastActivity {
-                at_secs: 42,
-                status: label.into(),
-            },
-        )
-        .await
-        .unwrap();
+    s.xml.set_xml(acc, "vcard", "", &format!("<vCard><FN>{label}</FN></vCard>")).await.unwrap();
+    s.xml.set_xml(acc, "private", "storage:bookmarks", "<storage/>").await.unwrap();
+    s.blocking.block(acc, &strings(&["spam@example.org", "troll@example.org"])).await.unwrap();
+    s.last.set_last(acc, &LastActivity { at_secs: 42, status: label.into() }).await.unwrap();
 }
 
 /// Asserts `acc` still holds what [`populate`] put there.
 async fn assert_populated(s: &Stores, acc: Account<'_>, label: &str) {
     assert!(s.auth.user_exists(acc).await.unwrap());
-    assert!(s
-        .auth
-        .get_credentials(acc)
-        .await
-        .unwrap()
-        .expect("creds")
-        .verify_password(label));
+    assert!(s.auth.get_credentials(acc).await.unwrap().expect("creds").verify_password(label));
     let r = s.roster.get_roster(acc).await.unwrap();
     assert_eq!(r.version, 2);
     assert_eq!(r.items.len(), 2);
-    assert!(r
-        .items
-        .iter()
-        .all(|i| i.name.as_deref() == Some(label) && i.groups == vec![label.to_owned()]));
+    assert!(r.items.iter().all(|i| i.name.as_deref() == Some(label) && i.groups == vec![label.to_owned()]));
     assert_eq!(s.offline.count(acc).await.unwrap(), 3);
-    assert_eq!(
-        s.xml.get_xml(acc, "vcard", "").await.unwrap(),
-        Some(format!("<vCard><FN>{label}</FN></vCard>"))
-    );
-    assert_eq!(
-        s.xml
-            .get_xml(acc, "private", "storage:bookmarks")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("<storage/>")
-    );
-    assert_eq!(
-        s.blocking.blocklist(acc).await.unwrap(),
-        strings(&["spam@example.org", "troll@example.org"])
-    );
-    assert_eq!(
-        s.last.get_last(acc).await.unwrap(),
-        Some(LastActivity {
-            at_secs: 42,
-            status: label.into()
-        })
-    );
+    assert_eq!(s.xml.get_xml(acc, "vcard", "").await.unwrap(), Some(format!("<vCard><FN>{label}</FN></vCard>")));
+    assert_eq!(s.xml.get_xml(acc, "private", "storage:bookmarks").await.unwrap().as_deref(), Some("<storage/>"));
+    assert_eq!(s.blocking.blocklist(acc).await.unwrap(), strings(&["spam@example.org", "troll@example.org"]));
+    assert_eq!(s.last.get_last(acc).await.unwrap(), Some(LastActivity { at_secs: 42, status: label.into() }));
 }
 
 async fn delete_user_cascades(s: &Stores, domain: &str) {
@@ -930,10 +626,7 @@ async fn delete_user_cascades(s: &Stores, domain: &str) {
     assert_eq!(s.offline.count(victim).await.unwrap(), 0);
     assert!(s.offline.fetch(victim, 10).await.unwrap().is_empty());
     assert_eq!(s.xml.get_xml(victim, "vcard", "").await.unwrap(), None);
-    assert_eq!(
-        s.xml.get_xml(victim, "private", "storage:bookmarks").await.unwrap(),
-        None
-    );
+    assert_eq!(s.xml.get_xml(victim, "private", "storage:bookmarks").await.unwrap(), None);
     assert!(s.blocking.blocklist(victim).await.unwrap().is_empty());
     assert_eq!(s.last.get_last(victim).await.unwrap(), None);
 
@@ -961,10 +654,7 @@ async fn hostile_strings(s: &Stores, domain: &str) {
     s.auth.create_user(acc2, &c).await.unwrap();
     assert!(s.auth.user_exists(acc).await.unwrap());
     assert_eq!(s.auth.get_credentials(acc).await.unwrap(), Some(c.clone()));
-    assert_eq!(
-        s.auth.list_users(&quote_domain).await.unwrap(),
-        strings(&["💥 ünï\\cødé"])
-    );
+    assert_eq!(s.auth.list_users(&quote_domain).await.unwrap(), strings(&["💥 ünï\\cødé"]));
     assert!(s.auth.list_users(domain).await.unwrap().contains(&evil.to_owned()));
 
     let weird_groups = strings(&[
@@ -1006,18 +696,9 @@ async fn hostile_strings(s: &Stores, domain: &str) {
         let xml = "<x xmlns='\"'>'; DROP TABLE xml_blobs; -- ☃</x>";
         s.xml.set_xml(a, kind, key, xml).await.unwrap();
         assert_eq!(s.xml.get_xml(a, kind, key).await.unwrap().as_deref(), Some(xml));
-        assert_eq!(
-            s.xml.get_xml(a, "k_ind\"", key).await.unwrap(),
-            None,
-            "no wildcard matching"
-        );
+        assert_eq!(s.xml.get_xml(a, "k_ind\"", key).await.unwrap(), None, "no wildcard matching");
 
-        let jids = strings(&[
-            "%@example.org",
-            "_@example.org",
-            "'quoted'@example.org",
-            "ünï@example.org",
-        ]);
+        let jids = strings(&["%@example.org", "_@example.org", "'quoted'@example.org", "ünï@example.org"]);
         s.blocking.block(a, &jids).await.unwrap();
         let mut want = jids.clone();
         want.sort();
@@ -1025,10 +706,7 @@ async fn hostile_strings(s: &Stores, domain: &str) {
         s.blocking.unblock(a, &strings(&["%@example.org"])).await.unwrap();
         assert_eq!(s.blocking.blocklist(a).await.unwrap().len(), 3, "'%' is not a wildcard");
 
-        let last = LastActivity {
-            at_secs: -1,
-            status: "bye'); DROP TABLE last_activity;-- ✌".into(),
-        };
+        let last = LastActivity { at_secs: -1, status: "bye'); DROP TABLE last_activity;-- ✌".into() };
         s.last.set_last(a, &last).await.unwrap();
         assert_eq!(s.last.get_last(a).await.unwrap(), Some(last));
     }

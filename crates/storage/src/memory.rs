@@ -107,12 +107,7 @@ impl AuthStore for MemoryStore {
     async fn list_users(&self, domain: &str) -> Result<Vec<String>> {
         let inner = self.inner.lock();
         let start = (domain.to_owned(), String::new());
-        Ok(inner
-            .users
-            .range(start..)
-            .take_while(|((d, _), _)| d == domain)
-            .map(|((_, u), _)| u.clone())
-            .collect())
+        Ok(inner.users.range(start..).take_while(|((d, _), _)| d == domain).map(|((_, u), _)| u.clone()).collect())
     }
 
     async fn user_exists(&self, acc: Account<'_>) -> Result<bool> {
@@ -125,10 +120,7 @@ impl RosterStore for MemoryStore {
     async fn get_roster(&self, acc: Account<'_>) -> Result<Roster> {
         let inner = self.inner.lock();
         Ok(match inner.rosters.get(&key(acc)) {
-            Some(r) => Roster {
-                version: r.version,
-                items: r.items.values().cloned().collect(),
-            },
+            Some(r) => Roster { version: r.version, items: r.items.values().cloned().collect() },
             None => Roster::default(),
         })
     }
@@ -169,21 +161,13 @@ impl OfflineStore for MemoryStore {
         }
         inner.offline_seq += 1;
         let id = inner.offline_seq;
-        inner.offline.entry(k).or_default().push(OfflineMessage {
-            id,
-            stored_at_ms,
-            stanza: stanza.to_owned(),
-        });
+        inner.offline.entry(k).or_default().push(OfflineMessage { id, stored_at_ms, stanza: stanza.to_owned() });
         Ok(true)
     }
 
     async fn fetch(&self, acc: Account<'_>, max: usize) -> Result<Vec<OfflineMessage>> {
         let inner = self.inner.lock();
-        Ok(inner
-            .offline
-            .get(&key(acc))
-            .map(|q| q.iter().take(max).cloned().collect())
-            .unwrap_or_default())
+        Ok(inner.offline.get(&key(acc)).map(|q| q.iter().take(max).cloned().collect()).unwrap_or_default())
     }
 
     async fn remove_up_to(&self, acc: Account<'_>, up_to_id: i64) -> Result<()> {
@@ -207,19 +191,12 @@ impl OfflineStore for MemoryStore {
 impl XmlStore for MemoryStore {
     async fn get_xml(&self, acc: Account<'_>, kind: &str, key_: &str) -> Result<Option<String>> {
         let inner = self.inner.lock();
-        Ok(inner
-            .xml
-            .get(&key(acc))
-            .and_then(|m| m.get(&(kind.to_owned(), key_.to_owned())).cloned()))
+        Ok(inner.xml.get(&key(acc)).and_then(|m| m.get(&(kind.to_owned(), key_.to_owned())).cloned()))
     }
 
     async fn set_xml(&self, acc: Account<'_>, kind: &str, key_: &str, xml: &str) -> Result<()> {
         let mut inner = self.inner.lock();
-        inner
-            .xml
-            .entry(key(acc))
-            .or_default()
-            .insert((kind.to_owned(), key_.to_owned()), xml.to_owned());
+        inner.xml.entry(key(acc)).or_default().insert((kind.to_owned(), key_.to_owned()), xml.to_owned());
         Ok(())
     }
 
@@ -240,11 +217,7 @@ impl XmlStore for MemoryStore {
 impl BlockingStore for MemoryStore {
     async fn blocklist(&self, acc: Account<'_>) -> Result<Vec<String>> {
         let inner = self.inner.lock();
-        Ok(inner
-            .blocking
-            .get(&key(acc))
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default())
+        Ok(inner.blocking.get(&key(acc)).map(|s| s.iter().cloned().collect()).unwrap_or_default())
     }
 
     async fn block(&self, acc: Account<'_>, jids: &[String]) -> Result<()> {

@@ -58,7 +58,9 @@ impl C2s {
         self.mailbox = Some((rx, overflow));
         let mut reply = make_iq_result(&el, None);
         reply.append_child(
-            Element::builder("bind", ns::BIND).append(Element::builder("jid", ns::BIND).text(jid.as_str()).build()).build(),
+            Element::builder("bind", ns::BIND)
+                .append(Element::builder("jid", ns::BIND).text(jid.as_str()).build())
+                .build(),
         );
         self.out.push(Output::Element(reply));
         self.flush_outbox(&mut s);
@@ -76,21 +78,26 @@ impl C2s {
     }
 
     fn flush_outbox(&mut self, s: &mut SessionState) {
-        for el in s.outbox.drain(..) {
-            self.out.push(Output::Element(el));
+        for el in std::mem::take(&mut s.outbox) {
+            self.emit(el);
         }
     }
 
     /// A top-level element from a bound client.
     pub(crate) async fn bound_element(&mut self, el: Element) {
         self.tokens -= 1.0;
+        if el.ns() == ns::CLIENT && matches!(el.name(), "message" | "presence" | "iq") {
+            self.sm_inbound();
+        }
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
+            if self.sm_nonza(&el).await {
+                return;
+            }
             if let State::Bound(s) = &mut self.state {
                 let ctx = self.ctx.clone();
                 if ctx.hooks.session.iter().any(|h| h.on_nonza(&ctx, s, &el)) {
-                    let mut outbox = std::mem::take(&mut s.outbox);
-                    for e in outbox.drain(..) {
-                        self.out.push(Output::Element(e));
+                    for e in std::mem::take(&mut s.outbox) {
+                        self.emit(e);
                     }
                     return;
                 }
@@ -124,6 +131,7 @@ impl C2s {
         self.handle_stanza(&mut s, st).await;
         self.flush_outbox(&mut s);
         self.state = State::Bound(s);
+        self.sm_check_buffer().await;
     }
 
     /// Handles one stanza from the bound client.
@@ -227,6 +235,8 @@ impl C2s {
             crate::Mailbox::Overflow => {
                 return self.stream_error(StreamError::PolicyViolation, Some("too many unread stanzas")).await;
             }
+            // The transport handles takeovers; a stray one is refused by dropping it.
+            crate::Mailbox::Takeover(_) => return,
         };
         let State::Bound(mut s) = std::mem::replace(&mut self.state, State::Closed) else {
             return;
@@ -255,7 +265,7 @@ impl C2s {
                     // What hooks queued (e.g. presence held back by CSI) goes first.
                     self.flush_outbox(&mut s);
                     let st = *st;
-                    self.out.push(Output::Element(st.el));
+                    self.emit(st.el);
                 }
             }
             SessionMsg::Event(ev) => {
@@ -277,7 +287,29 @@ impl C2s {
         }
         self.flush_outbox(&mut s);
         self.state = State::Bound(s);
+        self.sm_check_buffer().await;
     }
+}
+
+/// An unacknowledged stanza of a session that ended (XEP-0198): routed again now
+/// that the session is gone — a message to another resource or offline storage,
+/// an IQ request answered with an error; presence is not repeated.
+pub(crate) async fn reroute_unacked(
+    ctx: &ServerContext,
+    bare: &BareJid,
+    full: &meerkat_stanza::FullJid,
+    mut st: Stanza,
+) {
+    if st.kind == StanzaKind::Presence || st.is_error() {
+        return;
+    }
+    if st.kind == StanzaKind::Iq && !st.iq_type().is_some_and(|t| t.is_request()) {
+        return;
+    }
+    if st.to.as_ref().is_none_or(|t| t.try_as_full().is_ok_and(|f| f == full)) {
+        st.set_to(Jid::from(bare.clone()));
+    }
+    ctx.route(st).await;
 }
 
 /// A stanza left in the mailbox of a session that closed: route it again, now that

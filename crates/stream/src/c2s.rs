@@ -41,6 +41,9 @@ pub enum Mailbox {
     Msg(SessionMsg),
     /// The mailbox overflowed: the client is not reading fast enough.
     Overflow,
+    /// A new connection resumes this session (XEP-0198): the transport hands the
+    /// whole `C2s` over (as `Box<C2s>`) and ends.
+    Takeover(tokio::sync::oneshot::Sender<Box<dyn std::any::Any + Send>>),
 }
 
 /// Where a listener stands on TLS for this connection.
@@ -138,6 +141,12 @@ pub struct C2s {
     /// Token bucket for `max_stanza_rate`.
     pub(crate) tokens: f64,
     pub(crate) tokens_at: Instant,
+    /// Stream management (XEP-0198), once enabled.
+    pub(crate) sm: Option<crate::sm::Sm>,
+    /// Where a resuming connection asks for this session.
+    pub(crate) takeover: Option<mpsc::Receiver<meerkat_core::resumption::Takeover>>,
+    /// Detached (connection lost, resumable) until this instant.
+    pub(crate) detached_until: Option<Instant>,
 }
 
 /// Most failed SASL attempts before the stream is closed (RFC 6120 §6.4.5).
@@ -164,6 +173,9 @@ impl C2s {
             pinger: None,
             mailbox: None,
             last_status: String::new(),
+            sm: None,
+            takeover: None,
+            detached_until: None,
         }
     }
 
@@ -189,15 +201,30 @@ impl C2s {
     /// transport polls this alongside the socket and hands the result to
     /// [`C2s::on_mailbox`].
     pub async fn recv(&mut self) -> Mailbox {
-        match &mut self.mailbox {
-            Some((rx, overflow)) => tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => Mailbox::Msg(m),
-                    None => Mailbox::Overflow,
+        let takeover = async {
+            match &mut self.takeover {
+                Some(rx) => match rx.recv().await {
+                    Some(t) => t.reply,
+                    None => std::future::pending().await,
                 },
-                _ = overflow.notified() => Mailbox::Overflow,
-            },
-            None => std::future::pending().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mailbox = async {
+            match &mut self.mailbox {
+                Some((rx, overflow)) => tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => Mailbox::Msg(m),
+                        None => Mailbox::Overflow,
+                    },
+                    _ = overflow.notified() => Mailbox::Overflow,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            reply = takeover => Mailbox::Takeover(reply),
+            m = mailbox => m,
         }
     }
 
@@ -215,10 +242,7 @@ impl C2s {
             Some((_, sent)) => *sent + p.timeout,
             None => self.last_recv + p.interval,
         });
-        match (self.deadline, ping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.deadline, ping, self.detached_until].into_iter().flatten().min()
     }
 
     /// How long the transport should pause reading to respect `max_stanza_rate`
@@ -241,6 +265,12 @@ impl C2s {
     /// Timers: the negotiation deadline (`state_timeout`) and server pings.
     pub async fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.detached_until.is_some_and(|d| d <= now) {
+            // XEP-0198 §5: nobody resumed in time; the session ends.
+            self.detached_until = None;
+            self.terminate().await;
+            return;
+        }
         if self.deadline.is_some_and(|d| d <= now) {
             return self.stream_error(StreamError::ConnectionTimeout, Some("authentication took too long")).await;
         }
@@ -265,7 +295,7 @@ impl C2s {
                         .attr("to", s.jid.as_str())
                         .append(Element::new("ping", ns::PING))
                         .build();
-                    self.out.push(Output::Element(ping));
+                    self.emit(ping);
                 }
             }
             _ => {}
@@ -294,8 +324,13 @@ impl C2s {
         self.stream_error(cond, text).await
     }
 
-    /// The connection is gone (read error or EOF without `</stream:stream>`).
+    /// The connection is gone (read error or EOF without `</stream:stream>`). A
+    /// resumable session (XEP-0198) detaches instead of ending: the transport then
+    /// hands it to [`crate::park`].
     pub async fn on_disconnect(&mut self) {
+        if self.detached_until.is_some() || self.sm_detach() {
+            return;
+        }
         self.terminate().await;
     }
 
@@ -402,6 +437,10 @@ impl C2s {
                 self.state = State::Open(stage);
                 self.preauth_iq(el).await
             }
+            (Stage::Authenticated(bare), "resume", ns::SM) => {
+                let bare = bare.clone();
+                self.resume(bare, el).await
+            }
             (Stage::Authenticated(bare), "iq", ns::CLIENT) => {
                 let bare = bare.clone();
                 self.bind(bare, el).await
@@ -489,6 +528,8 @@ impl C2s {
 
     /// Ends the session if bound: unavailable presence, hooks, session table.
     pub(crate) async fn terminate(&mut self) {
+        self.detached_until = None;
+        self.takeover = None;
         if let State::Bound(mut s) = std::mem::replace(&mut self.state, State::Closed) {
             crate::presence::go_unavailable(&self.ctx, &mut s, None).await;
             let status = std::mem::take(&mut self.last_status);
@@ -496,6 +537,8 @@ impl C2s {
                 h.on_closed(&self.ctx, &mut s, &status).await;
             }
             self.ctx.router.unregister(&s.jid, s.id);
+            // XEP-0198: what the client never acknowledged is routed again.
+            self.sm_finish(&s.bare, &s.jid).await;
             // Anything modules queued for the client while closing is dropped with
             // the connection; stanzas still in the mailbox go back through the router.
             if let Some((mut rx, _)) = self.mailbox.take() {

@@ -46,7 +46,9 @@ pub(crate) fn features(c: &C2s, stage: &Stage) -> Element {
                     // XEP-0440: the channel-binding types we support.
                     f.append_child(
                         Element::builder("sasl-channel-binding", ns::SASL_CB)
-                            .append(Element::builder("channel-binding", ns::SASL_CB).attr("type", "tls-exporter").build())
+                            .append(
+                                Element::builder("channel-binding", ns::SASL_CB).attr("type", "tls-exporter").build(),
+                            )
                             .build(),
                     );
                 }
@@ -60,9 +62,14 @@ pub(crate) fn features(c: &C2s, stage: &Stage) -> Element {
         Stage::Authenticated(_) => {
             f.append_child(Element::new("bind", ns::BIND));
             // RFC 6121 §1.4 / RFC 3921 §3: legacy session establishment, optional.
-            f.append_child(Element::builder("session", ns::SESSION).append(Element::new("optional", ns::SESSION)).build());
+            f.append_child(
+                Element::builder("session", ns::SESSION).append(Element::new("optional", ns::SESSION)).build(),
+            );
             if c.ctx.config.modules.mod_roster.as_ref().is_none_or(|r| r.versioning) {
                 f.append_child(Element::new("ver", ns::ROSTER_VER));
+            }
+            if c.ctx.config.modules.mod_stream_management.is_some() {
+                f.append_child(Element::new("sm", ns::SM));
             }
             for extra in &c.ctx.hooks.stream_features_bound {
                 f.append_child(extra.clone());

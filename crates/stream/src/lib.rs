@@ -16,5 +16,35 @@ pub mod c2s;
 mod features;
 mod presence;
 mod sasl;
+mod sm;
+
+/// Runs a detached, resumable session (XEP-0198) until a new connection takes it
+/// over or its resumption timeout ends it.
+pub async fn park(mut c2s: C2s) {
+    loop {
+        let deadline = c2s.next_deadline();
+        tokio::select! {
+            m = c2s.recv() => match m {
+                Mailbox::Takeover(tx) => {
+                    let _ = tx.send(Box::new(c2s));
+                    return;
+                }
+                m => c2s.on_mailbox(m).await,
+            },
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => c2s.on_timer().await,
+        }
+        // Nothing can be written while detached; stanzas were counted into the
+        // unacked buffer and are sent again on resumption.
+        c2s.out.clear();
+        if c2s.is_closed() {
+            return;
+        }
+    }
+}
 
 pub use c2s::{C2s, Listener, Mailbox, Output, TlsState, TransportInfo};

@@ -42,10 +42,7 @@ pub(crate) async fn broadcast(ctx: &ServerContext, s: &mut SessionState, st: Sta
 }
 
 async fn available(ctx: &ServerContext, s: &mut SessionState, mut el: Element) {
-    let priority = el
-        .child_text("priority", ns::CLIENT)
-        .and_then(|p| p.trim().parse::<i8>().ok())
-        .unwrap_or(0);
+    let priority = el.child_text("priority", ns::CLIENT).and_then(|p| p.trim().parse::<i8>().ok()).unwrap_or(0);
     el.remove_attr("to");
     el.set_attr("from", s.jid.as_str());
     let initial = s.presence.is_none();

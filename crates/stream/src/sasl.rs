@@ -96,20 +96,18 @@ impl C2s {
                         Err(f) => Err(f),
                         Ok(req) => match self.lookup(&req).await {
                             Err(f) => Err(f),
-                            Ok((user, creds)) => {
-                                match scram.server_first(creds.as_ref().map(|c| c.keys(alg))) {
-                                    Ok(first) => {
-                                        ex.first_done = true;
-                                        ex.user = Some(user);
-                                        let mut ch = Element::new("challenge", ns::SASL);
-                                        ch.append_text(B64.encode(first));
-                                        self.out.push(Output::Element(ch));
-                                        self.state = State::Sasl(ex);
-                                        return;
-                                    }
-                                    Err(f) => Err(f),
+                            Ok((user, creds)) => match scram.server_first(creds.as_ref().map(|c| c.keys(alg))) {
+                                Ok(first) => {
+                                    ex.first_done = true;
+                                    ex.user = Some(user);
+                                    let mut ch = Element::new("challenge", ns::SASL);
+                                    ch.append_text(B64.encode(first));
+                                    self.out.push(Output::Element(ch));
+                                    self.state = State::Sasl(ex);
+                                    return;
                                 }
-                            }
+                                Err(f) => Err(f),
+                            },
                         },
                     }
                 } else {
@@ -143,10 +141,7 @@ impl C2s {
 
     /// Resolves the authentication identity to an account and loads its
     /// credentials. The authzid, if any, must name the same account (RFC 6120 §6.3.8).
-    async fn lookup(
-        &self,
-        req: &AuthRequest,
-    ) -> Result<(BareJid, Option<meerkat_sasl::StoredCredentials>), Failure> {
+    async fn lookup(&self, req: &AuthRequest) -> Result<(BareJid, Option<meerkat_sasl::StoredCredentials>), Failure> {
         let user = BareJid::new(&format!("{}@{}", req.authcid, self.domain)).map_err(|_| Failure::NotAuthorized)?;
         if user.node().is_none() {
             return Err(Failure::NotAuthorized);
@@ -183,4 +178,3 @@ impl C2s {
         }
     }
 }
-

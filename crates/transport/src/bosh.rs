@@ -104,7 +104,9 @@ pub(crate) async fn post(
     let el = match meerkat_xml::parse_element(text, &limits) {
         Ok(el) if el.is("body", HTTPBIND) => el,
         Ok(_) => return bad("not a <body/> in the httpbind namespace"),
-        Err(meerkat_xml::Error::StanzaTooBig) => return respond(StatusCode::PAYLOAD_TOO_LARGE, terminate("policy-violation")),
+        Err(meerkat_xml::Error::StanzaTooBig) => {
+            return respond(StatusCode::PAYLOAD_TOO_LARGE, terminate("policy-violation"))
+        }
         Err(_) => return bad("malformed XML"),
     };
     let Some(rid) = el.attr("rid").and_then(|r| r.parse::<u64>().ok()) else { return bad("missing or bad rid") };
@@ -171,7 +173,8 @@ impl Session {
         if !rt.ctx.is_local_domain(&to) {
             return Err("host-unknown");
         }
-        let wait = el.attr("wait").and_then(|w| w.parse::<u64>().ok()).unwrap_or(handler.max_wait).clamp(1, handler.max_wait);
+        let wait =
+            el.attr("wait").and_then(|w| w.parse::<u64>().ok()).unwrap_or(handler.max_wait).clamp(1, handler.max_wait);
         let hold = el.attr("hold").and_then(|h| h.parse::<u64>().ok()).unwrap_or(1).min(handler.max_hold) as usize;
         let sid = meerkat_core::util::random_id(20);
         let listener = Listener {
@@ -219,7 +222,18 @@ impl Session {
                     Some(req) => self.on_request(req).await,
                     None => break,
                 },
-                m = self.c2s.recv() => self.c2s.on_mailbox(m).await,
+                m = self.c2s.recv() => match m {
+                    // A BOSH session resumed elsewhere: hand it over and stop.
+                    meerkat_stream::Mailbox::Takeover(tx) => {
+                        self.rt.bosh.map.lock().remove(&self.sid);
+                        for h in self.held.drain(..) {
+                            let _ = h.reply.send(Reply { status: StatusCode::OK, body: terminate("other-request") });
+                        }
+                        let _ = tx.send(Box::new(self.c2s));
+                        return;
+                    }
+                    m => self.c2s.on_mailbox(m).await,
+                },
                 _ = sleep_until(next) => self.on_timer().await,
                 _ = shutdown.changed() => self.c2s.on_shutdown().await,
             }
@@ -237,6 +251,9 @@ impl Session {
         rx.close();
         while let Ok(req) = rx.try_recv() {
             let _ = req.reply.send(Reply { status: StatusCode::NOT_FOUND, body: terminate("item-not-found") });
+        }
+        if self.c2s.is_detached() {
+            meerkat_stream::park(self.c2s).await;
         }
     }
 
@@ -302,11 +319,13 @@ impl Session {
         self.c2s.touch();
         if !self.created {
             // §7.1 / XEP-0206 §4: the creation request opens the XMPP stream.
-            let header = Element::builder("stream", ns::STREAM).attr("to", self.to.clone()).attr("version", "1.0").build();
+            let header =
+                Element::builder("stream", ns::STREAM).attr("to", self.to.clone()).attr("version", "1.0").build();
             self.c2s.on_event(StreamEvent::Header(header), ns::CLIENT).await;
         } else if body.attr_ns("restart", XBOSH) == Some("true") || body.attr("xmpp:restart") == Some("true") {
             // XEP-0206 §5: stream restart after SASL.
-            let header = Element::builder("stream", ns::STREAM).attr("to", self.to.clone()).attr("version", "1.0").build();
+            let header =
+                Element::builder("stream", ns::STREAM).attr("to", self.to.clone()).attr("version", "1.0").build();
             self.c2s.on_event(StreamEvent::Header(header), ns::CLIENT).await;
         }
         for child in body.children() {

@@ -225,6 +225,7 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
     // Read at once: a TLS handshake may already have decrypted the client's first
     // bytes, which no socket readiness will announce.
     let mut more = true;
+    let mut handover = None;
     loop {
         let deadline = c2s.next_deadline();
         tokio::select! {
@@ -267,17 +268,33 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
                     }
                 }
             },
-            m = c2s.recv() => c2s.on_mailbox(m).await,
+            m = c2s.recv() => match m {
+                meerkat_stream::Mailbox::Takeover(tx) => handover = Some(tx),
+                m => c2s.on_mailbox(m).await,
+            },
             _ = sleep_until(deadline) => c2s.on_timer().await,
             _ = shutdown.changed() => c2s.on_shutdown().await,
         }
-        if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf, &mut more).await || c2s.is_closed() {
+        if let Some(tx) = handover.take() {
+            // XEP-0198: a new connection resumed this session; this one just ends.
+            conn.shutdown().await;
+            let _ = tx.send(Box::new(c2s));
+            return;
+        }
+        if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf, &mut more).await
+            || c2s.is_closed()
+            || c2s.is_detached()
+        {
             break;
         }
     }
-    // Make sure a session that ended on a write error is torn down too.
+    // Make sure a session that ended on a write error is torn down too; a
+    // resumable one waits, detached, for its client (XEP-0198).
     c2s.on_disconnect().await;
     conn.shutdown().await;
+    if c2s.is_detached() {
+        meerkat_stream::park(c2s).await;
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

@@ -14,6 +14,6 @@ mod c2s;
 pub mod tls;
 mod websocket;
 
-pub use c2s::{serve_c2s, ListenerRuntime};
 pub use bosh::BoshSessions;
+pub use c2s::{serve_c2s, ListenerRuntime};
 pub use websocket::{serve_http, HttpRuntime};

@@ -85,8 +85,9 @@ pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, TlsError
         params.distinguished_name.push(rcgen::DnType::CommonName, hosts.first().cloned().unwrap_or_default());
         // A bounded validity (rcgen's default runs to year 4096, which some peers'
         // certificate handling cannot represent): from yesterday for ten years.
-        let year = 1970 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-            / 31_556_952) as i32;
+        let year = 1970
+            + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                / 31_556_952) as i32;
         params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
         params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
         let c = params.self_signed(&kp)?;

@@ -125,7 +125,8 @@ async fn upgrade(State(conn): State<Conn>, headers: HeaderMap, ws: WebSocketUpgr
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == "xmpp");
     if !offers_xmpp {
-        return (StatusCode::BAD_REQUEST, "the 'xmpp' WebSocket subprotocol is required (RFC 7395 §3.2)").into_response();
+        return (StatusCode::BAD_REQUEST, "the 'xmpp' WebSocket subprotocol is required (RFC 7395 §3.2)")
+            .into_response();
     }
     let max = conn.rt.cfg.max_stanza_size;
     ws.protocols(["xmpp"])
@@ -154,6 +155,7 @@ async fn session(conn: Conn, mut ws: WebSocket) {
     let limits = Limits { max_stanza_bytes: rt.cfg.max_stanza_size, ..Limits::default() };
     let mut dec = Decoder::new(Framing::Fragments, limits);
     let mut shutdown = conn.shutdown.clone();
+    let mut handover = None;
     loop {
         let deadline = c2s.next_deadline();
         tokio::select! {
@@ -190,16 +192,27 @@ async fn session(conn: Conn, mut ws: WebSocket) {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => c2s.touch(),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => c2s.on_disconnect().await,
             },
-            m = c2s.recv() => c2s.on_mailbox(m).await,
+            m = c2s.recv() => match m {
+                meerkat_stream::Mailbox::Takeover(tx) => handover = Some(tx),
+                m => c2s.on_mailbox(m).await,
+            },
             _ = sleep_until(deadline) => c2s.on_timer().await,
             _ = shutdown.changed() => c2s.on_shutdown().await,
         }
-        if !flush(&mut c2s, &mut ws, &mut dec).await || c2s.is_closed() {
+        if let Some(tx) = handover.take() {
+            let _ = ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+            let _ = tx.send(Box::new(c2s));
+            return;
+        }
+        if !flush(&mut c2s, &mut ws, &mut dec).await || c2s.is_closed() || c2s.is_detached() {
             break;
         }
     }
     c2s.on_disconnect().await;
     let _ = ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+    if c2s.is_detached() {
+        meerkat_stream::park(c2s).await;
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

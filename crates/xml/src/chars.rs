@@ -39,10 +39,7 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<&str, Error> {
             if !matches!(b, b'\t' | b'\n' | b'\r') {
                 return Err(nwf("invalid character"));
             }
-        } else if b == 0xEF
-            && bytes.get(i + 1) == Some(&0xBF)
-            && matches!(bytes.get(i + 2), Some(0xBE | 0xBF))
-        {
+        } else if b == 0xEF && bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) {
             return Err(nwf("invalid character"));
         }
         i += 1;
@@ -69,10 +66,7 @@ fn is_ncname_char(c: char) -> bool {
     match c {
         'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | '.' => true,
         '\0'..='\u{7F}' => false,
-        _ => {
-            is_ncname_start(c)
-                || matches!(c as u32, 0xB7 | 0x300..=0x36F | 0x203F..=0x2040)
-        }
+        _ => is_ncname_start(c) || matches!(c as u32, 0xB7 | 0x300..=0x36F | 0x203F..=0x2040),
     }
 }
 

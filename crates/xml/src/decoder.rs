@@ -305,18 +305,14 @@ impl Decoder {
             };
             let scan = match second {
                 b'/' => Scan::new(Kind::EndTag, 2),
-                b'!' => {
-                    match classify(avail, &[b"<!--", b"<![CDATA[", b"<!DOCTYPE"]) {
-                        Some(Some(0)) => return Err(Error::Restricted("comment")),
-                        Some(Some(1)) if at_top => {
-                            return Err(nwf("CDATA section outside of an element"))
-                        }
-                        Some(Some(1)) => Scan::new(Kind::CData, 9),
-                        Some(Some(_)) => return Err(Error::Restricted("DTD")),
-                        Some(None) => return Err(nwf("invalid markup declaration")),
-                        None => return Ok(None),
-                    }
-                }
+                b'!' => match classify(avail, &[b"<!--", b"<![CDATA[", b"<!DOCTYPE"]) {
+                    Some(Some(0)) => return Err(Error::Restricted("comment")),
+                    Some(Some(1)) if at_top => return Err(nwf("CDATA section outside of an element")),
+                    Some(Some(1)) => Scan::new(Kind::CData, 9),
+                    Some(Some(_)) => return Err(Error::Restricted("DTD")),
+                    Some(None) => return Err(nwf("invalid markup declaration")),
+                    None => return Ok(None),
+                },
                 b'?' => {
                     if !self.p.decl_allowed() {
                         return Err(Error::Restricted("processing instruction"));

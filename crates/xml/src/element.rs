@@ -270,10 +270,7 @@ impl Element {
     /// Removes and returns the first child element with this name and
     /// namespace.
     pub fn remove_child(&mut self, name: &str, ns: &str) -> Option<Element> {
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| matches!(n, Node::Element(e) if e.is(name, ns)))?;
+        let i = self.nodes.iter().position(|n| matches!(n, Node::Element(e) if e.is(name, ns)))?;
         match self.nodes.remove(i) {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,

@@ -122,14 +122,10 @@ fn decode_ref(s: &str, out: &mut String) -> Result<usize, Error> {
                     Some(hex) => (hex, 16),
                     None => (num, 10),
                 };
-                if digits.is_empty()
-                    || digits.len() > 8
-                    || !digits.bytes().all(|b| (b as char).is_digit(radix))
-                {
+                if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| (b as char).is_digit(radix)) {
                     return Err(nwf("invalid character reference"));
                 }
-                let code = u32::from_str_radix(digits, radix)
-                    .map_err(|_| nwf("invalid character reference"))?;
+                let code = u32::from_str_radix(digits, radix).map_err(|_| nwf("invalid character reference"))?;
                 match char::from_u32(code) {
                     Some(c) if is_xml_char(code) => c,
                     _ => return Err(nwf("character reference to a non-XML character")),

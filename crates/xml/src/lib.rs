@@ -129,8 +129,7 @@ pub mod fuzzing {
     use crate::{parse_element, Decoder, Error, Framing, Limits, StreamEvent};
 
     /// Small limits so that the fuzzer reaches them.
-    pub const LIMITS: Limits =
-        Limits { max_stanza_bytes: 4096, max_depth: 8, max_attrs: 8, max_header_bytes: 512 };
+    pub const LIMITS: Limits = Limits { max_stanza_bytes: 4096, max_depth: 8, max_attrs: 8, max_header_bytes: 512 };
 
     fn drain(d: &mut Decoder, events: &mut Vec<StreamEvent>) -> Option<Error> {
         loop {

@@ -144,8 +144,8 @@ impl Parser {
 
     /// The number of bytes the token being scanned may still occupy.
     pub(crate) fn window(&self, kind: Kind) -> usize {
-        let in_header = self.framing == Framing::Stream
-            && matches!(self.state, State::Start | State::AfterBom | State::Prolog);
+        let in_header =
+            self.framing == Framing::Stream && matches!(self.state, State::Start | State::AfterBom | State::Prolog);
         if kind == Kind::XmlDecl || in_header {
             self.limits.max_header_bytes
         } else {
@@ -272,13 +272,7 @@ impl Parser {
 
     /// Applies namespace declarations and builds the element. Returns the
     /// binding mark to restore when the element ends.
-    fn resolve(
-        &mut self,
-        s: &str,
-        prefix: &str,
-        local: &str,
-        raw: &mut [RawAttr],
-    ) -> Result<(Element, usize), Error> {
+    fn resolve(&mut self, s: &str, prefix: &str, local: &str, raw: &mut [RawAttr]) -> Result<(Element, usize), Error> {
         // Unique Att Spec (XML 1.0 §3.1), on the names as written.
         for (i, a) in raw.iter().enumerate() {
             let name = &s[a.start..a.end];
@@ -445,10 +439,7 @@ fn parse_attrs(s: &str, mut i: usize, max: usize, out: &mut Vec<RawAttr>) -> Res
             _ => return Err(nwf("expected quoted attribute value")),
         };
         i += 1;
-        let len = b[i..]
-            .iter()
-            .position(|&c| c == quote)
-            .ok_or_else(|| nwf("unterminated attribute value"))?;
+        let len = b[i..].iter().position(|&c| c == quote).ok_or_else(|| nwf("unterminated attribute value"))?;
         let raw = &s[i..i + len];
         if raw.as_bytes().contains(&b'<') {
             return Err(nwf("'<' in attribute value"));

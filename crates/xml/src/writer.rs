@@ -50,12 +50,7 @@ fn unwritable(a: &Attr) -> bool {
 
 /// Writes the start tag of `el`; returns a frame if it has children (else
 /// the tag was self-closed).
-fn open<'a, S: Sink>(
-    el: &'a Element,
-    default_ns: &'a str,
-    scope: &mut Scope<'a>,
-    out: &mut S,
-) -> Option<Frame<'a>> {
+fn open<'a, S: Sink>(el: &'a Element, default_ns: &'a str, scope: &mut Scope<'a>, out: &mut S) -> Option<Frame<'a>> {
     let mark = scope.len();
     // Use the `stream:` prefix unless an attribute of this very element
     // needs `stream` bound to something else (only possible with odd input).
@@ -207,9 +202,11 @@ mod tests {
     #[test]
     fn stream_prefix() {
         let f = Element::builder("features", crate::STREAM_NS)
-            .append(Element::builder("starttls", "urn:ietf:params:xml:ns:xmpp-tls")
-                .append(Element::new("required", "urn:ietf:params:xml:ns:xmpp-tls"))
-                .build())
+            .append(
+                Element::builder("starttls", "urn:ietf:params:xml:ns:xmpp-tls")
+                    .append(Element::new("required", "urn:ietf:params:xml:ns:xmpp-tls"))
+                    .build(),
+            )
             .append(Element::new("error", crate::STREAM_NS))
             .append(Element::new("c", "jabber:client"))
             .build();

@@ -3,9 +3,7 @@
 //! preservation of unknown content, framings, STARTTLS reset (RFC 6120
 //! §5.4.3.3), early enforcement of the size limit, incremental feeding.
 
-use meerkat_xml::{
-    parse_element, Decoder, Element, Error, Framing, Limits, Node, StreamEvent, STREAM_NS,
-};
+use meerkat_xml::{parse_element, Decoder, Element, Error, Framing, Limits, Node, StreamEvent, STREAM_NS};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
     xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0' xml:lang='en'>";
@@ -76,7 +74,10 @@ fn namespaces_and_prefixes_round_trip() {
     assert_eq!(back, el, "{text}");
     // Relative serialisation omits the inherited namespace.
     let rel = String::from_utf8(el.to_bytes("jabber:client")).unwrap();
-    assert!(rel.starts_with("<iq xmlns:p='urn:p' p:a='1' type='set'>") || rel.starts_with("<iq type='set' xmlns:p"), "{rel}");
+    assert!(
+        rel.starts_with("<iq xmlns:p='urn:p' p:a='1' type='set'>") || rel.starts_with("<iq type='set' xmlns:p"),
+        "{rel}"
+    );
     let mut wrapped = String::from("<w xmlns='jabber:client'>");
     wrapped.push_str(&rel);
     wrapped.push_str("</w>");
@@ -154,8 +155,10 @@ fn reset_after_starttls() {
     assert_eq!(d.buffered(), 0);
     assert_eq!(d.default_ns(), "");
     // New stream over TLS: an XML declaration is allowed again.
-    d.feed(b"<?xml version='1.0' encoding='utf-8'?><stream:stream xmlns='jabber:client' \
-        xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'><presence/>");
+    d.feed(
+        b"<?xml version='1.0' encoding='utf-8'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'><presence/>",
+    );
     assert!(matches!(d.next_event(), Ok(Some(StreamEvent::Header(_)))));
     assert!(element(&d.next_event().unwrap().unwrap()).is("presence", "jabber:client"));
     assert_eq!(d.next_event(), Ok(None));
@@ -263,10 +266,7 @@ fn attribute_limits() {
     let ok = "<a xmlns='u' xmlns:p='v' x='1' p:y='2'/>";
     assert!(parse_element(ok, &limits).is_ok());
     assert_eq!(parse_element("<a x='1' y='2' z='3'/>", &limits), Err(Error::TooManyAttrs));
-    assert_eq!(
-        parse_element("<a xmlns='u' xmlns:p='v' xmlns:q='w'/>", &limits),
-        Err(Error::TooManyAttrs)
-    );
+    assert_eq!(parse_element("<a xmlns='u' xmlns:p='v' xmlns:q='w'/>", &limits), Err(Error::TooManyAttrs));
 }
 
 #[test]
@@ -324,16 +324,14 @@ fn parse_element_edges() {
     assert!(matches!(parse_element("<a/>x", &l), Err(Error::NotWellFormed(_))));
     assert!(matches!(parse_element("x<a/>", &l), Err(Error::NotWellFormed(_))));
     assert_eq!(parse_element("<a>&ent;</a>", &l), Err(Error::Restricted("entity reference")));
-    let e = parse_element("<a xmlns='u'><stream:error xmlns:stream='http://etherx.jabber.org/streams'/></a>", &l).unwrap();
+    let e =
+        parse_element("<a xmlns='u'><stream:error xmlns:stream='http://etherx.jabber.org/streams'/></a>", &l).unwrap();
     assert!(e.has_child("error", STREAM_NS));
 }
 
 #[test]
 fn write_escapes_and_quotes() {
-    let el = Element::builder("m", "jabber:client")
-        .attr("a", "'\"<>&\t\n\r")
-        .text("<&>'\"\r]]>")
-        .build();
+    let el = Element::builder("m", "jabber:client").attr("a", "'\"<>&\t\n\r").text("<&>'\"\r]]>").build();
     let s = String::from_utf8(el.to_bytes("jabber:client")).unwrap();
     assert_eq!(s, "<m a='&apos;&quot;&lt;&gt;&amp;&#x9;&#xA;&#xD;'>&lt;&amp;&gt;'\"&#xD;]]&gt;</m>");
     assert_eq!(parse_element(&el.to_string(), &Limits::default()).unwrap(), el);
@@ -343,9 +341,11 @@ fn write_escapes_and_quotes() {
 fn declarations_in_scope_are_bounded() {
     let limits = Limits { max_attrs: 4, ..Limits::default() };
     // 2 levels × 4 declarations = 8 = 2 × max_attrs: fine.
-    let ok = "<a xmlns:a='1' xmlns:b='2' xmlns:c='3' xmlns:d='4'><b xmlns:e='5' xmlns:f='6' xmlns:g='7' xmlns:h='8'/></a>";
+    let ok =
+        "<a xmlns:a='1' xmlns:b='2' xmlns:c='3' xmlns:d='4'><b xmlns:e='5' xmlns:f='6' xmlns:g='7' xmlns:h='8'/></a>";
     assert!(parse_element(ok, &limits).is_ok());
-    let too_many = "<a xmlns:a='1' xmlns:b='2' xmlns:c='3' xmlns:d='4'><b xmlns:e='5' xmlns:f='6' xmlns:g='7' xmlns:h='8'>\
+    let too_many =
+        "<a xmlns:a='1' xmlns:b='2' xmlns:c='3' xmlns:d='4'><b xmlns:e='5' xmlns:f='6' xmlns:g='7' xmlns:h='8'>\
         <c xmlns:i='9'/></b></a>";
     assert_eq!(parse_element(too_many, &limits), Err(Error::TooManyAttrs));
     // Siblings do not accumulate.

@@ -80,8 +80,8 @@ fn fixtures() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let framing = if name.starts_with("frag_") { Framing::Fragments } else { Framing::Stream };
         let input = fs::read(&path).unwrap();
-        let expect = fs::read_to_string(path.with_extension("expect"))
-            .unwrap_or_else(|_| panic!("{name}.expect missing"));
+        let expect =
+            fs::read_to_string(path.with_extension("expect")).unwrap_or_else(|_| panic!("{name}.expect missing"));
 
         let whole = run(framing, &mut std::iter::once(&input[..]));
         if whole != expect {

@@ -1,0 +1,257 @@
+//! Stream management (XEP-0198 v1.6): acknowledgements both ways, the unacked
+//! buffer, resumption of a dropped session on a new connection (the old owner
+//! hands the whole session over), and what happens to unacknowledged stanzas when
+//! a detached session times out (they are routed again: another resource or
+//! offline storage — never silently dropped).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use meerkat_config::SmCfg;
+use meerkat_core::resumption::{Lookup, Takeover};
+use meerkat_stanza::{ns, BareJid, Stanza, StreamError};
+use meerkat_xml::Element;
+use tokio::sync::mpsc;
+
+use crate::c2s::{C2s, Output, Stage, State};
+
+/// Per-session stream-management state.
+pub(crate) struct Sm {
+    /// Resumption id (`None` = acks only).
+    pub id: Option<String>,
+    /// Stanzas received from the client (its `h`, mod 2^32).
+    pub inbound: u32,
+    /// Stanzas sent to the client (mod 2^32).
+    pub outbound: u32,
+    /// Sent and not yet acknowledged, oldest first.
+    pub unacked: VecDeque<Element>,
+    /// Unacked count when the last `<r/>` was sent.
+    pub requested_at: usize,
+}
+
+fn failed(cond: &str, h: Option<u32>) -> Element {
+    let mut f = Element::new("failed", ns::SM);
+    if let Some(h) = h {
+        f.set_attr("h", h.to_string());
+    }
+    f.append_child(Element::new(cond, ns::STANZAS));
+    f
+}
+
+/// Whether an outgoing element is a stanza that SM counts.
+fn is_stanza(el: &Element) -> bool {
+    el.ns() == ns::CLIENT && matches!(el.name(), "message" | "presence" | "iq")
+}
+
+impl C2s {
+    fn sm_cfg(&self) -> Option<SmCfg> {
+        self.ctx.config.modules.mod_stream_management.clone()
+    }
+
+    /// Queues an element for the client, counting stanzas for SM.
+    pub(crate) fn emit(&mut self, el: Element) {
+        if let Some(sm) = &mut self.sm {
+            if is_stanza(&el) {
+                sm.outbound = sm.outbound.wrapping_add(1);
+                sm.unacked.push_back(el.clone());
+                let ack_freq = self.ctx.config.modules.mod_stream_management.as_ref().map_or(1, |c| c.ack_freq);
+                if sm.unacked.len() >= sm.requested_at + ack_freq {
+                    sm.requested_at = sm.unacked.len();
+                    self.out.push(Output::Element(el));
+                    self.out.push(Output::Element(Element::new("r", ns::SM)));
+                    return;
+                }
+            }
+        }
+        self.out.push(Output::Element(el));
+    }
+
+    /// Counts a stanza received from the client.
+    pub(crate) fn sm_inbound(&mut self) {
+        if let Some(sm) = &mut self.sm {
+            sm.inbound = sm.inbound.wrapping_add(1);
+        }
+    }
+
+    /// The buffer limit: a client that stopped acknowledging is disconnected.
+    pub(crate) async fn sm_check_buffer(&mut self) {
+        let over = match (&self.sm, self.sm_cfg()) {
+            (Some(sm), Some(cfg)) => sm.unacked.len() > cfg.buffer_max,
+            _ => false,
+        };
+        if over {
+            self.stream_error(StreamError::ResourceConstraint, Some("too many unacknowledged stanzas")).await;
+        }
+    }
+
+    /// `<enable/>`, `<r/>`, `<a/>` from a bound client. Returns whether it was SM.
+    pub(crate) async fn sm_nonza(&mut self, el: &Element) -> bool {
+        if el.ns() != ns::SM {
+            return false;
+        }
+        let Some(cfg) = self.sm_cfg() else { return false };
+        match el.name() {
+            "enable" => {
+                if self.sm.is_some() {
+                    self.out.push(Output::Element(failed("unexpected-request", None)));
+                    return true;
+                }
+                let resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let mut enabled = Element::new("enabled", ns::SM);
+                let mut id = None;
+                if resume {
+                    let State::Bound(s) = &self.state else { return true };
+                    let rid = meerkat_core::util::random_id(24);
+                    let (tx, rx) = mpsc::channel(1);
+                    self.ctx.resumptions.register(&rid, &s.bare, tx);
+                    self.takeover = Some(rx);
+                    enabled.set_attr("id", rid.clone());
+                    enabled.set_attr("resume", "true");
+                    enabled.set_attr("max", cfg.resume_timeout.to_string());
+                    id = Some(rid);
+                }
+                self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), requested_at: 0 });
+                self.out.push(Output::Element(enabled));
+            }
+            "r" => {
+                if let Some(sm) = &self.sm {
+                    let a = Element::builder("a", ns::SM).attr("h", sm.inbound.to_string()).build();
+                    self.out.push(Output::Element(a));
+                }
+            }
+            "a" => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    self.stream_error(StreamError::UndefinedCondition, Some("<a/> without a valid h")).await;
+                    return true;
+                };
+                if !self.sm_ack(h) {
+                    self.stream_error(StreamError::UndefinedCondition, Some("h is larger than the stanzas sent")).await;
+                }
+            }
+            _ => self.stream_error(StreamError::UnsupportedStanzaType, None).await,
+        }
+        true
+    }
+
+    /// Drops what the client acknowledged; `false` when `h` acknowledges more than
+    /// was sent (XEP-0198 §4).
+    fn sm_ack(&mut self, h: u32) -> bool {
+        let Some(sm) = &mut self.sm else { return true };
+        let acked_before = sm.outbound.wrapping_sub(sm.unacked.len() as u32);
+        let newly = h.wrapping_sub(acked_before) as usize;
+        if newly > sm.unacked.len() {
+            return false;
+        }
+        sm.unacked.drain(..newly);
+        sm.requested_at = sm.requested_at.saturating_sub(newly);
+        true
+    }
+
+    /// Whether the session waits, detached, for a resumption.
+    pub fn is_detached(&self) -> bool {
+        self.detached_until.is_some()
+    }
+
+    /// The connection dropped: a resumable session detaches instead of ending.
+    /// Returns whether it did.
+    pub(crate) fn sm_detach(&mut self) -> bool {
+        let resumable = matches!(&self.state, State::Bound(_)) && self.sm.as_ref().is_some_and(|s| s.id.is_some());
+        if !resumable || self.detached_until.is_some() {
+            return false;
+        }
+        let timeout = self.sm_cfg().map_or(0, |c| c.resume_timeout);
+        self.detached_until = Some(Instant::now() + Duration::from_secs(timeout));
+        self.pinger = None;
+        true
+    }
+
+    /// The session ends: forget its resumption id (remembering `h`), and route the
+    /// stanzas the client never acknowledged again.
+    pub(crate) async fn sm_finish(&mut self, bare: &BareJid, full: &meerkat_stanza::FullJid) {
+        let Some(sm) = self.sm.take() else { return };
+        if let Some(id) = &sm.id {
+            let stale = self.sm_cfg().map(|c| (sm.inbound, Duration::from_secs(c.stale_h_timeout)));
+            self.ctx.resumptions.remove(id, stale);
+        }
+        for el in sm.unacked {
+            let st = Stanza::from_trusted(el);
+            crate::bound::reroute_unacked(&self.ctx, bare, full, st).await;
+        }
+    }
+
+    /// `<resume previd h/>` after authentication (XEP-0198 §5).
+    pub(crate) async fn resume(&mut self, bare: BareJid, el: Element) {
+        let stage = Stage::Authenticated(bare.clone());
+        let (Some(previd), Some(h)) = (el.attr("previd"), el.attr("h").and_then(|h| h.parse::<u32>().ok())) else {
+            self.out.push(Output::Element(failed("bad-request", None)));
+            self.state = State::Open(stage);
+            return;
+        };
+        if self.sm_cfg().is_none() {
+            self.out.push(Output::Element(failed("feature-not-implemented", None)));
+            self.state = State::Open(stage);
+            return;
+        }
+        let tx = match self.ctx.resumptions.lookup(previd, &bare) {
+            Lookup::Live(tx) => tx,
+            Lookup::Stale(h) => {
+                self.out.push(Output::Element(failed("item-not-found", Some(h))));
+                self.state = State::Open(stage);
+                return;
+            }
+            Lookup::Unknown => {
+                self.out.push(Output::Element(failed("item-not-found", None)));
+                self.state = State::Open(stage);
+                return;
+            }
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let taken = match tx.send(Takeover { reply }).await {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok),
+            Err(_) => None,
+        };
+        let Some(old) = taken.and_then(|b| b.downcast::<C2s>().ok()) else {
+            self.out.push(Output::Element(failed("item-not-found", None)));
+            self.state = State::Open(stage);
+            return;
+        };
+        self.adopt(*old, previd.to_string(), bare, h).await;
+    }
+
+    /// Takes over a session handed over by its previous connection.
+    async fn adopt(&mut self, mut old: C2s, previd: String, bare: BareJid, h: u32) {
+        self.state = std::mem::replace(&mut old.state, State::Closed);
+        self.sm = old.sm.take();
+        self.mailbox = old.mailbox.take();
+        self.pinger = old.pinger.take();
+        if let Some(p) = &mut self.pinger {
+            p.pending = None;
+        }
+        self.last_status = std::mem::take(&mut old.last_status);
+        self.deadline = None;
+        self.detached_until = None;
+        if !self.sm_ack(h) {
+            let inbound = self.sm.as_ref().map_or(0, |s| s.inbound);
+            self.out.push(Output::Element(failed("undefined-condition", Some(inbound))));
+            self.terminate().await;
+            self.out.push(Output::Close);
+            return;
+        }
+        let (tx, rx) = mpsc::channel(1);
+        self.ctx.resumptions.register(&previd, &bare, tx);
+        self.takeover = Some(rx);
+        let Some(sm) = &mut self.sm else { return };
+        sm.requested_at = 0;
+        let resumed =
+            Element::builder("resumed", ns::SM).attr("previd", previd).attr("h", sm.inbound.to_string()).build();
+        self.out.push(Output::Element(resumed));
+        // §5: everything not acknowledged is sent again, in order.
+        let again: Vec<Element> = sm.unacked.iter().cloned().collect();
+        for el in again {
+            self.out.push(Output::Element(el));
+        }
+        if let State::Bound(s) = &self.state {
+            tracing::debug!(jid = %s.jid, "session resumed");
+        }
+    }
+}
