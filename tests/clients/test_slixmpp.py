@@ -170,3 +170,35 @@ async def test_bad_input_does_not_hurt_other_sessions(server):
     m = await b.next_message(pred=lambda m: m["body"] == "still here")
     await a.close()
     await b.close()
+
+
+async def test_stream_management_resume_after_a_killed_connection(server):
+    a = Client("alice@localhost/sm", "alice-secret")
+    a.register_plugin("xep_0198")
+    a.end_session_on_disconnect = False
+    enabled = asyncio.get_event_loop().create_future()
+    resumed = asyncio.get_event_loop().create_future()
+    a.add_event_handler("sm_enabled", lambda _: enabled.done() or enabled.set_result(True))
+    a.add_event_handler("session_resumed", lambda _: resumed.done() or resumed.set_result(True))
+    b = Client("bob@localhost/sm", "bob-secret")
+    assert await a.login(server) and await b.login(server)
+    await asyncio.wait_for(enabled, 10)
+    b.send_message(mto="alice@localhost/sm", mbody="before", mtype="chat")
+    assert (await a.next_message())["body"] == "before"
+    # The connection dies without </stream:stream>; messages arrive meanwhile.
+    a.transport.abort()
+    await asyncio.sleep(0.5)
+    for i in range(3):
+        b.send_message(mto="alice@localhost/sm", mbody=f"while away {i}", mtype="chat")
+    await asyncio.sleep(0.3)
+    a.connect("127.0.0.1", server.starttls_port)
+    await asyncio.wait_for(resumed, 10)
+    got = []
+    while True:
+        try:
+            got.append((await a.next_message(timeout=1.5))["body"])
+        except (asyncio.TimeoutError, TimeoutError):
+            break
+    assert got == ["while away 0", "while away 1", "while away 2"], got
+    await a.close()
+    await b.close()
