@@ -1,0 +1,325 @@
+//! The command line: every option, its defaults, and the values derived from them
+//! (worker count, ramp, message interval, source addresses). The parent re-runs the
+//! same binary for each worker with the same arguments plus the hidden `--worker`,
+//! `--plan-login-ms`, `--plan-start-ms` and `--run-id` flags.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// Users handled by one worker process by default (each worker stays under the
+/// machine's 20,000 open files per process).
+pub const USERS_PER_WORKER: u32 = 15_000;
+
+/// What the simulated users do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Log in at an open-loop arrival rate, stay online, disconnect cleanly.
+    Connect,
+    /// Log in, then in buckets of 10 send chat messages to each other at a fixed
+    /// (open-loop) rate; measures time to delivery.
+    OneToOne,
+    /// Create the accounts by in-band registration (XEP-0077); existing ones count as done.
+    Register,
+}
+
+impl Scenario {
+    /// The name used on the command line and in the JSON result.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Connect => "connect",
+            Scenario::OneToOne => "one-to-one",
+            Scenario::Register => "register",
+        }
+    }
+}
+
+/// The SASL mechanism the users authenticate with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Mechanism {
+    /// SCRAM-SHA-1 (RFC 5802).
+    #[value(name = "SCRAM-SHA-1")]
+    #[serde(rename = "SCRAM-SHA-1")]
+    ScramSha1,
+    /// SCRAM-SHA-256 (RFC 7677).
+    #[value(name = "SCRAM-SHA-256")]
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    #[value(name = "SCRAM-SHA-512")]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// PLAIN (RFC 4616).
+    #[value(name = "PLAIN")]
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl Mechanism {
+    /// The name in `<auth mechanism='…'>` and in `<mechanisms/>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::ScramSha1 => "SCRAM-SHA-1",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha512 => "SCRAM-SHA-512",
+            Mechanism::Plain => "PLAIN",
+        }
+    }
+}
+
+/// meerkat-bench: drives any XMPP server (Meerkat, ejabberd, Prosody) with N simulated
+/// users, one tokio task each, spread over worker processes, and prints one JSON line
+/// of results (appended to --json FILE when given).
+///
+/// Accounts PREFIX1..PREFIXN@DOMAIN must exist with one shared password (or use the
+/// `register` scenario to create them by in-band registration).
+///
+/// With --tls the connection is upgraded with STARTTLS and the server's certificate is
+/// NOT verified (loopback benchmarking only). Without --tls the stream stays plain TCP,
+/// which works only if the server allows it (Meerkat's `tls.mode = "none"` listener,
+/// ejabberd/Prosody configured to allow plaintext).
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(name = "meerkat-bench", version, verbatim_doc_comment)]
+pub struct Args {
+    /// The scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:5222", value_name = "HOST:PORT")]
+    pub server: String,
+    /// The XMPP domain of the accounts (the stream's `to`).
+    #[arg(long, default_value = "localhost")]
+    pub domain: String,
+    /// Number of simulated users (accounts PREFIX1..PREFIXN).
+    #[arg(long)]
+    pub users: u32,
+    /// Account name prefix.
+    #[arg(long, default_value = "user")]
+    pub user_prefix: String,
+    /// The password shared by every account.
+    #[arg(long, default_value = "secret")]
+    pub password: String,
+    /// Seconds of the measured phase (after the login ramp): users stay online
+    /// (connect) or send messages (one-to-one) this long.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// one-to-one: total messages per second to offer; overrides --interval-ms.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Upgrade with STARTTLS (server certificate not verified: loopback benchmarking).
+    #[arg(long)]
+    pub tls: bool,
+    /// Append the JSON result line to this file instead of printing it on stdout.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Worker processes [default: ceil(users / 15000)].
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Source addresses to bind connections to, round robin: a range
+    /// `127.0.0.2-127.0.0.20` or a comma-separated list. Default: chosen by the
+    /// kernel, except 127.0.0.2.. (one per 20,000 users) when the server is on
+    /// loopback and there are more than 20,000 users.
+    #[arg(long, value_name = "IPS")]
+    pub source_ips: Option<String>,
+    /// A server process to sample from /proc (RSS, CPU); repeatable.
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pid: Vec<u32>,
+    /// Logins per second, open loop, across all workers.
+    #[arg(long, default_value_t = 500.0)]
+    pub login_rate: f64,
+    /// Seconds allowed for the login phase before the measured phase starts
+    /// [default: users / login-rate + 5].
+    #[arg(long)]
+    pub ramp_seconds: Option<f64>,
+    /// one-to-one: milliseconds between two messages of one user.
+    #[arg(long, default_value_t = 1000.0)]
+    pub interval_ms: f64,
+    /// one-to-one: bytes of each message body.
+    #[arg(long, default_value_t = 100)]
+    pub body_size: usize,
+    /// one-to-one: users per conversation bucket.
+    #[arg(long, default_value_t = 10)]
+    pub bucket_size: u32,
+    /// one-to-one: send times are rounded down to multiples of this many µs, so that
+    /// the sends due in one tick share one wake-up (less generator CPU).
+    #[arg(long, default_value_t = 1000)]
+    pub tick_us: u64,
+    /// one-to-one: seconds to wait for messages in flight after the last send.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_seconds: f64,
+    /// SASL mechanism.
+    #[arg(long, value_enum, default_value = "SCRAM-SHA-256")]
+    pub mechanism: Mechanism,
+    /// Seconds a login may take before it counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    pub login_timeout: f64,
+    /// Resource to bind.
+    #[arg(long, default_value = "bench")]
+    pub resource: String,
+    /// Runtime threads per worker process (1: a current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Internal: run as worker I of W (0-based) and print its result on stdout.
+    #[arg(long, hide = true, value_name = "I/W")]
+    pub worker: Option<String>,
+    /// Internal: Unix ms at which the first login starts.
+    #[arg(long, hide = true)]
+    pub plan_login_ms: Option<u64>,
+    /// Internal: Unix ms at which the measured phase starts.
+    #[arg(long, hide = true)]
+    pub plan_start_ms: Option<u64>,
+    /// Internal: tags this run's messages, so stale offline messages are ignored.
+    #[arg(long, hide = true)]
+    pub run_id: Option<u64>,
+}
+
+impl Args {
+    /// Rejects option values that make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.users == 0 {
+            bail!("--users must be at least 1");
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !(non_negative(self.duration) && non_negative(self.drain_seconds) && positive(self.login_timeout)) {
+            bail!("--duration, --drain-seconds must be >= 0 and --login-timeout > 0");
+        }
+        if self.ramp_seconds.is_some_and(|r| !non_negative(r)) {
+            bail!("--ramp-seconds must be >= 0");
+        }
+        if !positive(self.login_rate) {
+            bail!("--login-rate must be > 0");
+        }
+        if !positive(self.interval_ms) || self.rate.is_some_and(|r| !positive(r)) {
+            bail!("--interval-ms and --rate must be > 0");
+        }
+        if self.bucket_size < 2 {
+            bail!("--bucket-size must be at least 2");
+        }
+        if self.tick_us == 0 {
+            bail!("--tick-us must be at least 1");
+        }
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        self.server_addr()?;
+        self.source_addrs()?;
+        Ok(())
+    }
+
+    /// The server's socket address (the first one the name resolves to).
+    pub fn server_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .to_socket_addrs()
+            .with_context(|| format!("resolving --server {}", self.server))?
+            .next()
+            .with_context(|| format!("--server {} resolves to no address", self.server))
+    }
+
+    /// Worker processes to run.
+    pub fn worker_count(&self) -> u32 {
+        self.workers.unwrap_or_else(|| self.users.div_ceil(USERS_PER_WORKER)).clamp(1, self.users)
+    }
+
+    /// Seconds between the first login and the start of the measured phase.
+    pub fn ramp_seconds(&self) -> f64 {
+        self.ramp_seconds.unwrap_or(self.users as f64 / self.login_rate + 5.0)
+    }
+
+    /// Microseconds between two messages of one user (from --rate when given).
+    pub fn interval_us(&self) -> u64 {
+        let us = match self.rate {
+            Some(r) => self.users as f64 * 1e6 / r,
+            None => self.interval_ms * 1000.0,
+        };
+        (us.round() as u64).max(1)
+    }
+
+    /// The source addresses to bind to, round robin (empty: let the kernel choose).
+    pub fn source_addrs(&self) -> anyhow::Result<Vec<IpAddr>> {
+        match &self.source_ips {
+            Some(spec) => parse_source_ips(spec),
+            None => {
+                let loopback = self.server_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+                if loopback && self.users > 20_000 {
+                    let n = self.users.div_ceil(20_000).min(250) as u8;
+                    Ok((0..n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i))).collect())
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+        }
+    }
+
+    /// `(index, count)` of `--worker I/W`.
+    pub fn worker_slot(&self) -> anyhow::Result<Option<(u32, u32)>> {
+        let Some(s) = &self.worker else { return Ok(None) };
+        let (i, w) = s.split_once('/').context("--worker takes I/W")?;
+        let (i, w): (u32, u32) = (i.parse().context("--worker I")?, w.parse().context("--worker W")?);
+        if w == 0 || i >= w {
+            bail!("--worker {s}: need 0 <= I < W");
+        }
+        Ok(Some((i, w)))
+    }
+}
+
+/// Parses `127.0.0.2-127.0.0.20` (IPv4 range) or `a,b,c`.
+pub fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    if let Some((a, b)) = spec.split_once('-') {
+        let a: Ipv4Addr = a.trim().parse().with_context(|| format!("--source-ips: bad address {a}"))?;
+        let b: Ipv4Addr = b.trim().parse().with_context(|| format!("--source-ips: bad address {b}"))?;
+        let (a, b) = (u32::from(a), u32::from(b));
+        if b < a || b - a > 65_535 {
+            bail!("--source-ips: bad range {spec}");
+        }
+        return Ok((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))).collect());
+    }
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().with_context(|| format!("--source-ips: bad address {s}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["meerkat-bench", "one-to-one", "--users", "100"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_derived_values() {
+        let a = args(&[]);
+        assert_eq!(a.mechanism, Mechanism::ScramSha256);
+        assert_eq!(a.worker_count(), 1);
+        assert_eq!(a.interval_us(), 1_000_000);
+        assert!((a.ramp_seconds() - 5.2).abs() < 1e-9);
+        assert_eq!(args(&["--rate", "1000"]).interval_us(), 100_000);
+        let big = Args::try_parse_from(["b", "connect", "--users", "30001"]).unwrap();
+        assert_eq!(big.worker_count(), 3);
+        assert_eq!(big.source_addrs().unwrap().len(), 2);
+        assert_eq!(args(&["--mechanism", "PLAIN"]).mechanism, Mechanism::Plain);
+    }
+
+    #[test]
+    fn source_ip_ranges() {
+        let v = parse_source_ips("127.0.0.2-127.0.0.4").unwrap();
+        assert_eq!(v, ["127.0.0.2", "127.0.0.3", "127.0.0.4"].map(|s| s.parse::<IpAddr>().unwrap()));
+        assert_eq!(parse_source_ips("127.0.0.9, 127.0.0.7").unwrap().len(), 2);
+        assert!(parse_source_ips("127.0.0.4-127.0.0.2").is_err());
+        assert!(parse_source_ips("nope").is_err());
+    }
+
+    #[test]
+    fn worker_slot() {
+        assert_eq!(args(&["--worker", "1/3"]).worker_slot().unwrap(), Some((1, 3)));
+        assert!(args(&["--worker", "3/3"]).worker_slot().is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! One client connection: a TCP socket, optionally upgraded to TLS (rustls driven by
+//! hand), the XML decoder and a small write buffer.
+//!
+//! Reads are readiness-driven: a connection waits for its socket to become readable and
+//! then reads into one buffer per thread, so an idle simulated user holds no read
+//! buffer of its own. Every `.await` here waits only for socket readiness and keeps no
+//! state of its own, so a read wait can be dropped at any time (in a `select!`).
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use meerkat_xml::{Decoder, Framing, Limits, StreamEvent};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+/// Bytes read per `read` call into the per-thread buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// Reads per readiness event before yielding to other connections.
+const READS_PER_WAKE: usize = 16;
+
+thread_local! {
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
+/// Why a read or login step failed; `Display` is the short reason counted in reports.
+#[derive(Debug)]
+pub enum ConnError {
+    /// A socket or TLS error.
+    Io(io::Error),
+    /// The server sent something that is not well-formed XML.
+    Xml(meerkat_xml::Error),
+    /// The server closed the connection.
+    Closed,
+    /// The deadline passed.
+    Timeout,
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => write!(f, "{}", io_reason(e)),
+            ConnError::Xml(e) => write!(f, "bad XML: {e}"),
+            ConnError::Closed => f.write_str("connection closed by server"),
+            ConnError::Timeout => f.write_str("timeout"),
+        }
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+/// An I/O error as a reason without per-connection details (OS error numbers stay).
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::UnexpectedEof => "connection closed by server".into(),
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse => format!("no local address: {e}"),
+        _ => e.to_string(),
+    }
+}
+
+/// Accepts any server certificate: meerkat-bench targets loopback test servers with
+/// self-signed certificates. Handshake signatures are not checked either (less client
+/// CPU; nothing is authenticated anyway).
+#[derive(Debug)]
+struct AcceptAny(Vec<SignatureScheme>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.clone()
+    }
+}
+
+/// The TLS client configuration: ring, TLS 1.2/1.3, no certificate verification, no
+/// session resumption (every simulated user does a full handshake, like a new device).
+pub fn tls_config() -> anyhow::Result<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let schemes = provider.signature_verification_algorithms.supported_schemes();
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(schemes)))
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+/// Generous decoder limits: rosters and offline messages may be large.
+fn limits() -> Limits {
+    Limits { max_stanza_bytes: 1 << 20, max_depth: 64, max_attrs: 128, max_header_bytes: 16 * 1024 }
+}
+
+struct TcpIo<'a>(&'a TcpStream);
+
+impl Read for TcpIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for TcpIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_err(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}
+
+/// A client connection.
+pub struct Conn {
+    tcp: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+    /// The stream decoder (reset on every stream restart).
+    pub dec: Decoder,
+    /// Bytes to send; [`flush`](Self::flush) writes and clears them.
+    pub out: Vec<u8>,
+    eof: bool,
+}
+
+impl Conn {
+    /// Opens a TCP connection, from `source` (port chosen by the kernel) when given.
+    pub async fn connect(server: SocketAddr, source: Option<IpAddr>) -> io::Result<Conn> {
+        let tcp = match source {
+            None => TcpStream::connect(server).await?,
+            Some(ip) => {
+                let sock = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(server).await?
+            }
+        };
+        tcp.set_nodelay(true)?;
+        Ok(Conn { tcp, tls: None, dec: Decoder::new(Framing::Stream, limits()), out: Vec::new(), eof: false })
+    }
+
+    /// Runs the TLS handshake (after `<proceed/>`) and resets the decoder.
+    pub async fn start_tls(&mut self, cfg: Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<()> {
+        let mut tls = Box::new(ClientConnection::new(cfg, name).map_err(tls_err)?);
+        tls.set_buffer_limit(None);
+        self.dec.reset();
+        loop {
+            flush_tls(&self.tcp, &mut tls).await?;
+            if !tls.is_handshaking() {
+                break;
+            }
+            self.tcp.readable().await?;
+            match tls.read_tls(&mut TcpIo(&self.tcp)) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during TLS handshake")),
+                Ok(_) => {
+                    tls.process_new_packets().map_err(tls_err)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.tls = Some(tls);
+        self.drain_plaintext()?;
+        Ok(())
+    }
+
+    /// True once the server closed the connection.
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Waits until the socket has something to read (cancel-safe).
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.eof {
+            return std::future::pending().await;
+        }
+        self.tcp.readable().await
+    }
+
+    /// Reads what the socket has into the decoder (and answers TLS housekeeping).
+    pub async fn read_ready(&mut self) -> io::Result<()> {
+        self.read_available()?;
+        if self.tls.as_ref().is_some_and(|t| t.wants_write()) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn read_available(&mut self) -> io::Result<()> {
+        for _ in 0..READS_PER_WAKE {
+            let n = match &mut self.tls {
+                None => READ_BUF.with_borrow_mut(|buf| match self.tcp.try_read(buf) {
+                    Ok(n) => {
+                        self.dec.feed(&buf[..n]);
+                        Ok(n)
+                    }
+                    Err(e) => Err(e),
+                }),
+                Some(tls) => tls.read_tls(&mut TcpIo(&self.tcp)),
+            };
+            match n {
+                Ok(0) => {
+                    self.eof = true;
+                    if let Some(tls) = &mut self.tls {
+                        let _ = tls.process_new_packets();
+                    }
+                    // The connection is over: undecryptable leftovers do not matter.
+                    let _ = self.drain_plaintext();
+                    return Ok(());
+                }
+                Ok(_) => {
+                    if let Some(tls) = &mut self.tls {
+                        tls.process_new_packets().map_err(tls_err)?;
+                        self.drain_plaintext()?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves decrypted bytes from rustls into the decoder.
+    fn drain_plaintext(&mut self) -> io::Result<()> {
+        let Some(tls) = &mut self.tls else { return Ok(()) };
+        READ_BUF.with_borrow_mut(|buf| loop {
+            match tls.reader().read(buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Ok(n) => self.dec.feed(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        })
+    }
+
+    /// Writes and clears [`out`](Self::out).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            None => {
+                let mut pos = 0;
+                while pos < self.out.len() {
+                    match self.tcp.try_write(&self.out[pos..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => pos += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Some(tls) => {
+                if !self.out.is_empty() {
+                    tls.writer().write_all(&self.out)?;
+                }
+                flush_tls(&self.tcp, tls).await?;
+            }
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Appends `data` to the output and flushes.
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.out.extend_from_slice(data);
+        self.flush().await
+    }
+
+    /// The next decoded event, reading as needed until `deadline`.
+    pub async fn next_event(&mut self, deadline: Instant) -> Result<StreamEvent, ConnError> {
+        loop {
+            if let Some(ev) = self.dec.next_event().map_err(ConnError::Xml)? {
+                return Ok(ev);
+            }
+            if self.eof {
+                return Err(ConnError::Closed);
+            }
+            match tokio::time::timeout_at(deadline, self.tcp.readable()).await {
+                Err(_) => return Err(ConnError::Timeout),
+                Ok(r) => r?,
+            }
+            self.read_ready().await?;
+        }
+    }
+
+    /// Releases the decoder's spare buffers and the write buffer (for idle sessions).
+    pub fn shrink(&mut self) {
+        self.dec.shrink();
+        self.out = Vec::new();
+    }
+
+    /// Sends `</stream:stream>` and waits (until `deadline`) for the server to close.
+    pub async fn close(&mut self, deadline: Instant) {
+        if self.send(b"</stream:stream>").await.is_err() {
+            return;
+        }
+        loop {
+            match self.next_event(deadline).await {
+                Ok(StreamEvent::Close) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tokio::time::timeout_at(deadline, flush_tls(&self.tcp, tls)).await;
+        }
+    }
+}
+
+async fn flush_tls(tcp: &TcpStream, tls: &mut ClientConnection) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(&mut TcpIo(tcp)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

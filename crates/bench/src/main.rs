@@ -1,0 +1,39 @@
+//! meerkat-bench: the load generator of Meerkat, usable against any XMPP server.
+//!
+//! The parent process (`parent`) fixes the timeline and starts W worker processes of
+//! this same binary (`worker`, hidden `--worker I/W` flag); each runs its users as
+//! tokio tasks (`login`, `session`) over hand-driven TCP/TLS connections (`conn`) and
+//! prints a `report::WorkerReport` as one JSON line; the parent merges them with the
+//! /proc samples of the server (`procfs`) into the result line (`output`).
+
+#![recursion_limit = "256"]
+
+mod cli;
+mod conn;
+mod hist;
+mod login;
+mod output;
+mod parent;
+mod procfs;
+mod report;
+mod sasl;
+mod schedule;
+mod session;
+mod worker;
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Args::parse();
+    let r = args.validate().and_then(|()| match args.worker_slot()? {
+        Some((i, w)) => worker::run(&args, i, w),
+        None => parent::run(&args),
+    });
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meerkat-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The result: the server processes' /proc figures, the JSON line (every field the
+//! comparison scripts read), the human summary on stderr, and where the line goes.
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use serde_json::{json, Map, Value};
+
+use crate::cli::{Args, Scenario};
+use crate::parent::{commit, Plan};
+use crate::procfs::{self, ticks_to_ms, Sample};
+use crate::report::{WorkerReport, PHASES};
+use crate::schedule::{Bucket, SendPlan};
+
+/// Samples of one server process at the run's boundaries.
+#[derive(Debug, Default)]
+struct PidStats {
+    pid: u32,
+    start: Option<Sample>,
+    after_login: Option<Sample>,
+    window_end: Option<Sample>,
+    closing: Option<Sample>,
+    last: Option<Sample>,
+    rss_max: u64,
+}
+
+/// The sampled server processes.
+#[derive(Debug)]
+pub struct ServerStats(Vec<PidStats>);
+
+impl ServerStats {
+    /// Tracks `pids`.
+    pub fn new(pids: &[u32]) -> Self {
+        ServerStats(pids.iter().map(|&pid| PidStats { pid, ..Default::default() }).collect())
+    }
+
+    /// A periodic sample (peak RSS, last values).
+    pub fn sample(&mut self) {
+        for p in &mut self.0 {
+            if let Some(s) = procfs::sample(&p.pid.to_string()) {
+                p.rss_max = p.rss_max.max(s.rss_kib);
+                p.last = Some(s);
+            }
+        }
+    }
+
+    fn mark(&mut self, f: fn(&mut PidStats) -> &mut Option<Sample>) {
+        self.sample();
+        for p in &mut self.0 {
+            *f(p) = p.last;
+        }
+    }
+
+    /// Before the first login.
+    pub fn sample_start(&mut self) {
+        self.mark(|p| &mut p.start);
+    }
+    /// At the end of the login ramp (start of the measured phase).
+    pub fn sample_after_login(&mut self) {
+        self.mark(|p| &mut p.after_login);
+    }
+    /// At the end of the measured phase (sessions still online).
+    pub fn sample_window_end(&mut self) {
+        self.mark(|p| &mut p.window_end);
+    }
+    /// When sessions close (after the drain).
+    pub fn sample_closing(&mut self) {
+        self.mark(|p| &mut p.closing);
+    }
+    /// After every worker exited.
+    pub fn sample_final(&mut self) {
+        self.sample();
+    }
+}
+
+fn cpu_ms(a: Option<Sample>, b: Option<Sample>) -> Option<u64> {
+    Some(ticks_to_ms(b?.cpu_ticks.saturating_sub(a?.cpu_ticks)))
+}
+
+fn per(num: Option<f64>, den: u64) -> Value {
+    match num {
+        Some(n) if den > 0 => json!((n / den as f64 * 10.0).round() / 10.0),
+        _ => Value::Null,
+    }
+}
+
+/// The `server` object and the derived per-session / per-message figures.
+fn server_json(s: &ServerStats, r: &WorkerReport) -> Value {
+    let mut pids = Vec::new();
+    let (mut rss_ps, mut cpu_msg, mut cpu_login) = (None::<f64>, None::<f64>, None::<f64>);
+    let add = |acc: &mut Option<f64>, v: Option<f64>| {
+        if let Some(v) = v {
+            *acc = Some(acc.unwrap_or(0.0) + v);
+        }
+    };
+    for p in &s.0 {
+        let rss_growth = match (p.start, p.after_login) {
+            (Some(a), Some(b)) => Some((b.rss_kib as f64 - a.rss_kib as f64) * 1024.0),
+            _ => None,
+        };
+        let login_cpu = cpu_ms(p.start, p.after_login).map(|ms| ms as f64 * 1000.0);
+        let window_cpu = cpu_ms(p.after_login, p.closing).map(|ms| ms as f64 * 1000.0);
+        add(&mut rss_ps, rss_growth.map(|g| g / r.logins.max(1) as f64));
+        if r.delivered > 0 {
+            add(&mut cpu_msg, window_cpu.map(|c| c / r.delivered as f64));
+        }
+        if r.logins > 0 {
+            add(&mut cpu_login, login_cpu.map(|c| c / r.logins as f64));
+        }
+        pids.push(json!({
+            "pid": p.pid,
+            "rss_kib_start": p.start.map(|s| s.rss_kib),
+            "rss_kib_after_login": p.after_login.map(|s| s.rss_kib),
+            "rss_kib_end": p.window_end.map(|s| s.rss_kib),
+            "rss_kib_final": p.last.map(|s| s.rss_kib),
+            "rss_kib_max": p.rss_max,
+            "cpu_ms": cpu_ms(p.start, p.last),
+            "cpu_ms_login": cpu_ms(p.start, p.after_login),
+            "cpu_ms_window": cpu_ms(p.after_login, p.closing),
+            "rss_per_session_bytes": per(rss_growth, r.logins),
+            "server_cpu_us_per_msg": per(window_cpu, r.delivered),
+            "server_cpu_us_per_login": per(login_cpu, r.logins),
+        }));
+    }
+    json!({
+        "pids": pids,
+        "rss_per_session_bytes": per(rss_ps, 1),
+        "server_cpu_us_per_msg": per(cpu_msg, 1),
+        "server_cpu_us_per_login": per(cpu_login, 1),
+    })
+}
+
+/// Every option, with the derived values in effect.
+fn params(args: &Args, workers: u32) -> Value {
+    let mut p = serde_json::to_value(args).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut p {
+        for hidden in ["worker", "plan_login_ms", "plan_start_ms", "run_id"] {
+            m.remove(hidden);
+        }
+        m.insert("workers".into(), json!(workers));
+        m.insert("ramp_seconds".into(), json!(args.ramp_seconds()));
+        m.insert("interval_us".into(), json!(args.interval_us()));
+        let ips: Vec<String> = args.source_addrs().unwrap_or_default().iter().map(|ip| ip.to_string()).collect();
+        m.insert("source_ips_used".into(), json!(ips));
+    }
+    p
+}
+
+/// Messages the schedule offers in total (users alone in their bucket send nothing).
+fn offered(args: &Args) -> u64 {
+    if args.scenario != Scenario::OneToOne {
+        return 0;
+    }
+    let plan = SendPlan {
+        start_us: 0,
+        end_us: (args.duration * 1e6) as u64,
+        interval_us: args.interval_us(),
+        users: args.users,
+        tick_us: args.tick_us,
+    };
+    (1..=args.users).filter(|&k| Bucket::of(k, args.users, args.bucket_size).len > 1).map(|k| plan.count(k)).sum()
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// The JSON result line of the run.
+pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: &ServerStats) -> Value {
+    let one_to_one = args.scenario == Scenario::OneToOne;
+    let lost = r.sent as i64 - r.delivered as i64;
+    let late_p99 = r.late.pct(99.0);
+    let disconnects: u64 = r.disconnects.values().sum();
+    let valid = match args.scenario {
+        Scenario::OneToOne => late_p99 <= 1000 && lost == 0 && r.duplicated == 0,
+        Scenario::Connect => r.failures() == 0 && disconnects == 0,
+        Scenario::Register => r.failures() == 0,
+    };
+    let mut phases = Map::new();
+    for (p, h) in PHASES.iter().zip(&r.phases) {
+        if !h.is_empty() {
+            phases.insert(p.name().into(), json!({ "p50_us": h.pct(50.0), "p99_us": h.pct(99.0) }));
+        }
+    }
+    let server_v = server_json(server, r);
+    let duration = args.duration.max(1e-9);
+    json!({
+        "scenario": args.scenario.name(),
+        "users": args.users,
+        "workers": workers,
+        "commit": commit(),
+        "started_unix_ms": plan.login_ms,
+        "params": params(args, workers),
+        "login_attempts": r.login_attempts,
+        "logins": r.logins,
+        "login_failures": r.failures(),
+        "login_failure_reasons": r.login_failures,
+        "late_logins": r.late_logins,
+        "logins_per_s": round1(r.logins_per_s()),
+        "login_p50_us": r.login.pct(50.0),
+        "login_p90_us": r.login.pct(90.0),
+        "login_p99_us": r.login.pct(99.0),
+        "login_max_us": r.login.max(),
+        "phases": phases,
+        "registered": r.registered,
+        "existed": r.existed,
+        "offered": offered(args),
+        "offered_msgs_per_s": if one_to_one { round1(offered(args) as f64 / duration) } else { 0.0 },
+        "sent": r.sent,
+        "delivered": r.delivered,
+        "lost": lost,
+        "duplicated": r.duplicated,
+        "stale": r.stale,
+        "bounced": r.errors,
+        "disconnects": disconnects,
+        "disconnect_reasons": r.disconnects,
+        "msgs_per_s": if one_to_one { round1(r.delivered as f64 / duration) } else { 0.0 },
+        "ttd_p50_us": r.ttd.pct(50.0),
+        "ttd_p90_us": r.ttd.pct(90.0),
+        "ttd_p99_us": r.ttd.pct(99.0),
+        "ttd_p999_us": r.ttd.pct(99.9),
+        "ttd_max_us": r.ttd.max(),
+        "generator_late_p50_us": r.late.pct(50.0),
+        "generator_late_p99_us": late_p99,
+        "generator_late_max_us": r.late.max(),
+        "generator_cpu_ms": r.generator_cpu_ms,
+        "generator_rss_kib": r.generator_rss_kib,
+        "scram_derivations": r.scram_derivations,
+        "valid": valid,
+        "rss_per_session_bytes": server_v["rss_per_session_bytes"].clone(),
+        "server_cpu_us_per_msg": server_v["server_cpu_us_per_msg"].clone(),
+        "server_cpu_us_per_login": server_v["server_cpu_us_per_login"].clone(),
+        "server": server_v,
+    })
+}
+
+/// A few readable lines for stderr.
+pub fn summary(v: &Value) -> String {
+    let g = |k: &str| v.get(k).map(|x| x.to_string()).unwrap_or_default();
+    let mut s = format!(
+        "meerkat-bench {} users={} workers={} commit={} valid={}\n",
+        v["scenario"].as_str().unwrap_or("?"),
+        g("users"),
+        g("workers"),
+        v["commit"].as_str().unwrap_or("?"),
+        g("valid"),
+    );
+    s += &format!(
+        "  logins {}/{} ({} failed, {} late) {} /s; time to session p50 {} µs, p99 {} µs\n",
+        g("logins"),
+        g("login_attempts"),
+        g("login_failures"),
+        g("late_logins"),
+        g("logins_per_s"),
+        g("login_p50_us"),
+        g("login_p99_us"),
+    );
+    if let Some(Value::Object(ph)) = v.get("phases") {
+        let parts: Vec<String> = PHASES
+            .iter()
+            .filter_map(|p| ph.get(p.name()).map(|x| format!("{} {}/{}", p.name(), x["p50_us"], x["p99_us"])))
+            .collect();
+        s += &format!("  phases p50/p99 µs: {}\n", parts.join(", "));
+    }
+    if v["scenario"] == "one-to-one" {
+        s += &format!(
+            "  messages offered {} sent {} delivered {} lost {} duplicated {}; {} msgs/s\n",
+            g("offered"),
+            g("sent"),
+            g("delivered"),
+            g("lost"),
+            g("duplicated"),
+            g("msgs_per_s"),
+        );
+        s += &format!(
+            "  TTD µs p50 {} p90 {} p99 {} p99.9 {} max {}; generator lateness p99 {} µs\n",
+            g("ttd_p50_us"),
+            g("ttd_p90_us"),
+            g("ttd_p99_us"),
+            g("ttd_p999_us"),
+            g("ttd_max_us"),
+            g("generator_late_p99_us"),
+        );
+    }
+    if v["scenario"] == "register" {
+        s += &format!("  registered {} existed {}\n", g("registered"), g("existed"));
+    }
+    s += &format!(
+        "  generator CPU {} ms, peak RSS {} KiB (all workers)\n",
+        g("generator_cpu_ms"),
+        g("generator_rss_kib")
+    );
+    if let Some(Value::Array(pids)) = v["server"].get("pids") {
+        for p in pids {
+            s += &format!(
+                "  server pid {}: RSS KiB {} -> {} (max {}), {} B/session; CPU {} ms ({} login, {} window), {} µs/msg\n",
+                p["pid"],
+                p["rss_kib_start"],
+                p["rss_kib_after_login"],
+                p["rss_kib_max"],
+                p["rss_per_session_bytes"],
+                p["cpu_ms"],
+                p["cpu_ms_login"],
+                p["cpu_ms_window"],
+                p["server_cpu_us_per_msg"],
+            );
+        }
+    }
+    for key in ["login_failure_reasons", "disconnect_reasons"] {
+        if let Some(Value::Object(m)) = v.get(key) {
+            for (reason, n) in m {
+                s += &format!("  {}: {reason}: {n}\n", key.trim_end_matches("_reasons"));
+            }
+        }
+    }
+    s
+}
+
+/// Appends the line to --json FILE, or prints it on stdout.
+pub fn write(args: &Args, v: &Value) -> anyhow::Result<()> {
+    let line = format!("{v}\n");
+    match &args.json {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            f.write_all(line.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(line.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! What a worker measures (sent to the parent as one JSON line on stdout) and how the
+//! parent merges the workers' results.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::Hist;
+use crate::login::{LoginError, Phase, PhaseTimes};
+
+/// Phase names, indexed like [`Phase`].
+pub const PHASES: [Phase; 5] = [Phase::Connect, Phase::Tls, Phase::Auth, Phase::Bind, Phase::Roster];
+
+/// The counters and histograms of one worker (or, merged, of the run).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Simulated users handled.
+    pub users: u64,
+    /// Logins started.
+    pub login_attempts: u64,
+    /// Logins that reached the roster result.
+    pub logins: u64,
+    /// Failed logins by "phase: reason".
+    pub login_failures: BTreeMap<String, u64>,
+    /// Logins completed after the measured phase had started.
+    pub late_logins: u64,
+    /// Unix µs of the earliest login start (0: none).
+    pub first_login_start_us: u64,
+    /// Unix µs of the latest login completion (0: none).
+    pub last_login_end_us: u64,
+    /// Time to session (µs).
+    pub login: Hist,
+    /// Per-phase durations (µs), indexed like [`PHASES`].
+    pub phases: Vec<Hist>,
+    /// Messages written to the socket.
+    pub sent: u64,
+    /// Messages received from this run, first copy only.
+    pub delivered: u64,
+    /// Extra copies of already received messages.
+    pub duplicated: u64,
+    /// Bench messages from another run (offline storage) or from outside the bucket.
+    pub stale: u64,
+    /// Bench messages bounced with type='error'.
+    pub errors: u64,
+    /// Sessions that ended before the end of the run, by reason.
+    pub disconnects: BTreeMap<String, u64>,
+    /// Time to delivery (µs): receive time minus scheduled send time.
+    pub ttd: Hist,
+    /// Sender lateness (µs): actual send time minus scheduled send time.
+    pub late: Hist,
+    /// register: accounts created.
+    pub registered: u64,
+    /// register: accounts that already existed.
+    pub existed: u64,
+    /// PBKDF2 derivations computed (SCRAM key cache misses).
+    pub scram_derivations: u64,
+    /// The worker process's own CPU time (user + system), ms.
+    pub generator_cpu_ms: u64,
+    /// The worker process's peak RSS, KiB.
+    pub generator_rss_kib: u64,
+}
+
+impl WorkerReport {
+    /// An empty report with the phase histograms in place.
+    pub fn new() -> Self {
+        WorkerReport { phases: vec![Hist::default(); PHASES.len()], ..Default::default() }
+    }
+
+    /// Records a successful login that started at `start_us` (Unix µs).
+    pub fn login_ok(&mut self, start_us: u64, times: &PhaseTimes) {
+        self.logins += 1;
+        self.login.record(times.total);
+        for (h, v) in self.phases.iter_mut().zip(times.phases) {
+            if v > 0 {
+                h.record(v);
+            }
+        }
+        self.last_login_end_us = self.last_login_end_us.max(start_us + times.total);
+    }
+
+    /// Records a login start (Unix µs).
+    pub fn login_started(&mut self, start_us: u64) {
+        self.login_attempts += 1;
+        if self.first_login_start_us == 0 || start_us < self.first_login_start_us {
+            self.first_login_start_us = start_us;
+        }
+    }
+
+    /// Counts a failed login by reason.
+    pub fn login_failed(&mut self, e: &LoginError) {
+        *self.login_failures.entry(e.to_string()).or_default() += 1;
+    }
+
+    /// Counts a session lost before the end.
+    pub fn disconnected(&mut self, reason: String) {
+        *self.disconnects.entry(reason).or_default() += 1;
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &WorkerReport) {
+        self.users += o.users;
+        self.login_attempts += o.login_attempts;
+        self.logins += o.logins;
+        for (k, v) in &o.login_failures {
+            *self.login_failures.entry(k.clone()).or_default() += v;
+        }
+        self.late_logins += o.late_logins;
+        if o.first_login_start_us != 0
+            && (self.first_login_start_us == 0 || o.first_login_start_us < self.first_login_start_us)
+        {
+            self.first_login_start_us = o.first_login_start_us;
+        }
+        self.last_login_end_us = self.last_login_end_us.max(o.last_login_end_us);
+        self.login.merge(&o.login);
+        if self.phases.len() < o.phases.len() {
+            self.phases.resize(o.phases.len(), Hist::default());
+        }
+        for (a, b) in self.phases.iter_mut().zip(&o.phases) {
+            a.merge(b);
+        }
+        self.sent += o.sent;
+        self.delivered += o.delivered;
+        self.duplicated += o.duplicated;
+        self.stale += o.stale;
+        self.errors += o.errors;
+        for (k, v) in &o.disconnects {
+            *self.disconnects.entry(k.clone()).or_default() += v;
+        }
+        self.ttd.merge(&o.ttd);
+        self.late.merge(&o.late);
+        self.registered += o.registered;
+        self.existed += o.existed;
+        self.scram_derivations += o.scram_derivations;
+        self.generator_cpu_ms += o.generator_cpu_ms;
+        self.generator_rss_kib += o.generator_rss_kib;
+    }
+
+    /// Failed logins in total.
+    pub fn failures(&self) -> u64 {
+        self.login_failures.values().sum()
+    }
+
+    /// Successful logins per second, from the first login start to the last completion.
+    pub fn logins_per_s(&self) -> f64 {
+        if self.logins == 0 || self.last_login_end_us <= self.first_login_start_us {
+            return 0.0;
+        }
+        self.logins as f64 * 1e6 / (self.last_login_end_us - self.first_login_start_us) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_counts_and_histograms() {
+        let mut a = WorkerReport::new();
+        let mut b = WorkerReport::new();
+        a.login_started(1_000_000);
+        a.login_ok(1_000_000, &PhaseTimes { phases: [100, 0, 300, 200, 100], total: 700 });
+        b.login_started(900_000);
+        b.login_ok(900_000, &PhaseTimes { phases: [100, 0, 300, 200, 100], total: 1_100_000 });
+        b.login_failed(&LoginError { phase: Phase::Auth, reason: "SASL failure not-authorized".into() });
+        a.sent = 10;
+        b.delivered = 9;
+        a.ttd.record(500);
+        b.ttd.record(1500);
+        let b: WorkerReport = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        let mut m = WorkerReport::new();
+        m.merge(&a);
+        m.merge(&b);
+        assert_eq!((m.logins, m.login_attempts, m.failures()), (2, 2, 1));
+        assert_eq!(m.login_failures.get("auth: SASL failure not-authorized"), Some(&1));
+        assert_eq!((m.first_login_start_us, m.last_login_end_us), (900_000, 2_000_000));
+        assert!((m.logins_per_s() - 2.0 / 1.1).abs() < 1e-9);
+        assert_eq!((m.sent, m.delivered, m.ttd.len()), (10, 9, 2));
+        assert_eq!(m.phases[Phase::Auth as usize].len(), 2);
+        assert!(m.phases[Phase::Tls as usize].is_empty());
+    }
+}

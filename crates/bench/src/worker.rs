@@ -1,0 +1,226 @@
+//! A worker process: runs users I+1, I+1+W, I+1+2W… (one tokio task each) on a small
+//! runtime, following the timeline the parent fixed (login start, start of the
+//! measured phase, as Unix ms), and prints its [`WorkerReport`] as one JSON line.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use rustls::pki_types::ServerName;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::cli::{Args, Scenario};
+use crate::login::{self, Registered, Setup};
+use crate::report::WorkerReport;
+use crate::sasl::{KeyCache, NonceGen};
+use crate::schedule::{spawn_scheduler, Bucket, SendPlan};
+use crate::session;
+
+/// Now, in Unix µs.
+pub fn unix_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// The run's fixed times, in µs after the worker's base instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeline {
+    /// The monotonic instant all offsets count from.
+    pub base: std::time::Instant,
+    /// `base` as Unix µs.
+    pub base_unix_us: u64,
+    /// First login.
+    pub login_us: u64,
+    /// Start of the measured phase.
+    pub start_us: u64,
+    /// When sessions close (after the drain in one-to-one).
+    pub close_us: u64,
+}
+
+impl Timeline {
+    /// The tokio instant of offset `us`.
+    pub fn instant(&self, us: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.base + Duration::from_micros(us))
+    }
+
+    /// Offset `us` as Unix µs.
+    pub fn unix_us(&self, us: u64) -> u64 {
+        self.base_unix_us + us
+    }
+}
+
+/// What every task of the worker shares.
+pub struct Ctx {
+    /// Login settings.
+    pub setup: Setup,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Total users of the run.
+    pub users: u32,
+    /// one-to-one bucket size.
+    pub bucket_size: u32,
+    /// Tags this run's messages.
+    pub run_id: u64,
+    /// Fixed times.
+    pub tl: Timeline,
+    /// one-to-one send schedule.
+    pub plan: SendPlan,
+    /// Logins per second across all workers.
+    pub login_rate: f64,
+    /// Source addresses, round robin by user number.
+    pub sources: Vec<IpAddr>,
+    /// The message body (already XML text).
+    pub body: String,
+    /// `to` before the user number: the escaped prefix.
+    pub to_prefix: String,
+    /// `to` after the user number: `@` and the escaped domain.
+    pub to_suffix: String,
+    /// The counters.
+    pub stats: Mutex<WorkerReport>,
+}
+
+/// Runs worker `idx` of `count` and prints its report on stdout.
+pub fn run(args: &Args, idx: u32, count: u32) -> anyhow::Result<()> {
+    let mut b = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let rt = b.enable_all().build().context("building the tokio runtime")?;
+    let report = rt.block_on(work(args, idx, count))?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &report).context("writing the worker report")?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport> {
+    let base = std::time::Instant::now();
+    let base_unix_us = unix_us();
+    let rel = |unix_ms: u64| (unix_ms * 1000).saturating_sub(base_unix_us);
+    let login_ms = args.plan_login_ms.unwrap_or(base_unix_us / 1000 + 100);
+    let start_ms = args.plan_start_ms.unwrap_or(login_ms + (args.ramp_seconds() * 1000.0) as u64);
+    let start_us = rel(start_ms);
+    let end_us = start_us + (args.duration * 1e6) as u64;
+    let close_us = match args.scenario {
+        Scenario::OneToOne => end_us + (args.drain_seconds * 1e6) as u64,
+        _ => end_us,
+    };
+    let tl = Timeline { base, base_unix_us, login_us: rel(login_ms), start_us, close_us };
+    let tls = match args.tls {
+        false => None,
+        true => {
+            let name = ServerName::try_from(args.domain.clone()).context("--domain is not a valid TLS server name")?;
+            Some((crate::conn::tls_config()?, name))
+        }
+    };
+    let setup = Setup {
+        server: args.server_addr()?,
+        prefix: args.user_prefix.clone(),
+        password: args.password.clone(),
+        mechanism: args.mechanism,
+        tls,
+        resource: args.resource.clone(),
+        timeout: Duration::from_secs_f64(args.login_timeout),
+        keys: KeyCache::default(),
+        header: Setup::header_for(&args.domain),
+    };
+    let mut to_prefix = String::new();
+    meerkat_xml::escape_attr(&args.user_prefix, &mut to_prefix);
+    let mut to_suffix = String::from("@");
+    meerkat_xml::escape_attr(&args.domain, &mut to_suffix);
+    let plan = SendPlan { start_us, end_us, interval_us: args.interval_us(), users: args.users, tick_us: args.tick_us };
+    let ctx = Arc::new(Ctx {
+        setup,
+        scenario: args.scenario,
+        users: args.users,
+        bucket_size: args.bucket_size,
+        run_id: args.run_id.unwrap_or(base_unix_us),
+        tl,
+        plan,
+        login_rate: args.login_rate,
+        sources: args.source_addrs()?,
+        body: filler(args.body_size),
+        to_prefix,
+        to_suffix,
+        stats: Mutex::new(WorkerReport::new()),
+    });
+
+    let mine: Vec<u32> = (idx + 1..=args.users).step_by(count as usize).collect();
+    let mut senders = Vec::new();
+    let mut set = JoinSet::new();
+    for &k in &mine {
+        let sends = args.scenario == Scenario::OneToOne
+            && Bucket::of(k, args.users, args.bucket_size).len > 1
+            && plan.count(k) > 0;
+        let notify = sends.then(|| Arc::new(Notify::new()));
+        if let Some(n) = &notify {
+            senders.push((k, n.clone()));
+        }
+        set.spawn(user(ctx.clone(), k, notify));
+    }
+    spawn_scheduler(plan, base, senders).context("starting the scheduler thread")?;
+    while let Some(r) = set.join_next().await {
+        if let Err(e) = r {
+            ctx.stats.lock().unwrap_or_else(|e| e.into_inner()).disconnected(format!("task failed: {e}"));
+        }
+    }
+    let mut report = ctx.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    report.users = mine.len() as u64;
+    report.scram_derivations = ctx.setup.keys.derivations.load(std::sync::atomic::Ordering::Relaxed);
+    (report.generator_cpu_ms, report.generator_rss_kib) = crate::procfs::own_usage();
+    Ok(report)
+}
+
+/// `n` bytes of message body.
+fn filler(n: usize) -> String {
+    const TEXT: &str = "The quick brown fox jumps over the lazy dog. ";
+    TEXT.chars().cycle().take(n).collect()
+}
+
+/// One simulated user: waits for its login slot, logs in, then stays online.
+async fn user(ctx: Arc<Ctx>, k: u32, notify: Option<Arc<Notify>>) {
+    let at = ctx.tl.login_us + ((k - 1) as f64 * 1e6 / ctx.login_rate) as u64;
+    tokio::time::sleep_until(ctx.tl.instant(at)).await;
+    let source = match ctx.sources.len() {
+        0 => None,
+        n => Some(ctx.sources[(k as usize - 1) % n]),
+    };
+    let name = format!("{}{k}", ctx.setup.prefix);
+    let started = unix_us();
+    ctx.stats.lock().unwrap_or_else(|e| e.into_inner()).login_started(started);
+    if ctx.scenario == Scenario::Register {
+        let r = Box::pin(login::register(&ctx.setup, &name, source)).await;
+        let mut st = ctx.stats.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(Registered::Created) => st.registered += 1,
+            Ok(Registered::Existed) => st.existed += 1,
+            Err(e) => st.login_failed(&e),
+        }
+        return;
+    }
+    let nonce = NonceGen::new(u64::from(k)).next();
+    let r = Box::pin(login::login(&ctx.setup, &name, source, nonce)).await;
+    let conn = {
+        let mut st = ctx.stats.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Err(e) => {
+                st.login_failed(&e);
+                return;
+            }
+            Ok((conn, times)) => {
+                st.login_ok(started, &times);
+                if tokio::time::Instant::now() > ctx.tl.instant(ctx.tl.start_us) {
+                    st.late_logins += 1;
+                }
+                conn
+            }
+        }
+    };
+    session::online(&ctx, k, conn, notify).await;
+}

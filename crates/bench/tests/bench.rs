@@ -1,0 +1,212 @@
+//! The load generator tested end to end against an in-process Meerkat: the built
+//! `meerkat-bench` binary runs as a subprocess against the test server's STARTTLS and
+//! no-TLS listeners, and its JSON result line is checked.
+
+use std::process::Command;
+
+use meerkat::testing::TestServer;
+use meerkat_config::TlsMode;
+use serde_json::Value;
+
+const USERS: u32 = 50;
+
+/// Runs meerkat-bench with `args` (off the async runtime); returns its stdout.
+async fn run(args: Vec<String>) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_meerkat-bench")).args(&args).output().expect("run meerkat-bench")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "meerkat-bench failed: {stderr}");
+    assert!(stderr.contains("meerkat-bench "), "no summary on stderr: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The last JSON line of `text`.
+fn last_json(text: &str) -> Value {
+    let line = text.lines().last().unwrap_or_else(|| panic!("no JSON line in {text:?}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON ({e}): {line}"))
+}
+
+/// Runs meerkat-bench and returns the JSON line it printed.
+async fn bench(args: Vec<String>) -> Value {
+    last_json(&run(args).await)
+}
+
+fn args(scenario: &str, addr: std::net::SocketAddr, users: u32, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        scenario,
+        "--server",
+        &addr.to_string(),
+        "--domain",
+        "localhost",
+        "--users",
+        &users.to_string(),
+        "--user-prefix",
+        "user",
+        "--password",
+        "secret",
+        "--ramp-seconds",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} is not a count in {v}"))
+}
+
+fn assert_monotone(v: &Value, keys: &[&str]) {
+    let vals: Vec<u64> = keys.iter().map(|k| u(v, k)).collect();
+    assert!(vals.windows(2).all(|w| w[0] <= w[1]), "{keys:?} not monotone: {vals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_one_to_one_against_meerkat() {
+    let s = TestServer::start().await.expect("test server");
+    meerkat::accounts::bulk_add(&s.ctx.config, &s.ctx.stores, "user", USERS, "localhost", "secret")
+        .await
+        .expect("provision users");
+
+    // connect over STARTTLS with SCRAM-SHA-256.
+    let starttls = s.addr(TlsMode::Starttls);
+    let r = bench(args("connect", starttls, USERS, &["--duration", "2", "--tls", "--login-rate", "200"])).await;
+    for key in [
+        "scenario",
+        "users",
+        "sent",
+        "delivered",
+        "lost",
+        "duplicated",
+        "msgs_per_s",
+        "ttd_p50_us",
+        "ttd_p90_us",
+        "ttd_p99_us",
+        "ttd_p999_us",
+        "ttd_max_us",
+        "logins_per_s",
+        "login_p50_us",
+        "login_p99_us",
+        "login_failures",
+        "generator_late_p99_us",
+        "valid",
+        "commit",
+        "params",
+        "server",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key} in {r}");
+    }
+    assert_eq!(r["scenario"], "connect");
+    assert_eq!(u(&r, "logins"), u64::from(USERS), "{r}");
+    assert_eq!(u(&r, "login_failures"), 0, "{r}");
+    assert_eq!(u(&r, "disconnects"), 0, "{r}");
+    assert_monotone(&r, &["login_p50_us", "login_p99_us", "login_max_us"]);
+    assert!(u(&r, "login_p50_us") > 0);
+    assert!(r["logins_per_s"].as_f64().unwrap() > 0.0);
+    for phase in ["connect", "tls", "auth", "bind", "roster"] {
+        let p = &r["phases"][phase];
+        assert!(p["p50_us"].as_u64().unwrap() <= p["p99_us"].as_u64().unwrap(), "{phase}: {p}");
+    }
+    assert_eq!(r["params"]["tls"], true);
+    assert_eq!(r["params"]["mechanism"], "SCRAM-SHA-256");
+    assert_eq!(r["valid"], true, "{r}");
+
+    // one-to-one over plain TCP, two workers: every message arrives exactly once.
+    let plain = s.addr(TlsMode::None);
+    let r = bench(args(
+        "one-to-one",
+        plain,
+        USERS,
+        &["--workers", "2", "--interval-ms", "200", "--duration", "3", "--drain-seconds", "2", "--login-rate", "200"],
+    ))
+    .await;
+    assert_eq!(r["workers"], 2);
+    assert_eq!(u(&r, "logins"), u64::from(USERS), "{r}");
+    assert!(u(&r, "sent") > 0, "{r}");
+    assert_eq!(u(&r, "sent"), u(&r, "offered"), "{r}");
+    assert_eq!(u(&r, "delivered"), u(&r, "sent"), "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(u(&r, "duplicated"), 0, "{r}");
+    assert_eq!(u(&r, "stale"), 0, "{r}");
+    assert!(u(&r, "ttd_p50_us") > 0);
+    assert_monotone(&r, &["ttd_p50_us", "ttd_p90_us", "ttd_p99_us", "ttd_p999_us", "ttd_max_us"]);
+    assert!(r["msgs_per_s"].as_f64().unwrap() > 0.0);
+
+    // With --server-pid (this process hosts the server): the server block is filled.
+    // Also PLAIN, and --json appending to a file.
+    let dir = std::env::temp_dir().join(format!("meerkat-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("results.jsonl");
+    let pid = std::process::id().to_string();
+    let stdout = run(args(
+        "one-to-one",
+        plain,
+        20,
+        &[
+            "--interval-ms",
+            "100",
+            "--duration",
+            "1",
+            "--drain-seconds",
+            "1",
+            "--mechanism",
+            "PLAIN",
+            "--server-pid",
+            &pid,
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    ))
+    .await;
+    assert!(stdout.trim().is_empty(), "with --json the line goes to the file: {stdout}");
+    let r = last_json(&std::fs::read_to_string(&json).expect("the --json file"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(u(&r, "delivered"), u(&r, "sent"), "{r}");
+    let p = &r["server"]["pids"][0];
+    assert_eq!(p["pid"], std::process::id(), "{r}");
+    for key in ["rss_kib_start", "rss_kib_after_login", "rss_kib_end", "rss_kib_max", "cpu_ms", "cpu_ms_window"] {
+        assert!(p[key].as_u64().is_some(), "server.{key} missing in {p}");
+    }
+    assert!(p["rss_kib_max"].as_u64().unwrap() > 0);
+    assert!(r["server"]["rss_per_session_bytes"].is_number(), "{r}");
+    assert!(r["server_cpu_us_per_msg"].is_number(), "{r}");
+
+    // register (XEP-0077, as bench/compare does for ejabberd and Prosody): three new
+    // accounts, one per source address (the server allows one registration per address
+    // and minute), which can then log in.
+    let reg = |scenario: &str, extra: &[&str]| {
+        let mut v: Vec<String> = [
+            scenario,
+            "--server",
+            &starttls.to_string(),
+            "--domain",
+            "localhost",
+            "--users",
+            "3",
+            "--user-prefix",
+            "reg",
+            "--password",
+            "a-long-secret",
+            "--tls",
+            "--ramp-seconds",
+            "0",
+            "--login-rate",
+            "100",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let r = bench(reg("register", &["--source-ips", "127.0.0.2-127.0.0.4"])).await;
+    assert_eq!((u(&r, "registered"), u(&r, "login_failures")), (3, 0), "{r}");
+    let r = bench(reg("connect", &["--duration", "0"])).await;
+    assert_eq!(u(&r, "logins"), 3, "{r}");
+    s.stop().await;
+}
