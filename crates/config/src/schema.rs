@@ -137,7 +137,7 @@ pub struct Listen {
     /// `[[listen.c2s]]` client listeners.
     #[serde(default)]
     pub c2s: Vec<C2sListener>,
-    /// `[[listen.http]]` HTTP listeners (XMPP over WebSocket, RFC 7395).
+    /// `[[listen.http]]` HTTP listeners (XMPP over WebSocket and BOSH).
     #[serde(default)]
     pub http: Vec<HttpListener>,
 }
@@ -152,10 +152,9 @@ pub struct HttpListener {
     /// Address to bind.
     #[serde(default = "default_ip")]
     pub ip_address: Spanned<String>,
-    /// HTTPS when `tls.certfile`/`tls.keyfile` are set (`tls.mode` is ignored here:
-    /// an HTTP listener is either plain or HTTPS from the first byte).
+    /// HTTPS from the first byte when present (both files required).
     #[serde(default)]
-    pub tls: Option<ListenerTls>,
+    pub tls: Option<HttpTls>,
     /// Largest stanza (one WebSocket message) in bytes.
     #[serde(default = "default_max_stanza")]
     pub max_stanza_size: usize,
@@ -168,6 +167,17 @@ pub struct HttpListener {
     /// Handlers by kind.
     #[serde(default)]
     pub handlers: HttpHandlers,
+}
+
+/// `tls.*` of an HTTP listener: a certificate makes it HTTPS. There is no
+/// `tls.mode` here (no STARTTLS over HTTP); setting one is an unknown-key error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// PEM certificate chain.
+    pub certfile: Spanned<String>,
+    /// PEM private key.
+    pub keyfile: Spanned<String>,
 }
 
 /// `[[listen.http.handlers.*]]`
@@ -475,11 +485,6 @@ impl Config {
                     key("ip_address"),
                     format!("`{}` is not an IP address", l.ip_address.get_ref()),
                 );
-            }
-            if let Some(t) = &l.tls {
-                if t.certfile.is_none() || t.keyfile.is_none() {
-                    report(span(&l.port), key("tls"), "an HTTPS listener needs tls.certfile and tls.keyfile".into());
-                }
             }
             for h in &l.handlers.mod_websockets {
                 if !h.path.get_ref().starts_with('/') {

@@ -46,6 +46,18 @@ fn semantic_errors_are_all_reported_with_lines() {
 }
 
 #[test]
+fn http_listener_tls_has_no_mode_and_needs_both_files() {
+    let base = "[[listen.http]]\nport = 5280\n";
+    let e = Config::parse(&format!("{base}tls.mode = \"tls\"\n"), "m").unwrap_err();
+    assert_eq!(e.errors[0].line, 3, "{e}");
+    assert!(e.to_string().contains("mode"), "{e}");
+    let e = Config::parse(&format!("{base}tls.certfile = \"c.pem\"\n"), "m").unwrap_err();
+    assert!(e.to_string().contains("keyfile"), "{e}");
+    let c = Config::parse(&format!("{base}tls.certfile = \"c.pem\"\ntls.keyfile = \"k.pem\"\n"), "m").unwrap();
+    assert_eq!(c.listen.http[0].tls.as_ref().unwrap().keyfile.get_ref(), "k.pem");
+}
+
+#[test]
 fn tls_mode_values() {
     let c = Config::parse("[[listen.c2s]]\nport = 5223\ntls.mode = \"tls\"\n", "m").unwrap();
     assert_eq!(c.listen.c2s[0].tls.mode, TlsMode::Tls);

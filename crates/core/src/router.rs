@@ -62,4 +62,6 @@ pub trait Router: Send + Sync + 'static {
     fn send_all(&self, bare: &BareJid, msg: &dyn Fn() -> SessionMsg) -> usize;
     /// Number of sessions on this node.
     fn session_count(&self) -> usize;
+    /// Number of sessions of one user (cheap: no copies).
+    fn user_session_count(&self, bare: &BareJid) -> usize;
 }

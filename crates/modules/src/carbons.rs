@@ -81,7 +81,13 @@ impl IqHandler for Carbons {
 #[async_trait::async_trait]
 impl SessionHooks for Carbons {
     async fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
-        if st.kind == StanzaKind::Message && eligible(&st.el) && st.to.as_ref().is_none_or(|t| t.to_bare() != s.bare) {
+        // Only when another session of the user could want the copy: no clone and
+        // no mailbox traffic for the common single-device case.
+        if st.kind == StanzaKind::Message
+            && ctx.router.user_session_count(&s.bare) > 1
+            && eligible(&st.el)
+            && st.to.as_ref().is_none_or(|t| t.to_bare() != s.bare)
+        {
             // §5: a copy of what this device sent, for the user's other devices.
             let copy = Arc::new(Copy { sent: true, msg: st.el.clone(), skip: vec![s.id] });
             ctx.router.send_all(&s.bare, &|| SessionMsg::Event(copy.clone()));
@@ -115,7 +121,7 @@ impl DeliveryHooks for Carbons {
     }
 
     fn on_message_delivered(&self, ctx: &ServerContext, to: &BareJid, st: &Stanza, receivers: &[SessionId]) {
-        if !eligible(&st.el) {
+        if ctx.router.user_session_count(to) <= receivers.len() || !eligible(&st.el) {
             return;
         }
         // §6: the user's other devices get a copy of what one of them received.

@@ -114,10 +114,13 @@ impl LocalRouter {
         if matches!(ty, MessageType::Chat | MessageType::Normal | MessageType::Headline) {
             self.stamp(ctx, &bare, &mut st);
         }
-        // Keep a copy for hooks that want to know where chat messages went (carbons).
+        // Keep a copy for hooks that want to know where chat messages went
+        // (carbons) — only when the user has several sessions, so a single-device
+        // user costs no clone.
         let copy = (matches!(ty, MessageType::Chat | MessageType::Normal)
-            && ctx.hooks.delivery.iter().any(|h| h.wants_delivered_messages()))
-        .then(|| st.clone());
+            && ctx.hooks.delivery.iter().any(|h| h.wants_delivered_messages())
+            && self.table.with_user(bare.as_str(), |l| l.len()) > 1)
+            .then(|| st.clone());
         if let Ok(full) = to.try_as_full() {
             // §8.5.3.1: a connected resource that matches exactly gets it.
             match self.deliver_full(full, st) {
@@ -382,5 +385,9 @@ impl Router for LocalRouter {
 
     fn session_count(&self) -> usize {
         self.table.len()
+    }
+
+    fn user_session_count(&self, bare: &BareJid) -> usize {
+        self.table.with_user(bare.as_str(), |l| l.len())
     }
 }

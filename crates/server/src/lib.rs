@@ -92,13 +92,10 @@ pub async fn run(ctx: Arc<ServerContext>, listeners: Listeners, shutdown: watch:
     let mut tasks = Vec::new();
     for (l, sock) in cfg.listen.http.iter().zip(listeners.http) {
         let tls = match &l.tls {
-            Some(t) => match (&t.certfile, &t.keyfile) {
-                (Some(c), Some(k)) => Some(
-                    meerkat_transport::tls::load(Path::new(c.get_ref()), Path::new(k.get_ref()))
-                        .context("loading the HTTP listener's TLS certificate")?,
-                ),
-                _ => bail!("an HTTPS listener needs tls.certfile and tls.keyfile"),
-            },
+            Some(t) => Some(
+                meerkat_transport::tls::load(Path::new(t.certfile.get_ref()), Path::new(t.keyfile.get_ref()))
+                    .context("loading the HTTP listener's TLS certificate")?,
+            ),
             None => None,
         };
         let addr = sock.local_addr()?;
