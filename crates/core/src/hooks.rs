@@ -81,8 +81,17 @@ pub trait SessionHooks: Send + Sync + 'static {
     async fn on_bound(&self, _ctx: &ServerContext, _s: &mut SessionState) -> Result<(), StanzaError> {
         Ok(())
     }
-    /// A stanza the client sent, after `from` was stamped, before routing.
-    async fn on_user_send(&self, _ctx: &ServerContext, _s: &mut SessionState, _st: &mut Stanza) -> Flow {
+    /// A stanza the client sent, after `from` was stamped, before routing. It runs
+    /// for every stanza, so it is synchronous and touches in-memory state only (no
+    /// boxed future per hook per stanza); work that needs storage belongs in
+    /// [`SessionHooks::on_outbound_subscription`] or in a task of the module's own.
+    fn on_user_send(&self, _ctx: &ServerContext, _s: &mut SessionState, _st: &mut Stanza) -> Flow {
+        Flow::Continue
+    }
+    /// An outbound presence subscription stanza (RFC 6121 §3: `subscribe`,
+    /// `subscribed`, `unsubscribe`, `unsubscribed`) that every
+    /// [`SessionHooks::on_user_send`] let through; may await storage.
+    async fn on_outbound_subscription(&self, _ctx: &ServerContext, _s: &mut SessionState, _st: &mut Stanza) -> Flow {
         Flow::Continue
     }
     /// A top-level element from the bound client that is not a stanza (a "nonza",

@@ -270,7 +270,7 @@ impl SessionHooks for Blocking {
         Ok(())
     }
 
-    async fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
+    fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         let Some(to) = &st.to else { return Flow::Continue };
         let Some(cache) = s.ext::<Cache>(EXT) else { return Flow::Continue };
         if !set_matches(&cache.list, to) || exempt(ctx, &s.bare, to) {

@@ -80,7 +80,7 @@ impl IqHandler for Carbons {
 
 #[async_trait::async_trait]
 impl SessionHooks for Carbons {
-    async fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
+    fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         // Only when another session of the user could want the copy: no clone and
         // no mailbox traffic for the common single-device case.
         if st.kind == StanzaKind::Message

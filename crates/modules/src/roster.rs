@@ -470,10 +470,7 @@ impl IqHandler for Roster {
 
 #[async_trait::async_trait]
 impl SessionHooks for Roster {
-    async fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
-        if st.kind != meerkat_stanza::StanzaKind::Presence {
-            return Flow::Continue;
-        }
+    async fn on_outbound_subscription(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         match st.type_attr() {
             Some(ty @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
                 let ty = ty.to_string();

@@ -85,7 +85,7 @@ impl DeliveryHooks for StanzaId {
 
 #[async_trait::async_trait]
 impl SessionHooks for StanzaId {
-    async fn on_user_send(&self, _ctx: &ServerContext, _s: &mut SessionState, st: &mut Stanza) -> Flow {
+    fn on_user_send(&self, _ctx: &ServerContext, _s: &mut SessionState, st: &mut Stanza) -> Flow {
         if st.kind == StanzaKind::Message {
             st.el.remove_children(|c| c.is("stanza-id", ns::SID));
         }

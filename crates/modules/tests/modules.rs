@@ -302,22 +302,37 @@ impl Client {
     }
 }
 
+/// Mirrors `meerkat_stream`'s order: every synchronous send hook, then, for
+/// subscription presence, every asynchronous one.
 async fn run_send_hooks(ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> bool {
     for h in &ctx.hooks.session {
-        match h.on_user_send(ctx, s, st).await {
-            Flow::Continue => {}
-            Flow::Drop => return false,
-            Flow::Bounce(e) => {
-                if !st.is_error() {
-                    let mut reply = meerkat_stanza::make_error_reply(&st.el, &e);
-                    reply.remove_attr("to");
-                    s.send(reply);
-                }
+        if !flow_continues(h.on_user_send(ctx, s, st), s, st) {
+            return false;
+        }
+    }
+    if st.is_subscription() {
+        for h in &ctx.hooks.session {
+            if !flow_continues(h.on_outbound_subscription(ctx, s, st).await, s, st) {
                 return false;
             }
         }
     }
     true
+}
+
+fn flow_continues(flow: Flow, s: &mut SessionState, st: &Stanza) -> bool {
+    match flow {
+        Flow::Continue => true,
+        Flow::Drop => false,
+        Flow::Bounce(e) => {
+            if !st.is_error() {
+                let mut reply = meerkat_stanza::make_error_reply(&st.el, &e);
+                reply.remove_attr("to");
+                s.send(reply);
+            }
+            false
+        }
+    }
 }
 
 /// The defined condition of an error stanza.

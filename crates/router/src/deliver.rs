@@ -140,35 +140,43 @@ impl LocalRouter {
             _ => {}
         }
         // §8.5.2.1: available resources with non-negative priority; headlines go to
-        // all of them, chat and normal to the highest-priority ones.
-        let targets: Vec<SessionHandle> = self.table.with_user(bare.as_str(), |list| {
-            let avail = list.iter().filter(|e| e.presence.is_some() && e.priority >= 0);
-            let top = if ty == MessageType::Headline { None } else { avail.clone().map(|e| e.priority).max() };
-            avail.filter(|e| top.is_none_or(|t| e.priority == t)).map(|e| e.handle.clone()).collect()
-        });
-        let n = targets.len();
-        let mut pending = Some(st);
-        let mut receivers = Vec::new();
-        for (i, h) in targets.iter().enumerate() {
-            let one = match (i + 1 == n, pending.take()) {
-                (true, Some(p)) => p,
-                (false, Some(p)) => {
+        // all of them, chat and normal to the highest-priority ones. Delivered under
+        // the shard's read lock (`try_send` never waits), so no handle is cloned and
+        // a single-session user costs no allocation here.
+        let want_ids = copy.is_some();
+        let mut receivers: Vec<SessionId> = Vec::new();
+        let mut took = false;
+        let pending = self.table.with_user(bare.as_str(), |list| {
+            let avail = || list.iter().filter(|e| e.presence.is_some() && e.priority >= 0);
+            let top = if ty == MessageType::Headline { None } else { avail().map(|e| e.priority).max() };
+            let mut targets = avail().filter(|e| top.is_none_or(|t| e.priority == t)).peekable();
+            let mut pending = Some(st);
+            while let Some(e) = targets.next() {
+                let Some(p) = pending.take() else { break };
+                let one = if targets.peek().is_some() {
                     let c = p.clone();
                     pending = Some(p);
                     c
-                }
-                (_, None) => break,
-            };
-            match self.try_deliver(h, one) {
-                Ok(()) => receivers.push(h.id),
-                Err(back) => {
-                    if pending.is_none() {
-                        pending = Some(back);
+                } else {
+                    p
+                };
+                match self.try_deliver(&e.handle, one) {
+                    Ok(()) => {
+                        took = true;
+                        if want_ids {
+                            receivers.push(e.handle.id);
+                        }
+                    }
+                    Err(back) => {
+                        if pending.is_none() {
+                            pending = Some(back);
+                        }
                     }
                 }
             }
-        }
-        if !receivers.is_empty() {
+            pending
+        });
+        if took {
             return self.delivered(ctx, &bare, copy, &receivers);
         }
         let Some(st) = pending else { return };

@@ -110,6 +110,12 @@ impl Stanza {
         Stanza { kind, from, to, el }
     }
 
+    /// Whether this is a presence subscription stanza (RFC 6121 §3).
+    pub fn is_subscription(&self) -> bool {
+        self.kind == StanzaKind::Presence
+            && matches!(self.type_attr(), Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed"))
+    }
+
     /// The `type` attribute.
     pub fn type_attr(&self) -> Option<&str> {
         self.el.attr("type")

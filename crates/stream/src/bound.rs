@@ -212,15 +212,13 @@ impl C2s {
     /// Outgoing filters; `false` = the stanza was consumed.
     async fn run_send_hooks(&mut self, s: &mut SessionState, st: &mut Stanza) -> bool {
         for h in &self.ctx.hooks.session {
-            match h.on_user_send(&self.ctx, s, st).await {
-                Flow::Continue => {}
-                Flow::Drop => return false,
-                Flow::Bounce(e) => {
-                    if !st.is_error() {
-                        let mut reply = make_error_reply(&st.el, &e);
-                        reply.remove_attr("to");
-                        s.send(reply);
-                    }
+            if !flow_continues(h.on_user_send(&self.ctx, s, st), s, st) {
+                return false;
+            }
+        }
+        if st.is_subscription() {
+            for h in &self.ctx.hooks.session {
+                if !flow_continues(h.on_outbound_subscription(&self.ctx, s, st).await, s, st) {
                     return false;
                 }
             }
@@ -326,5 +324,22 @@ pub(crate) async fn reroute_undelivered(ctx: &ServerContext, s: &SessionState, s
         let mut st = st;
         st.set_to(Jid::from(s.bare.clone()));
         ctx.route(st).await;
+    }
+}
+
+/// Applies a send hook's verdict: `true` to go on; on a bounce, the error goes
+/// back to the sender (never for an error).
+fn flow_continues(flow: Flow, s: &mut SessionState, st: &Stanza) -> bool {
+    match flow {
+        Flow::Continue => true,
+        Flow::Drop => false,
+        Flow::Bounce(e) => {
+            if !st.is_error() {
+                let mut reply = make_error_reply(&st.el, &e);
+                reply.remove_attr("to");
+                s.send(reply);
+            }
+            false
+        }
     }
 }

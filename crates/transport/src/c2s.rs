@@ -21,6 +21,8 @@ use crate::tls::{channel_binding, TlsMaterial};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 4096;
+/// Initial capacity of the write buffer for one flush.
+const WRITE_RESERVE: usize = 1024;
 
 /// What a listener's connections share.
 pub struct ListenerRuntime {
@@ -315,6 +317,12 @@ async fn flush(
     more: &mut bool,
 ) -> bool {
     let outputs = c2s.take_output();
+    if outputs.is_empty() {
+        return true;
+    }
+    // One allocation that holds a typical burst, instead of growing from zero
+    // through every power of two while serialising (freed after the write).
+    wbuf.reserve(WRITE_RESERVE);
     let mut keep = true;
     for o in outputs {
         match o {

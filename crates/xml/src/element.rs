@@ -10,19 +10,25 @@
 //! prefix was bound to, so the serialiser can re-declare it. That keeps
 //! unknown extension content (RFC 6120 §8.4) intact through parse → write.
 //!
-//! The struct is four words-of-three (96 bytes on 64-bit targets): two
-//! `String`s and two `Vec`s. Dropping is iterative (see the `Drop` impl), so
-//! even a programmatically built, very deep tree cannot overflow the stack.
+//! The struct is 96 bytes on 64-bit targets: two [`CompactString`]s and two
+//! `Vec`s. Names, namespaces and attributes are `CompactString`s because
+//! nearly all of them (`message`, `jabber:client`, `to`, a JID, an id) fit in
+//! its 24 inline bytes: parsing a typical stanza then allocates only for its
+//! attribute and child lists and its text, not once per name and value.
+//! Dropping is iterative (see the `Drop` impl), so even a programmatically
+//! built, very deep tree cannot overflow the stack.
 
 use std::fmt;
+
+pub use compact_str::CompactString;
 
 /// An attribute as stored in an [`Element`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Attr {
     /// The name as written: `to`, `xml:lang`, or `p:local`.
-    pub(crate) name: String,
+    pub(crate) name: CompactString,
     /// The value after entity decoding and normalisation.
-    pub(crate) value: String,
+    pub(crate) value: CompactString,
     /// For `p:local` attributes with `p` other than `xml`: the namespace
     /// `p` was bound to. `None` otherwise.
     pub(crate) ns: Option<Box<str>>,
@@ -74,8 +80,8 @@ impl From<Element> for Node {
 /// An XML element with its attributes and children, owning all its data.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Element {
-    pub(crate) name: String,
-    pub(crate) ns: String,
+    pub(crate) name: CompactString,
+    pub(crate) ns: CompactString,
     pub(crate) attrs: Vec<Attr>,
     pub(crate) nodes: Vec<Node>,
 }
@@ -112,14 +118,14 @@ impl fmt::Debug for Element {
 impl Element {
     /// A new element without attributes or children.
     #[must_use]
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<CompactString>, ns: impl Into<CompactString>) -> Self {
         Element { name: name.into(), ns: ns.into(), attrs: Vec::new(), nodes: Vec::new() }
     }
 
     /// Starts building an element: `Element::builder("message", "jabber:client")
     /// .attr("type", "chat").append(body).build()`.
     #[must_use]
-    pub fn builder(name: impl Into<String>, ns: impl Into<String>) -> ElementBuilder {
+    pub fn builder(name: impl Into<CompactString>, ns: impl Into<CompactString>) -> ElementBuilder {
         ElementBuilder { el: Element::new(name, ns) }
     }
 
@@ -134,13 +140,13 @@ impl Element {
     }
 
     /// Renames the element (local name).
-    pub fn set_name(&mut self, name: impl Into<String>) {
+    pub fn set_name(&mut self, name: impl Into<CompactString>) {
         self.name = name.into();
     }
 
     /// Changes the element's namespace only (children keep theirs); e.g.
     /// `jabber:server` → `jabber:client` when routing a stanza.
-    pub fn set_ns(&mut self, ns: impl Into<String>) {
+    pub fn set_ns(&mut self, ns: impl Into<CompactString>) {
         self.ns = ns.into();
     }
 
@@ -174,7 +180,7 @@ impl Element {
     /// New attributes must be unprefixed or `xml:*` and a valid XML name:
     /// the serialiser skips `xmlns` / `xmlns:*` names (namespaces are set
     /// with [`Element::new`]) and new prefixed names it cannot declare.
-    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set_attr(&mut self, name: impl Into<CompactString>, value: impl Into<CompactString>) {
         let name = name.into();
         let value = value.into();
         match self.attrs.iter_mut().find(|a| a.name == name) {
@@ -186,7 +192,7 @@ impl Element {
     /// Removes the attribute with this literal name, returning its value.
     pub fn remove_attr(&mut self, name: &str) -> Option<String> {
         let i = self.attrs.iter().position(|a| a.name == name)?;
-        Some(self.attrs.remove(i).value)
+        Some(self.attrs.remove(i).value.into_string())
     }
 
     /// All attributes as `(name, value)`, names as written (`xml:lang`,
@@ -303,7 +309,7 @@ pub struct ElementBuilder {
 impl ElementBuilder {
     /// Sets an attribute (replacing one with the same name).
     #[must_use]
-    pub fn attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn attr(mut self, name: impl Into<CompactString>, value: impl Into<CompactString>) -> Self {
         self.el.set_attr(name, value);
         self
     }

@@ -72,7 +72,7 @@ mod parser;
 mod writer;
 
 pub use decoder::{parse_element, Decoder, StreamEvent};
-pub use element::{Element, ElementBuilder, Node};
+pub use element::{CompactString, Element, ElementBuilder, Node};
 pub use error::Error;
 pub use escape::{escape_attr, escape_text};
 

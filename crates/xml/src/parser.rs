@@ -11,6 +11,7 @@
 //! open elements live on an explicit stack bounded by `Limits::max_depth`.
 
 use crate::chars::{is_ws, split_qname, validate};
+use crate::element::CompactString;
 use crate::element::{Attr, Element, Node};
 use crate::error::{nwf, Error};
 use crate::escape::{decode_attr, decode_cdata, decode_text};
@@ -61,7 +62,7 @@ struct Open {
 /// A namespace declaration in scope. The empty prefix is the default one.
 struct Binding {
     prefix: Box<str>,
-    uri: String,
+    uri: CompactString,
 }
 
 /// An attribute as written, before namespace processing.
@@ -71,7 +72,7 @@ struct RawAttr {
     end: usize,
     /// Length of the prefix (0 if none).
     prefix_len: usize,
-    value: String,
+    value: CompactString,
     /// It is a namespace declaration (consumed by resolution).
     decl: bool,
 }
@@ -89,8 +90,11 @@ pub(crate) struct Parser {
     pub(crate) stanza_bytes: usize,
     /// A self-closing stream header was received: emit `Close` next.
     pub(crate) pending_close: bool,
-    /// Reused attribute buffer (no allocation per tag once warmed up).
-    scratch: Vec<RawAttr>,
+}
+
+thread_local! {
+    /// The attribute list of the tag being parsed (see [`Parser::start_tag`]).
+    static SCRATCH: std::cell::Cell<Vec<RawAttr>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Parser {
@@ -104,7 +108,6 @@ impl Parser {
             header_prefix: None,
             stanza_bytes: 0,
             pending_close: false,
-            scratch: Vec::new(),
         }
     }
 
@@ -121,8 +124,11 @@ impl Parser {
     /// Releases spare capacity.
     pub(crate) fn shrink(&mut self) {
         self.stack.shrink_to_fit();
-        self.bindings.shrink_to_fit();
-        self.scratch = Vec::new();
+        // A few spare slots stay: an element declaring its own namespace (most
+        // extension payloads do) would otherwise grow and shrink this every time.
+        if self.bindings.capacity() > self.bindings.len() + 4 {
+            self.bindings.shrink_to_fit();
+        }
     }
 
     /// Whether a top-level element is being built.
@@ -241,17 +247,23 @@ impl Parser {
         let name_end = s.as_bytes().iter().position(|&c| is_ws(c)).unwrap_or(s.len());
         let (prefix, local) = split_qname(&s[..name_end])?;
 
-        let mut raw = std::mem::take(&mut self.scratch);
-        raw.clear();
-        let result = parse_attrs(s, name_end, self.limits.max_attrs, &mut raw)
-            .and_then(|()| self.resolve(s, prefix, local, &mut raw));
-        raw.clear();
-        self.scratch = raw;
+        // The raw attribute list is scratch space, used only within this call:
+        // one per thread, so that neither a session holds it while idle nor a
+        // tag allocates it.
+        let result = SCRATCH.with(|cell| {
+            let mut raw = cell.take();
+            raw.clear();
+            let result = parse_attrs(s, name_end, self.limits.max_attrs, &mut raw)
+                .and_then(|()| self.resolve(s, prefix, local, &mut raw));
+            raw.clear();
+            cell.replace(raw);
+            result
+        });
         let (el, mark) = result?;
 
         if is_header {
             if el.ns != STREAM_NS {
-                return Err(Error::InvalidNamespace(el.ns.clone()));
+                return Err(Error::InvalidNamespace(el.ns.to_string()));
             }
             if el.name != "stream" {
                 return Err(Error::InvalidNamespace(format!("<{}/> is not a stream header", el.name)));
@@ -313,10 +325,10 @@ impl Parser {
             self.bindings.push(Binding { prefix: decl_prefix.into(), uri });
         }
         let ns = match prefix {
-            "" => self.default_ns().to_owned(),
-            "xml" => XML_NS.to_owned(),
+            "" => self.default_ns().into(),
+            "xml" => XML_NS.into(),
             "xmlns" => return Err(nwf("the xmlns prefix is reserved")),
-            p => self.lookup(p).ok_or_else(|| nwf("undeclared namespace prefix"))?.to_owned(),
+            p => self.lookup(p).ok_or_else(|| nwf("undeclared namespace prefix"))?.into(),
         };
         let mut attrs = Vec::with_capacity(plain);
         for a in raw.iter_mut() {
@@ -344,9 +356,9 @@ impl Parser {
                     Some(uri.into())
                 }
             };
-            attrs.push(Attr { name: name.to_owned(), value, ns: attr_ns });
+            attrs.push(Attr { name: name.into(), value, ns: attr_ns });
         }
-        let el = Element { name: local.to_owned(), ns, attrs, nodes: Vec::new() };
+        let el = Element { name: local.into(), ns, attrs, nodes: Vec::new() };
         Ok((el, mark))
     }
 
@@ -453,8 +465,15 @@ fn parse_attrs(s: &str, mut i: usize, max: usize, out: &mut Vec<RawAttr>) -> Res
             return Err(Error::TooManyAttrs);
         }
         *count += 1;
-        let mut value = String::with_capacity(raw.len());
-        decode_attr(raw, &mut value)?;
+        // Most values hold no reference and no white space to normalise: they
+        // are taken as they are (inline, without allocating, up to 24 bytes).
+        let value = if raw.bytes().any(|c| matches!(c, b'&' | b'\t' | b'\n' | b'\r')) {
+            let mut value = String::with_capacity(raw.len());
+            decode_attr(raw, &mut value)?;
+            CompactString::from(value)
+        } else {
+            CompactString::from(raw)
+        };
         out.push(RawAttr { start, end, prefix_len: prefix.len(), value, decl: false });
         i += len + 1;
     }
