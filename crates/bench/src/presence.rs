@@ -1,0 +1,463 @@
+//! The presence scenario (RFC 6121 only, so that it runs on any server).
+//!
+//! Rosters: the users form a ring; user k's contacts are the K/2 users on each side
+//! (`--contacts K`), every pair with a mutual `both` subscription.
+//!
+//! Setup phase (after the login ramp, not measured, `--setup-seconds`): each user
+//! reads its roster at login and sends `<presence type='subscribe'/>` to every
+//! contact it is not yet subscribed to, and approves (`subscribed`) every request
+//! from a contact. The roster pushes that follow tell it when all its contacts are at
+//! `both`. Requests still unanswered after a second are sent again: when both sides of
+//! a pair subscribe and approve at the same moment, a server may lose one direction
+//! (Meerkat did: a read-modify-write race between its session roster cache and the
+//! inbound subscription path), and a second request repairs it. A second run on the
+//! same accounts finds complete rosters and sends nothing. Users still incomplete when the measured phase starts are counted
+//! (`setup_incomplete`) and make the run invalid.
+//!
+//! Measured phase: every user sends presence updates on the open-loop schedule
+//! (`--interval-ms` or `--rate`), each a `<show/>` and `<status/>` change stamped with
+//! `<bench r t s n c/>`: run, scheduled time (Unix µs), sender, schedule index, and
+//! `c`, the sender's count of updates actually sent (1, 2, 3…). The server broadcasts
+//! each update to the K contacts, who measure time to delivery. With `--churn-per-s`,
+//! users log out cleanly on a fixed schedule and log in again at once (contacts
+//! receive unavailable, then available presence); updates that come due while a user
+//! is logged out are skipped, not sent late.
+//!
+//! Loss accounting: within one receiver session, the updates of each contact must
+//! arrive with consecutive `c`; a gap is a loss, a repeated or older `c` a duplicate.
+//! In a receiver's first session (online before the measured phase) the first update
+//! must be `c = 1`. After a churn login, the server's answers to the receiver's probes
+//! (each contact's current presence, stamped before the login) give the starting
+//! point; they are counted as `replayed`, outside TTD. When the measured phase ends,
+//! every user sends a final stamp `<bench s c f='1'/>` with its total, which reveals
+//! losses at the tail; a final stamp that never arrives is counted (`finals_missing`)
+//! and makes the run invalid. Updates lost while a receiver was logging out or in cannot be
+//! known and are not counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meerkat_xml::{Element, StreamEvent, STREAM_NS};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::conn::{Conn, ConnError};
+use crate::login::{self, Session, Want};
+use crate::report::WorkerReport;
+use crate::sasl::NonceGen;
+use crate::session::{answer_iq, lock, notified, NS_BENCH};
+use crate::worker::{source_of, unix_us, Ctx};
+
+const NS_ROSTER: &str = "jabber:iq:roster";
+/// Subscription bits: we see the contact's presence / the contact sees ours.
+const TO: u8 = 1;
+const FROM: u8 = 2;
+/// A contact whose update count is unknown in this session (no baseline yet).
+const UNKNOWN: u32 = u32::MAX;
+/// Setup: requests still unanswered after this long are sent again.
+const SETUP_RETRY: Duration = Duration::from_secs(1);
+/// `<show/>` values the updates cycle through.
+const SHOWS: [&str; 4] = ["away", "chat", "dnd", "xa"];
+
+/// User k's contacts in the ring of `users`: K/2 on each side.
+#[derive(Debug, Clone, Copy)]
+pub struct Ring {
+    /// The user.
+    pub k: u32,
+    /// Users in the ring.
+    pub users: u32,
+    /// K/2.
+    pub half: u32,
+}
+
+impl Ring {
+    /// Contact `slot` (0..K): slots 0..K/2 follow k, slots K/2..K precede it.
+    pub fn contact(&self, slot: u32) -> u32 {
+        let n = self.users;
+        let (k0, d) = (self.k - 1, slot % self.half + 1);
+        let u = if slot < self.half { (k0 + d) % n } else { (k0 + n - d) % n };
+        u + 1
+    }
+
+    /// The slot of user `u`, `None` if `u` is not a contact.
+    pub fn slot(&self, u: u32) -> Option<u32> {
+        if u == 0 || u > self.users || u == self.k {
+            return None;
+        }
+        let n = self.users;
+        let ahead = (u + n - self.k) % n;
+        if ahead <= self.half {
+            return Some(ahead - 1);
+        }
+        let behind = n - ahead;
+        (behind <= self.half).then(|| self.half + behind - 1)
+    }
+}
+
+/// The user number in a JID `PREFIXn@DOMAIN[/resource]`, if it is one of ours.
+fn user_of(ctx: &Ctx, jid: &str) -> Option<u32> {
+    let bare = jid.split('/').next()?;
+    let (node, domain) = bare.split_once('@')?;
+    if !domain.eq_ignore_ascii_case(&ctx.domain) {
+        return None;
+    }
+    let digits = node.get(ctx.setup.prefix.len()..)?;
+    if !node[..ctx.setup.prefix.len()].eq_ignore_ascii_case(&ctx.setup.prefix) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// What a receiver knows in its current session.
+struct Recv {
+    /// Per contact slot: the last update count received ([`UNKNOWN`] before a baseline).
+    last: Vec<u32>,
+    /// Unix µs at which this session was ready: updates stamped earlier are replays.
+    ready_unix: u64,
+    /// Per contact slot: its final stamp arrived.
+    finals: Vec<bool>,
+}
+
+impl Recv {
+    fn new(contacts: u32, first: bool) -> Recv {
+        let n = contacts as usize;
+        Recv { last: vec![if first { 0 } else { UNKNOWN }; n], ready_unix: unix_us(), finals: vec![false; n] }
+    }
+}
+
+/// The sender's side.
+struct Send {
+    /// Next schedule index.
+    seq: u64,
+    /// Updates scheduled in total.
+    total: u64,
+    /// Updates actually sent.
+    count: u32,
+    /// The final stamp was sent.
+    final_sent: bool,
+}
+
+/// Runs user `k` until the end of the run: setup, updates, churn (logouts at the
+/// times in `churn`), final stamp, clean close.
+pub async fn online(
+    ctx: &Ctx,
+    k: u32,
+    sess: Session,
+    notify: Option<Arc<Notify>>,
+    churn: Vec<u64>,
+    mut nonces: NonceGen,
+) {
+    let ring = Ring { k, users: ctx.users, half: ctx.contacts / 2 };
+    let mut subs = vec![0u8; ctx.contacts as usize];
+    if let Some(query) = sess.roster.as_ref().and_then(|r| r.get_child("query", NS_ROSTER)) {
+        for item in query.children().filter(|c| c.name() == "item") {
+            roster_item(ctx, &ring, item, &mut subs);
+        }
+    }
+    let mut conn = sess.conn;
+    let mut recv = Recv::new(ctx.contacts, true);
+    let mut send =
+        Send { seq: 0, total: if notify.is_some() { ctx.plan.count(k) } else { 0 }, count: 0, final_sent: false };
+    let (mut setup_done, mut start_checked) = (false, false);
+    let mut retry: Option<Instant> = None;
+    let mut churn = churn.into_iter().peekable();
+    let timer = |us: u64| tokio::time::sleep_until(ctx.tl.instant(us));
+    let (setup, start, end, close) =
+        (timer(ctx.tl.setup_us), timer(ctx.tl.start_us), timer(ctx.tl.end_us), timer(ctx.tl.close_us));
+    tokio::pin!(setup, start, end, close);
+    loop {
+        let next_churn = churn.peek().map(|&t| ctx.tl.instant(t));
+        let r: Result<(), String> = tokio::select! {
+            biased;
+            _ = notified(notify.as_deref()), if send.seq < send.total => {
+                send_due(ctx, k, &mut conn, &mut send, &recv).await.map_err(|e| format!("send: {}", ConnError::Io(e)))
+            }
+            _ = &mut setup, if !setup_done => {
+                setup_done = true;
+                retry = Some(Instant::now() + SETUP_RETRY);
+                subscribe_missing(ctx, &ring, &mut conn, &subs).await
+            }
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
+                retry = None;
+                if !start_checked && subs.iter().any(|&s| s & TO == 0) {
+                    retry = Some(Instant::now() + SETUP_RETRY);
+                    subscribe_missing(ctx, &ring, &mut conn, &subs).await
+                } else {
+                    Ok(())
+                }
+            }
+            _ = &mut start, if !start_checked => {
+                start_checked = true;
+                retry = None;
+                if subs.iter().any(|&s| s != TO | FROM) {
+                    lock(ctx).extra.setup_incomplete += 1;
+                }
+                Ok(())
+            }
+            _ = tokio::time::sleep_until(next_churn.unwrap_or_else(Instant::now)), if next_churn.is_some() => {
+                churn.next();
+                conn.close(Instant::now() + Duration::from_secs(5)).await;
+                lock(ctx).extra.churn_logouts += 1;
+                let name = format!("{}{k}", ctx.setup.prefix);
+                let t0 = Instant::now();
+                let r = Box::pin(login::login_with(&ctx.setup, &name, source_of(ctx, k), nonces.next(), Want::default())).await;
+                match r {
+                    Ok(s) => {
+                        let mut st = lock(ctx);
+                        st.extra.churn_logins += 1;
+                        st.extra.churn_login.record((t0.elapsed().as_micros() as u64).max(1));
+                        drop(st);
+                        conn = s.conn;
+                        recv = Recv::new(ctx.contacts, false);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let mut st = lock(ctx);
+                        st.login_failed(&e);
+                        st.disconnected(format!("login after churn: {e}"));
+                        return;
+                    }
+                }
+            }
+            _ = &mut end, if !send.final_sent => {
+                send.final_sent = true;
+                // Updates not sent by now never will be.
+                let skipped = send.total - send.seq;
+                send.seq = send.total;
+                lock(ctx).extra.presence_skipped += skipped;
+                let _ = std::io::Write::write_fmt(&mut conn.out, format_args!(
+                    "<presence><bench xmlns='{NS_BENCH}' r='{}' s='{k}' c='{}' f='1'/></presence>",
+                    ctx.run_id, send.count,
+                ));
+                conn.flush().await.map_err(|e| format!("send: {}", ConnError::Io(e)))
+            }
+            r = conn.readable() => {
+                match r {
+                    Err(e) => Err(ConnError::Io(e).to_string()),
+                    Ok(()) => received(ctx, &ring, &mut conn, &mut recv, &mut subs).await,
+                }
+            }
+            _ = &mut close => {
+                // A receiver online since before the end must have every contact's
+                // final stamp: a missing one hides an unknown number of lost updates.
+                if recv.ready_unix <= ctx.tl.unix_us(ctx.tl.end_us) {
+                    lock(ctx).extra.finals_missing += recv.finals.iter().filter(|&&f| !f).count() as u64;
+                }
+                conn.close(Instant::now() + Duration::from_secs(5)).await;
+                return;
+            }
+        };
+        if let Err(reason) = r {
+            lock(ctx).disconnected(reason);
+            return;
+        }
+    }
+}
+
+/// Applies a roster item (login result or push) to the subscription bits.
+fn roster_item(ctx: &Ctx, ring: &Ring, item: &Element, subs: &mut [u8]) {
+    let Some(slot) = item.attr("jid").and_then(|j| user_of(ctx, j)).and_then(|u| ring.slot(u)) else { return };
+    subs[slot as usize] = match item.attr("subscription") {
+        Some("both") => TO | FROM,
+        Some("to") => TO,
+        Some("from") => FROM,
+        _ => 0,
+    };
+}
+
+/// Setup: asks every contact we are not subscribed to for a subscription.
+async fn subscribe_missing(ctx: &Ctx, ring: &Ring, conn: &mut Conn, subs: &[u8]) -> Result<(), String> {
+    let mut n = 0;
+    for (slot, &s) in subs.iter().enumerate() {
+        if s & TO == 0 {
+            let c = ring.contact(slot as u32);
+            let _ = std::io::Write::write_fmt(
+                &mut conn.out,
+                format_args!("<presence to='{}{c}{}' type='subscribe'/>", ctx.to_prefix, ctx.to_suffix),
+            );
+            n += 1;
+        }
+    }
+    lock(ctx).extra.subscribe_sent += n;
+    conn.flush().await.map_err(|e| format!("send: {}", ConnError::Io(e)))
+}
+
+/// Sends every update of user `k` whose scheduled time has come; those that came due
+/// before the current session was ready (logged out by churn) are skipped.
+async fn send_due(ctx: &Ctx, k: u32, conn: &mut Conn, send: &mut Send, recv: &Recv) -> std::io::Result<()> {
+    let mut wrote = false;
+    while send.seq < send.total {
+        let rel = ctx.plan.time(k, send.seq);
+        let scheduled = ctx.tl.instant(rel);
+        let now = Instant::now();
+        if scheduled > now {
+            break;
+        }
+        let (n, t) = (send.seq, ctx.tl.unix_us(rel));
+        send.seq += 1;
+        if t < recv.ready_unix {
+            lock(ctx).extra.presence_skipped += 1;
+            continue;
+        }
+        send.count += 1;
+        std::io::Write::write_fmt(
+            &mut conn.out,
+            format_args!(
+                "<presence><show>{}</show><status>update {n}</status>\
+                 <bench xmlns='{NS_BENCH}' r='{}' t='{t}' s='{k}' n='{n}' c='{}'/></presence>",
+                SHOWS[(n % 4) as usize],
+                ctx.run_id,
+                send.count,
+            ),
+        )?;
+        wrote = true;
+        let mut st = lock(ctx);
+        st.sent += 1;
+        st.late.record((now - scheduled).as_micros() as u64);
+    }
+    if wrote {
+        conn.flush().await?;
+    }
+    Ok(())
+}
+
+/// Reads what is there and handles it; `Err` is the reason the session is over.
+async fn received(ctx: &Ctx, ring: &Ring, conn: &mut Conn, recv: &mut Recv, subs: &mut [u8]) -> Result<(), String> {
+    conn.read_ready().await.map_err(|e| ConnError::Io(e).to_string())?;
+    let now = unix_us();
+    loop {
+        let el = match conn.next_decoded() {
+            Ok(None) => break,
+            Ok(Some(StreamEvent::Element(el))) => el,
+            Ok(Some(StreamEvent::Header(_))) => continue,
+            Ok(Some(StreamEvent::Close)) => return Err("stream closed by server".into()),
+            Err(e) => return Err(ConnError::Xml(e).to_string()),
+        };
+        match el.name() {
+            "presence" => on_presence(ctx, ring, &el, now, recv, &mut conn.out),
+            "iq" => {
+                if el.attr("type") == Some("set") {
+                    if let Some(q) = el.get_child("query", NS_ROSTER) {
+                        for item in q.children().filter(|c| c.name() == "item") {
+                            roster_item(ctx, ring, item, subs);
+                        }
+                    }
+                }
+                answer_iq(&el, &mut conn.out);
+            }
+            "error" if el.ns() == STREAM_NS => {
+                let cond = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
+                return Err(format!("stream error {cond}"));
+            }
+            _ => {}
+        }
+    }
+    if !conn.out.is_empty() {
+        conn.flush().await.map_err(|e| ConnError::Io(e).to_string())?;
+    }
+    if conn.is_eof() {
+        return Err(ConnError::Closed.to_string());
+    }
+    Ok(())
+}
+
+/// One presence stanza: a subscription request to approve, a contact going away or
+/// coming back, or a stamped update (see the module documentation for the counts).
+fn on_presence(ctx: &Ctx, ring: &Ring, el: &Element, now: u64, recv: &mut Recv, out: &mut Vec<u8>) {
+    let from = el.attr("from").and_then(|f| user_of(ctx, f));
+    let contact = from.and_then(|u| ring.slot(u)).is_some();
+    match el.attr("type") {
+        Some("subscribe") if contact => {
+            if let Some(f) = el.attr("from") {
+                let mut to = String::new();
+                meerkat_xml::escape_attr(f.split('/').next().unwrap_or(f), &mut to);
+                out.extend_from_slice(format!("<presence to='{to}' type='subscribed'/>").as_bytes());
+            }
+        }
+        Some("unavailable") if contact => lock(ctx).extra.unavailable_rx += 1,
+        Some(_) => {}
+        None => match el.get_child("bench", NS_BENCH) {
+            Some(b) => on_update(ctx, ring, b, now, recv, &mut lock(ctx)),
+            None if contact => lock(ctx).extra.available_rx += 1,
+            None => {}
+        },
+    }
+}
+
+/// A stamped update (or final stamp) from a contact.
+fn on_update(ctx: &Ctx, ring: &Ring, b: &Element, now: u64, recv: &mut Recv, st: &mut WorkerReport) {
+    let num = |a: &str| b.attr(a).and_then(|v| v.parse::<u64>().ok());
+    let (Some(run), Some(s), Some(c)) = (num("r"), num("s"), num("c")) else {
+        st.stale += 1;
+        return;
+    };
+    if run != ctx.run_id {
+        st.stale += 1;
+        return;
+    }
+    if s == u64::from(ring.k) {
+        // Our own presence, reflected to our resource.
+        return;
+    }
+    let (Some(slot), Ok(c)) = (u32::try_from(s).ok().and_then(|s| ring.slot(s)), u32::try_from(c)) else {
+        st.stale += 1;
+        return;
+    };
+    let last = &mut recv.last[slot as usize];
+    if b.attr("f") == Some("1") {
+        recv.finals[slot as usize] = true;
+        if *last != UNKNOWN && c > *last {
+            st.extra.presence_lost += u64::from(c - *last);
+        }
+        *last = c;
+        return;
+    }
+    let Some(t) = num("t") else {
+        st.stale += 1;
+        return;
+    };
+    if t < recv.ready_unix {
+        st.extra.presence_replayed += 1;
+        if *last == UNKNOWN || c > *last {
+            *last = c;
+        }
+        return;
+    }
+    if *last != UNKNOWN {
+        if c <= *last {
+            st.duplicated += 1;
+            return;
+        }
+        st.extra.presence_lost += u64::from(c - *last - 1);
+    }
+    *last = c;
+    st.delivered += 1;
+    st.ttd.record(now.saturating_sub(t).max(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_contacts_are_symmetric() {
+        let users = 7;
+        for k in 1..=users {
+            let r = Ring { k, users, half: 2 };
+            let contacts: Vec<u32> = (0..4).map(|s| r.contact(s)).collect();
+            for (slot, &c) in contacts.iter().enumerate() {
+                assert_ne!(c, k);
+                assert_eq!(r.slot(c), Some(slot as u32), "k={k} c={c}");
+                // Mutual: k is a contact of c.
+                assert!(Ring { k: c, users, half: 2 }.slot(k).is_some());
+            }
+            let mut sorted = contacts.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 4);
+        }
+        let r = Ring { k: 1, users: 7, half: 2 };
+        assert_eq!((0..4).map(|s| r.contact(s)).collect::<Vec<_>>(), [2, 3, 7, 6]);
+        assert_eq!((r.slot(4), r.slot(1), r.slot(0), r.slot(8)), (None, None, None, None));
+    }
+}
