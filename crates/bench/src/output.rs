@@ -276,6 +276,7 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
                     "available_rx": x.available_rx,
                     "unavailable_rx": x.unavailable_rx,
                     "subscribe_sent": x.subscribe_sent,
+                    "roster_removed": x.roster_removed,
                     "setup_incomplete": x.setup_incomplete,
                     "churn_logouts": x.churn_logouts,
                     "churn_logins": x.churn_logins,
@@ -337,8 +338,9 @@ pub fn summary(v: &Value) -> String {
     }
     if v["scenario"] == "presence" {
         s += &format!(
-            "  setup: {} subscription requests, {} users incomplete\n",
+            "  setup: {} subscription requests, {} stray roster items removed, {} users incomplete\n",
             g("subscribe_sent"),
+            g("roster_removed"),
             g("setup_incomplete"),
         );
         s += &format!(

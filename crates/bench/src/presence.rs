@@ -11,7 +11,9 @@
 //! a pair subscribe and approve at the same moment, a server may lose one direction
 //! (Meerkat did: a read-modify-write race between its session roster cache and the
 //! inbound subscription path), and a second request repairs it. A second run on the
-//! same accounts finds complete rosters and sends nothing. Users still incomplete when the measured phase starts are counted
+//! same accounts finds complete rosters and sends nothing. Benchmark users in the
+//! roster that are not contacts (left by a run with other --users or --contacts) are
+//! removed from it at setup. Users still incomplete when the measured phase starts are counted
 //! (`setup_incomplete`) and make the run invalid.
 //!
 //! Measured phase: every user sends presence updates on the open-loop schedule
@@ -149,9 +151,16 @@ pub async fn online(
 ) {
     let ring = Ring { k, users: ctx.users, half: ctx.contacts / 2 };
     let mut subs = vec![0u8; ctx.contacts as usize];
+    // Benchmark users in the roster that are not contacts (an earlier run with another
+    // --contacts or --users): removed at setup, or they would receive updates too.
+    let mut stray: Vec<u32> = Vec::new();
     if let Some(query) = sess.roster.as_ref().and_then(|r| r.get_child("query", NS_ROSTER)) {
         for item in query.children().filter(|c| c.name() == "item") {
             roster_item(ctx, &ring, item, &mut subs);
+            match item.attr("jid").and_then(|j| user_of(ctx, j)) {
+                Some(u) if u != k && ring.slot(u).is_none() => stray.push(u),
+                _ => {}
+            }
         }
     }
     let mut conn = sess.conn;
@@ -175,6 +184,7 @@ pub async fn online(
             _ = &mut setup, if !setup_done => {
                 setup_done = true;
                 retry = Some(Instant::now() + SETUP_RETRY);
+                remove_stray(ctx, &mut conn, std::mem::take(&mut stray));
                 subscribe_missing(ctx, &ring, &mut conn, &subs).await
             }
             _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
@@ -263,6 +273,22 @@ fn roster_item(ctx: &Ctx, ring: &Ring, item: &Element, subs: &mut [u8]) {
         Some("from") => FROM,
         _ => 0,
     };
+}
+
+/// Setup: removes benchmark users that are not contacts from the roster (RFC 6121
+/// §2.5, which also cancels the subscriptions both ways).
+fn remove_stray(ctx: &Ctx, conn: &mut Conn, stray: Vec<u32>) {
+    for u in &stray {
+        let _ = std::io::Write::write_fmt(
+            &mut conn.out,
+            format_args!(
+                "<iq type='set' id='rm{u}'><query xmlns='{NS_ROSTER}'><item jid='{}{u}{}' subscription='remove'/>\
+                 </query></iq>",
+                ctx.to_prefix, ctx.to_suffix
+            ),
+        );
+    }
+    lock(ctx).extra.roster_removed += stray.len() as u64;
 }
 
 /// Setup: asks every contact we are not subscribed to for a subscription.
@@ -377,7 +403,7 @@ fn on_presence(ctx: &Ctx, ring: &Ring, el: &Element, now: u64, recv: &mut Recv, 
         Some("unavailable") if contact => lock(ctx).extra.unavailable_rx += 1,
         Some(_) => {}
         None => match el.get_child("bench", NS_BENCH) {
-            Some(b) => on_update(ctx, ring, b, now, recv, &mut lock(ctx)),
+            Some(b) => on_update(ctx.run_id, ring, b, now, recv, &mut lock(ctx)),
             None if contact => lock(ctx).extra.available_rx += 1,
             None => {}
         },
@@ -385,13 +411,13 @@ fn on_presence(ctx: &Ctx, ring: &Ring, el: &Element, now: u64, recv: &mut Recv, 
 }
 
 /// A stamped update (or final stamp) from a contact.
-fn on_update(ctx: &Ctx, ring: &Ring, b: &Element, now: u64, recv: &mut Recv, st: &mut WorkerReport) {
+fn on_update(run_id: u64, ring: &Ring, b: &Element, now: u64, recv: &mut Recv, st: &mut WorkerReport) {
     let num = |a: &str| b.attr(a).and_then(|v| v.parse::<u64>().ok());
     let (Some(run), Some(s), Some(c)) = (num("r"), num("s"), num("c")) else {
         st.stale += 1;
         return;
     };
-    if run != ctx.run_id {
+    if run != run_id {
         st.stale += 1;
         return;
     }
@@ -438,6 +464,41 @@ fn on_update(ctx: &Ctx, ring: &Ring, b: &Element, now: u64, recv: &mut Recv, st:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stamp(s: u32, t: u64, c: u32) -> Element {
+        let xml = format!("<bench xmlns='{NS_BENCH}' r='7' t='{t}' s='{s}' n='0' c='{c}'/>");
+        meerkat_xml::parse_element(&xml, &Default::default()).unwrap()
+    }
+
+    fn final_stamp(s: u32, c: u32) -> Element {
+        let xml = format!("<bench xmlns='{NS_BENCH}' r='7' s='{s}' c='{c}' f='1'/>");
+        meerkat_xml::parse_element(&xml, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn gaps_duplicates_replays_and_final_stamps() {
+        let ring = Ring { k: 5, users: 10, half: 1 }; // contacts 6 (slot 0) and 4 (slot 1)
+        let mut st = WorkerReport::new();
+        let mut recv = Recv { last: vec![0, 0], ready_unix: 1_000, finals: vec![false; 2] };
+        for (s, c) in [(6, 1), (6, 2), (6, 4), (6, 4), (4, 2), (5, 9)] {
+            on_update(7, &ring, &stamp(s, 2_000, c), 2_500, &mut recv, &mut st);
+        }
+        // 6: 3 lost, then a duplicate; 4: its first update (c=1) lost; 5 is us.
+        assert_eq!((st.delivered, st.duplicated, st.extra.presence_lost), (4, 1, 2));
+        assert_eq!(st.ttd.len(), 4);
+        on_update(7, &ring, &final_stamp(6, 6), 3_000, &mut recv, &mut st);
+        assert_eq!(st.extra.presence_lost, 4, "5 and 6 never arrived");
+        assert_eq!(recv.finals, [true, false]);
+        // A later session: probe answers (stamped before it was ready) set the start.
+        let mut recv = Recv { last: vec![UNKNOWN, UNKNOWN], ready_unix: 10_000, finals: vec![false; 2] };
+        on_update(7, &ring, &stamp(4, 9_000, 8), 10_100, &mut recv, &mut st);
+        on_update(7, &ring, &stamp(4, 10_050, 9), 10_200, &mut recv, &mut st);
+        on_update(7, &ring, &stamp(6, 10_060, 20), 10_200, &mut recv, &mut st);
+        assert_eq!(st.extra.presence_replayed, 1);
+        assert_eq!((st.delivered, st.extra.presence_lost), (6, 4), "no loss judged before a start point");
+        on_update(8, &ring, &stamp(4, 10_070, 10), 10_300, &mut recv, &mut st);
+        assert_eq!(st.stale, 1, "another run");
+    }
 
     #[test]
     fn ring_contacts_are_symmetric() {

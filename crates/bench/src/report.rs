@@ -84,6 +84,8 @@ pub struct Extra {
     pub unavailable_rx: u64,
     /// presence: subscription requests sent during the setup phase.
     pub subscribe_sent: u64,
+    /// presence: roster items removed at setup (benchmark users that are not contacts).
+    pub roster_removed: u64,
     /// presence: users whose roster had not reached `both` with every contact when
     /// the measured phase started.
     pub setup_incomplete: u64,
@@ -117,6 +119,7 @@ impl Extra {
         self.available_rx += o.available_rx;
         self.unavailable_rx += o.unavailable_rx;
         self.subscribe_sent += o.subscribe_sent;
+        self.roster_removed += o.roster_removed;
         self.setup_incomplete += o.setup_incomplete;
         self.churn_logouts += o.churn_logouts;
         self.churn_logins += o.churn_logins;

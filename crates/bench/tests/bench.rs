@@ -264,8 +264,9 @@ async fn presence_websocket_and_sm_resume_against_meerkat() {
     assert_monotone(&r, &["churn_login_p50_us", "churn_login_p99_us"]);
     assert!(u(&r, "ttd_p50_us") > 0);
 
-    // Again on the same accounts, over WebSocket and without churn: nothing to set up,
-    // and every update reaches all 4 contacts.
+    // Again on the same accounts, over WebSocket, without churn and with 2 contacts: the
+    // setup removes the 2 former contacts that no longer are, subscribes to nobody, and
+    // every update reaches exactly the 2 contacts.
     let r = bench(args(
         "presence",
         plain,
@@ -276,7 +277,7 @@ async fn presence_websocket_and_sm_resume_against_meerkat() {
             "--ws-url",
             &ws_url,
             "--contacts",
-            "4",
+            "2",
             "--interval-ms",
             "250",
             "--duration",
@@ -290,10 +291,12 @@ async fn presence_websocket_and_sm_resume_against_meerkat() {
     .await;
     assert_eq!(r["transport"], "websocket", "{r}");
     assert_eq!(u(&r, "logins"), u64::from(N), "{r}");
+    assert_eq!(u(&r, "roster_removed"), 2 * u64::from(N), "{r}");
     assert_eq!((u(&r, "subscribe_sent"), u(&r, "setup_incomplete")), (0, 0), "idempotent setup: {r}");
     assert_eq!(u(&r, "sent"), u(&r, "offered"), "{r}");
-    assert_eq!(u(&r, "delivered"), 4 * u(&r, "sent"), "{r}");
-    assert_eq!((r["lost"].as_i64(), u(&r, "duplicated")), (Some(0), 0), "{r}");
+    assert_eq!(u(&r, "delivered"), 2 * u(&r, "sent"), "{r}");
+    assert_eq!((r["lost"].as_i64(), u(&r, "duplicated"), u(&r, "stale")), (Some(0), 0, 0), "{r}");
+    assert_eq!(u(&r, "finals_missing"), 0, "{r}");
 
     // one-to-one over WebSocket.
     let r = bench(args(
