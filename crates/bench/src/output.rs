@@ -277,6 +277,9 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
                     "unavailable_rx": x.unavailable_rx,
                     "subscribe_sent": x.subscribe_sent,
                     "roster_removed": x.roster_removed,
+                    "setup_complete": x.setup.len(),
+                    "setup_p50_us": x.setup.pct(50.0),
+                    "setup_max_us": x.setup.max(),
                     "setup_incomplete": x.setup_incomplete,
                     "churn_logouts": x.churn_logouts,
                     "churn_logins": x.churn_logins,
@@ -338,9 +341,13 @@ pub fn summary(v: &Value) -> String {
     }
     if v["scenario"] == "presence" {
         s += &format!(
-            "  setup: {} subscription requests, {} stray roster items removed, {} users incomplete\n",
+            "  setup: {} subscription requests, {} stray roster items removed, {} users complete after p50 {} µs \
+             max {} µs, {} incomplete\n",
             g("subscribe_sent"),
             g("roster_removed"),
+            g("setup_complete"),
+            g("setup_p50_us"),
+            g("setup_max_us"),
             g("setup_incomplete"),
         );
         s += &format!(

@@ -4,17 +4,22 @@
 //! (`--contacts K`), every pair with a mutual `both` subscription.
 //!
 //! Setup phase (after the login ramp, not measured, `--setup-seconds`): each user
-//! reads its roster at login and sends `<presence type='subscribe'/>` to every
-//! contact it is not yet subscribed to, and approves (`subscribed`) every request
-//! from a contact. The roster pushes that follow tell it when all its contacts are at
-//! `both`. Requests still unanswered after a second are sent again: when both sides of
-//! a pair subscribe and approve at the same moment, a server may lose one direction
-//! (Meerkat did: a read-modify-write race between its session roster cache and the
-//! inbound subscription path), and a second request repairs it. A second run on the
-//! same accounts finds complete rosters and sends nothing. Benchmark users in the
-//! roster that are not contacts (left by a run with other --users or --contacts) are
-//! removed from it at setup. Users still incomplete when the measured phase starts are counted
-//! (`setup_incomplete`) and make the run invalid.
+//! reads its roster at login and sends `<presence type='subscribe'/>` to the contacts
+//! ahead of it in the ring that it is not yet subscribed to; it approves
+//! (`subscribed`) every request from a contact, and asks that contact back once the
+//! roster push shows the approval. Each pair thus subscribes one direction after the
+//! other, as people do, never both at once, and never a request racing the approval
+//! before it. (Both happen to lose a direction on Meerkat: its outbound subscription
+//! path reads the session roster cache, which learns of the previous change only when
+//! the roster push is generated.) The roster
+//! pushes tell a user when all its contacts are at `both`; the time until then is
+//! reported (`setup_p50_us`, `setup_max_us`). Subscriptions that are neither there
+//! nor pending (`ask='subscribe'`) are requested again once the server has been quiet
+//! for 3 s. A second run on the same accounts finds complete rosters and sends
+//! nothing. Benchmark users in the roster that are not contacts (left by a run with
+//! other --users or --contacts) are removed from it at setup. Users still incomplete
+//! when the measured phase starts are counted (`setup_incomplete`) and make the run
+//! invalid.
 //!
 //! Measured phase: every user sends presence updates on the open-loop schedule
 //! (`--interval-ms` or `--rate`), each a `<show/>` and `<status/>` change stamped with
@@ -54,10 +59,16 @@ const NS_ROSTER: &str = "jabber:iq:roster";
 /// Subscription bits: we see the contact's presence / the contact sees ours.
 const TO: u8 = 1;
 const FROM: u8 = 2;
+/// Roster item bit: our subscription request is pending (`ask='subscribe'`).
+const ASK: u8 = 4;
 /// A contact whose update count is unknown in this session (no baseline yet).
 const UNKNOWN: u32 = u32::MAX;
-/// Setup: requests still unanswered after this long are sent again.
+/// Setup: how often incomplete rosters are looked at.
 const SETUP_RETRY: Duration = Duration::from_secs(1);
+/// Setup: a subscription that is neither there nor pending is requested again only
+/// after the server has been quiet (no roster push, no subscription presence) this
+/// long, so that a server still working through the requests is not flooded.
+const SETUP_QUIET: Duration = Duration::from_secs(3);
 /// `<show/>` values the updates cycle through.
 const SHOWS: [&str; 4] = ["away", "chat", "dnd", "xa"];
 
@@ -167,8 +178,9 @@ pub async fn online(
     let mut recv = Recv::new(ctx.contacts, true);
     let mut send =
         Send { seq: 0, total: if notify.is_some() { ctx.plan.count(k) } else { 0 }, count: 0, final_sent: false };
-    let (mut setup_done, mut start_checked) = (false, false);
+    let (mut setup_done, mut start_checked, mut complete) = (false, false, false);
     let mut retry: Option<Instant> = None;
+    let mut activity = Instant::now();
     let mut churn = churn.into_iter().peekable();
     let timer = |us: u64| tokio::time::sleep_until(ctx.tl.instant(us));
     let (setup, start, end, close) =
@@ -185,13 +197,18 @@ pub async fn online(
                 setup_done = true;
                 retry = Some(Instant::now() + SETUP_RETRY);
                 remove_stray(ctx, &mut conn, std::mem::take(&mut stray));
-                subscribe_missing(ctx, &ring, &mut conn, &subs).await
+                subscribe_missing(ctx, &ring, &mut conn, &mut subs, true).await
             }
             _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {
                 retry = None;
-                if !start_checked && subs.iter().any(|&s| s & TO == 0) {
+                if !start_checked && subs.iter().any(|&s| s & (TO | ASK) == 0) {
                     retry = Some(Instant::now() + SETUP_RETRY);
-                    subscribe_missing(ctx, &ring, &mut conn, &subs).await
+                    if activity.elapsed() >= SETUP_QUIET {
+                        activity = Instant::now();
+                        subscribe_missing(ctx, &ring, &mut conn, &mut subs, false).await
+                    } else {
+                        Ok(())
+                    }
                 } else {
                     Ok(())
                 }
@@ -199,7 +216,7 @@ pub async fn online(
             _ = &mut start, if !start_checked => {
                 start_checked = true;
                 retry = None;
-                if subs.iter().any(|&s| s != TO | FROM) {
+                if subs.iter().any(|&s| s & (TO | FROM) != TO | FROM) {
                     lock(ctx).extra.setup_incomplete += 1;
                 }
                 Ok(())
@@ -244,7 +261,15 @@ pub async fn online(
             r = conn.readable() => {
                 match r {
                     Err(e) => Err(ConnError::Io(e).to_string()),
-                    Ok(()) => received(ctx, &ring, &mut conn, &mut recv, &mut subs).await,
+                    Ok(()) => {
+                        let r = received(ctx, &ring, &mut conn, &mut recv, &mut subs, &mut activity).await;
+                        if setup_done && !complete && subs.iter().all(|&s| s & (TO | FROM) == TO | FROM) {
+                            complete = true;
+                            let took = Instant::now().saturating_duration_since(ctx.tl.instant(ctx.tl.setup_us));
+                            lock(ctx).extra.setup.record((took.as_micros() as u64).max(1));
+                        }
+                        r
+                    }
                 }
             }
             _ = &mut close => {
@@ -264,15 +289,33 @@ pub async fn online(
     }
 }
 
-/// Applies a roster item (login result or push) to the subscription bits.
-fn roster_item(ctx: &Ctx, ring: &Ring, item: &Element, subs: &mut [u8]) {
-    let Some(slot) = item.attr("jid").and_then(|j| user_of(ctx, j)).and_then(|u| ring.slot(u)) else { return };
-    subs[slot as usize] = match item.attr("subscription") {
-        Some("both") => TO | FROM,
-        Some("to") => TO,
-        Some("from") => FROM,
-        _ => 0,
-    };
+/// A contact that is subscribed to us while we are not to it, nor asking: ask it.
+/// Done on the roster push that shows the contact's subscription, not when approving
+/// it: a server may still be saving the approval (Meerkat's outbound subscription
+/// path read its session roster cache before the push updated it, and a request
+/// right after an approval undid the approval).
+fn ask_back(ctx: &Ctx, ring: &Ring, slot: u32, subs: &mut [u8], out: &mut Vec<u8>) {
+    let s = &mut subs[slot as usize];
+    if *s & FROM != 0 && *s & (TO | ASK) == 0 {
+        subscribe(ctx, ring.contact(slot), out);
+        *s |= ASK;
+        lock(ctx).extra.subscribe_sent += 1;
+    }
+}
+
+/// Applies a roster item (login result or push) to the subscription bits; returns
+/// the contact's slot.
+fn roster_item(ctx: &Ctx, ring: &Ring, item: &Element, subs: &mut [u8]) -> Option<u32> {
+    let slot = item.attr("jid").and_then(|j| user_of(ctx, j)).and_then(|u| ring.slot(u))?;
+    let ask = if item.attr("ask") == Some("subscribe") { ASK } else { 0 };
+    subs[slot as usize] = ask
+        | match item.attr("subscription") {
+            Some("both") => TO | FROM,
+            Some("to") => TO,
+            Some("from") => FROM,
+            _ => 0,
+        };
+    Some(slot)
 }
 
 /// Setup: removes benchmark users that are not contacts from the roster (RFC 6121
@@ -291,21 +334,35 @@ fn remove_stray(ctx: &Ctx, conn: &mut Conn, stray: Vec<u32>) {
     lock(ctx).extra.roster_removed += stray.len() as u64;
 }
 
-/// Setup: asks every contact we are not subscribed to for a subscription.
-async fn subscribe_missing(ctx: &Ctx, ring: &Ring, conn: &mut Conn, subs: &[u8]) -> Result<(), String> {
+/// Setup: asks contacts we are not subscribed to, and whose answer we are not
+/// waiting for, for a subscription: at first only those ahead of us in the ring or
+/// already subscribed to us (the others will ask us, and we ask them back after
+/// approving), later every one.
+async fn subscribe_missing(
+    ctx: &Ctx,
+    ring: &Ring,
+    conn: &mut Conn,
+    subs: &mut [u8],
+    first: bool,
+) -> Result<(), String> {
     let mut n = 0;
-    for (slot, &s) in subs.iter().enumerate() {
-        if s & TO == 0 {
-            let c = ring.contact(slot as u32);
-            let _ = std::io::Write::write_fmt(
-                &mut conn.out,
-                format_args!("<presence to='{}{c}{}' type='subscribe'/>", ctx.to_prefix, ctx.to_suffix),
-            );
+    for (slot, s) in subs.iter_mut().enumerate() {
+        if *s & (TO | ASK) == 0 && (!first || (slot as u32) < ring.half || *s & FROM != 0) {
+            subscribe(ctx, ring.contact(slot as u32), &mut conn.out);
+            *s |= ASK;
             n += 1;
         }
     }
     lock(ctx).extra.subscribe_sent += n;
     conn.flush().await.map_err(|e| format!("send: {}", ConnError::Io(e)))
+}
+
+/// Writes a subscription request to user `c`.
+fn subscribe(ctx: &Ctx, c: u32, out: &mut Vec<u8>) {
+    let _ = std::io::Write::write_fmt(
+        out,
+        format_args!("<presence to='{}{c}{}' type='subscribe'/>", ctx.to_prefix, ctx.to_suffix),
+    );
 }
 
 /// Sends every update of user `k` whose scheduled time has come; those that came due
@@ -348,7 +405,14 @@ async fn send_due(ctx: &Ctx, k: u32, conn: &mut Conn, send: &mut Send, recv: &Re
 }
 
 /// Reads what is there and handles it; `Err` is the reason the session is over.
-async fn received(ctx: &Ctx, ring: &Ring, conn: &mut Conn, recv: &mut Recv, subs: &mut [u8]) -> Result<(), String> {
+async fn received(
+    ctx: &Ctx,
+    ring: &Ring,
+    conn: &mut Conn,
+    recv: &mut Recv,
+    subs: &mut [u8],
+    activity: &mut Instant,
+) -> Result<(), String> {
     conn.read_ready().await.map_err(|e| ConnError::Io(e).to_string())?;
     let now = unix_us();
     loop {
@@ -360,12 +424,20 @@ async fn received(ctx: &Ctx, ring: &Ring, conn: &mut Conn, recv: &mut Recv, subs
             Err(e) => return Err(ConnError::Xml(e).to_string()),
         };
         match el.name() {
-            "presence" => on_presence(ctx, ring, &el, now, recv, &mut conn.out),
+            "presence" => {
+                let about_subscription = on_presence(ctx, ring, &el, now, recv, &mut conn.out);
+                if about_subscription {
+                    *activity = Instant::now();
+                }
+            }
             "iq" => {
                 if el.attr("type") == Some("set") {
                     if let Some(q) = el.get_child("query", NS_ROSTER) {
+                        *activity = Instant::now();
                         for item in q.children().filter(|c| c.name() == "item") {
-                            roster_item(ctx, ring, item, subs);
+                            if let Some(slot) = roster_item(ctx, ring, item, subs) {
+                                ask_back(ctx, ring, slot, subs, &mut conn.out);
+                            }
                         }
                     }
                 }
@@ -389,25 +461,28 @@ async fn received(ctx: &Ctx, ring: &Ring, conn: &mut Conn, recv: &mut Recv, subs
 
 /// One presence stanza: a subscription request to approve, a contact going away or
 /// coming back, or a stamped update (see the module documentation for the counts).
-fn on_presence(ctx: &Ctx, ring: &Ring, el: &Element, now: u64, recv: &mut Recv, out: &mut Vec<u8>) {
+/// Returns whether it was about a subscription (setup activity).
+fn on_presence(ctx: &Ctx, ring: &Ring, el: &Element, now: u64, recv: &mut Recv, out: &mut Vec<u8>) -> bool {
     let from = el.attr("from").and_then(|f| user_of(ctx, f));
     let contact = from.and_then(|u| ring.slot(u)).is_some();
+    if let (Some("subscribe"), Some(u)) = (el.attr("type"), from.filter(|_| contact)) {
+        // Approve; the roster push that follows (`from`) makes us ask back.
+        let _ = std::io::Write::write_fmt(
+            &mut *out,
+            format_args!("<presence to='{}{u}{}' type='subscribed'/>", ctx.to_prefix, ctx.to_suffix),
+        );
+        return true;
+    }
     match el.attr("type") {
-        Some("subscribe") if contact => {
-            if let Some(f) = el.attr("from") {
-                let mut to = String::new();
-                meerkat_xml::escape_attr(f.split('/').next().unwrap_or(f), &mut to);
-                out.extend_from_slice(format!("<presence to='{to}' type='subscribed'/>").as_bytes());
-            }
-        }
         Some("unavailable") if contact => lock(ctx).extra.unavailable_rx += 1,
-        Some(_) => {}
+        Some(ty) => return matches!(ty, "subscribed" | "unsubscribe" | "unsubscribed"),
         None => match el.get_child("bench", NS_BENCH) {
             Some(b) => on_update(ctx.run_id, ring, b, now, recv, &mut lock(ctx)),
             None if contact => lock(ctx).extra.available_rx += 1,
             None => {}
         },
     }
+    false
 }
 
 /// A stamped update (or final stamp) from a contact.

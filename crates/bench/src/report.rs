@@ -86,6 +86,9 @@ pub struct Extra {
     pub subscribe_sent: u64,
     /// presence: roster items removed at setup (benchmark users that are not contacts).
     pub roster_removed: u64,
+    /// presence: from the start of the setup phase until the user's roster was at
+    /// `both` with every contact (µs), for the users that got there.
+    pub setup: Hist,
     /// presence: users whose roster had not reached `both` with every contact when
     /// the measured phase started.
     pub setup_incomplete: u64,
@@ -120,6 +123,7 @@ impl Extra {
         self.unavailable_rx += o.unavailable_rx;
         self.subscribe_sent += o.subscribe_sent;
         self.roster_removed += o.roster_removed;
+        self.setup.merge(&o.setup);
         self.setup_incomplete += o.setup_incomplete;
         self.churn_logouts += o.churn_logouts;
         self.churn_logins += o.churn_logins;
