@@ -5,9 +5,11 @@
 //! The client side follows the XEP exactly, so that "exactly once" can be checked
 //! honestly: every stanza received after `<enabled/>` counts in `h`, every `<r/>` gets
 //! `<a h/>` at once, and the stanzas sent are kept until the server acknowledges them
-//! (`<r/>` after each batch of sends). A cut drops the socket with a TCP reset and
-//! no `</stream:stream>`; the resume reports the stanzas the server had received
-//! (`<resumed h/>`) and the client sends the rest again. Messages are deduplicated by
+//! (`<r/>` after each batch of sends). A user that sends is cut right after its first
+//! send at or after its scheduled cut time (so that cuts catch messages in flight, not
+//! acknowledged yet); one that does not send is cut on time. A cut drops the socket
+//! with a TCP reset and no `</stream:stream>`; the resume reports the stanzas the
+//! server had received (`<resumed h/>`) and the client sends the rest again. Messages are deduplicated by
 //! (sender, sequence), so a server that delivers a message twice across a resume shows
 //! `duplicated > 0`, and one that drops some shows `lost > 0`.
 //!
@@ -86,23 +88,20 @@ pub async fn online(
     tokio::pin!(close);
     loop {
         let next_cut = cuts.peek().map(|&t| ctx.tl.instant(t));
+        // A user that sends is cut right after a send at or after its cut time, so that
+        // some cuts catch messages the server has not acknowledged yet; one that does
+        // not send is cut on time.
+        let mut cut_now = false;
         let ended: Option<String> = tokio::select! {
             biased;
             _ = notified(notify.as_deref()), if seq < total => {
-                send_due(ctx, k, bucket, &mut conn, &mut sm, &mut seq, total).await.err().map(|e| format!("send: {}", ConnError::Io(e)))
+                let r = send_due(ctx, k, bucket, &mut conn, &mut sm, &mut seq, total).await;
+                cut_now = next_cut.is_some_and(|t| t <= Instant::now());
+                r.err().map(|e| format!("send: {}", ConnError::Io(e)))
             }
-            _ = tokio::time::sleep_until(next_cut.unwrap_or_else(Instant::now)), if next_cut.is_some() => {
-                cuts.next();
-                match cut_and_resume(ctx, k, bucket, conn, &mut sm, &mut nonces).await {
-                    Ok(c) => {
-                        conn = c;
-                        continue;
-                    }
-                    Err(reason) => {
-                        lock(ctx).disconnected(reason);
-                        return;
-                    }
-                }
+            _ = tokio::time::sleep_until(next_cut.unwrap_or_else(Instant::now)), if next_cut.is_some() && seq >= total => {
+                cut_now = true;
+                None
             }
             r = conn.readable() => {
                 match r {
@@ -121,6 +120,16 @@ pub async fn online(
         if let Some(reason) = ended {
             lock(ctx).disconnected(reason);
             return;
+        }
+        if cut_now {
+            cuts.next();
+            match cut_and_resume(ctx, k, bucket, conn, &mut sm, &mut nonces).await {
+                Ok(c) => conn = c,
+                Err(reason) => {
+                    lock(ctx).disconnected(reason);
+                    return;
+                }
+            }
         }
     }
 }
