@@ -246,13 +246,15 @@ pub async fn online(
                 let r = Box::pin(login::login_with(&ctx.setup, &name, source_of(ctx, k), nonces.next(), Want::default())).await;
                 match r {
                     Ok(s) => {
-                        let mut st = lock(ctx);
-                        st.extra.churn_logins += 1;
-                        st.extra.churn_login.record((t0.elapsed().as_micros() as u64).max(1));
-                        drop(st);
+                        {
+                            let mut st = lock(ctx);
+                            st.extra.churn_logins += 1;
+                            st.extra.churn_login.record((t0.elapsed().as_micros() as u64).max(1));
+                        }
                         conn = s.conn;
                         recv = Recv::new(ctx.contacts, false);
-                        Ok(())
+                        // What arrived with the login's last answer (probe answers).
+                        received(ctx, &ring, &mut conn, &mut recv, &mut subs, &mut activity, false).await
                     }
                     Err(e) => {
                         let mut st = lock(ctx);
@@ -277,7 +279,7 @@ pub async fn online(
             r = conn.readable() => {
                 match r {
                     Err(e) => Err(ConnError::Io(e).to_string()),
-                    Ok(()) => received(ctx, &ring, &mut conn, &mut recv, &mut subs, &mut activity).await,
+                    Ok(()) => received(ctx, &ring, &mut conn, &mut recv, &mut subs, &mut activity, true).await,
                 }
             }
             _ = &mut close => {
@@ -426,8 +428,11 @@ async fn received(
     recv: &mut Recv,
     subs: &mut [u8],
     activity: &mut Instant,
+    read: bool,
 ) -> Result<(), String> {
-    conn.read_ready().await.map_err(|e| ConnError::Io(e).to_string())?;
+    if read {
+        conn.read_ready().await.map_err(|e| ConnError::Io(e).to_string())?;
+    }
     let now = unix_us();
     loop {
         let el = match conn.next_decoded() {

@@ -76,6 +76,11 @@ pub async fn online(ctx: &Ctx, k: u32, mut conn: Conn, notify: Option<Arc<Notify
     let mut seq = 0u64;
     let close = tokio::time::sleep_until(ctx.tl.instant(ctx.tl.close_us));
     tokio::pin!(close);
+    // What arrived with the login's last answer is handled now, not at the next read.
+    if let Err(reason) = process(ctx, &mut conn, &mut seen) {
+        lock(ctx).disconnected(reason);
+        return;
+    }
     let ended: Option<String> = loop {
         tokio::select! {
             biased;

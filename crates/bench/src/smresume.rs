@@ -86,6 +86,10 @@ pub async fn online(
     let mut cuts = cuts.into_iter().peekable();
     let close = tokio::time::sleep_until(ctx.tl.instant(ctx.tl.close_us));
     tokio::pin!(close);
+    if let Err(reason) = received(ctx, &mut conn, &mut seen, &mut sm, false).await {
+        lock(ctx).disconnected(reason);
+        return;
+    }
     loop {
         let next_cut = cuts.peek().map(|&t| ctx.tl.instant(t));
         // A user that sends is cut right after a send at or after its cut time, so that
@@ -106,7 +110,7 @@ pub async fn online(
             r = conn.readable() => {
                 match r {
                     Err(e) => Some(ConnError::Io(e).to_string()),
-                    Ok(()) => received(ctx, &mut conn, &mut seen, &mut sm).await.err(),
+                    Ok(()) => received(ctx, &mut conn, &mut seen, &mut sm, true).await.err(),
                 }
             }
             _ = &mut close => {
@@ -130,13 +134,23 @@ pub async fn online(
                     return;
                 }
             }
+            // The stanzas the server sent again right after `<resumed/>` may already be
+            // decoded-ready: handle them now, not at the next socket read.
+            if let Err(reason) = received(ctx, &mut conn, &mut seen, &mut sm, false).await {
+                lock(ctx).disconnected(reason);
+                return;
+            }
         }
     }
 }
 
-/// Reads what is there and handles it; `Err` is the reason the session is over.
-async fn received(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen, sm: &mut Sm) -> Result<(), String> {
-    conn.read_ready().await.map_err(|e| ConnError::Io(e).to_string())?;
+/// Reads what is there (with `read`; without, only what the decoder already holds:
+/// a new connection's first stanzas arrive with `<resumed/>`) and handles it; `Err`
+/// is the reason the session is over.
+async fn received(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen, sm: &mut Sm, read: bool) -> Result<(), String> {
+    if read {
+        conn.read_ready().await.map_err(|e| ConnError::Io(e).to_string())?;
+    }
     process(ctx, conn, seen, sm)?;
     if !conn.out.is_empty() {
         conn.flush().await.map_err(|e| ConnError::Io(e).to_string())?;
