@@ -105,7 +105,8 @@ impl Mechanism {
 /// With --tls the connection is upgraded with STARTTLS and the server's certificate is
 /// NOT verified (loopback benchmarking only). Without --tls the stream stays plain TCP,
 /// which works only if the server allows it (Meerkat's `tls.mode = "none"` listener,
-/// ejabberd/Prosody configured to allow plaintext).
+/// ejabberd/Prosody configured to allow plaintext). With --transport websocket the
+/// streams are XMPP over WebSocket (RFC 7395) on plain ws:// (--ws-url).
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "meerkat-bench", version, verbatim_doc_comment)]
 pub struct Args {
