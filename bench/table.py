@@ -19,6 +19,20 @@ ROWS = [
     ("ttd_max_us", "TTD max (µs)", False),
     ("lost", "lost", False),
     ("duplicated", "duplicated", False),
+    # presence
+    ("presence_per_s", "presence deliveries/s", True),
+    ("presence_expected", "presence deliveries expected", True),
+    ("finals_missing", "final stamps missing", False),
+    ("setup_incomplete", "rosters incomplete at start", False),
+    ("churn_logins_per_s", "logins/s under churn", True),
+    ("churn_login_p99_us", "churn login p99 (µs)", False),
+    # sm-resume
+    ("cuts", "connections cut", True),
+    ("resumes_ok", "resumes ok", True),
+    ("resumes_failed", "resumes failed", False),
+    ("resume_p50_us", "resume time p50 (µs)", False),
+    ("resume_p99_us", "resume time p99 (µs)", False),
+    ("resent", "messages re-sent after resume", False),
     ("rss_per_session_bytes", "server RSS per session (B)", False),
     ("server_cpu_us_per_msg", "server CPU per message (µs)", False),
     ("generator_late_p99_us", "generator lateness p99 (µs)", False),
@@ -52,15 +66,21 @@ def main():
     res = {}
     for s in servers:
         p = os.path.join(out, s + ".json")
+        skipped = os.path.join(out, s + ".skipped")
         if os.path.exists(p):
             res[s] = load(p)
+        elif os.path.exists(skipped):
+            with open(skipped) as f:
+                print(f"{s}: not run: {f.read().strip()}")
         else:
             print(f"{s}: no result ({p} missing)")
     if not res:
         return 1
     any_r = next(iter(res.values()))
-    print(f"\nscenario {any_r.get('scenario')}  users {any_r.get('users')}  commit {any_r.get('commit')}")
-    print("settings: STARTTLS/TLS 1.3, ECDSA P-256 certs; SCRAM-SHA-256 (Prosody: SCRAM-SHA-1); "
+    print(f"\nscenario {any_r.get('scenario')}  users {any_r.get('users')}  commit {any_r.get('commit')}  "
+          f"transport {any_r.get('transport', 'tcp')}")
+    print("settings: STARTTLS/TLS 1.3 (websocket: plain ws://), ECDSA P-256 certs; "
+          "SCRAM-SHA-256 (Prosody: SCRAM-SHA-1); "
           "storage: Meerkat SQLite, ejabberd Mnesia, Prosody files; machine: "
           f"{os.cpu_count()} cores")
     peers = [s for s in servers if s != "meerkat" and s in res]

@@ -25,6 +25,13 @@ pub enum Scenario {
     OneToOne,
     /// Create the accounts by in-band registration (XEP-0077); existing ones count as done.
     Register,
+    /// Rosters of --contacts mutual (`both`) subscriptions, set up over XMPP first
+    /// (not measured); then presence updates at a fixed (open-loop) rate plus
+    /// logout/login churn; measures presence time to delivery.
+    Presence,
+    /// one-to-one with stream management (XEP-0198): connections are cut abruptly on a
+    /// schedule and the sessions resumed; measures resume time and exactly-once delivery.
+    SmResume,
 }
 
 impl Scenario {
@@ -34,8 +41,25 @@ impl Scenario {
             Scenario::Connect => "connect",
             Scenario::OneToOne => "one-to-one",
             Scenario::Register => "register",
+            Scenario::Presence => "presence",
+            Scenario::SmResume => "sm-resume",
         }
     }
+
+    /// True for the scenarios that send stamped stanzas on an open-loop schedule.
+    pub fn sends(self) -> bool {
+        matches!(self, Scenario::OneToOne | Scenario::Presence | Scenario::SmResume)
+    }
+}
+
+/// How the client streams are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// An XMPP stream over TCP (RFC 6120), with --tls upgraded by STARTTLS.
+    Tcp,
+    /// XMPP over WebSocket (RFC 7395), plain `ws://` only.
+    Websocket,
 }
 
 /// The SASL mechanism the users authenticate with.
@@ -81,7 +105,8 @@ impl Mechanism {
 /// With --tls the connection is upgraded with STARTTLS and the server's certificate is
 /// NOT verified (loopback benchmarking only). Without --tls the stream stays plain TCP,
 /// which works only if the server allows it (Meerkat's `tls.mode = "none"` listener,
-/// ejabberd/Prosody configured to allow plaintext).
+/// ejabberd/Prosody configured to allow plaintext). With --transport websocket the
+/// streams are XMPP over WebSocket (RFC 7395) on plain ws:// (--ws-url).
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "meerkat-bench", version, verbatim_doc_comment)]
 pub struct Args {
@@ -107,7 +132,16 @@ pub struct Args {
     /// (connect) or send messages (one-to-one) this long.
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
-    /// one-to-one: total messages per second to offer; overrides --interval-ms.
+    /// How streams are carried: `tcp`, or `websocket` (RFC 7395 over plain ws://,
+    /// see --ws-url; not with --tls).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// websocket: the endpoint [default: ws://SERVER/ws-xmpp, with --server the HTTP
+    /// listener's address].
+    #[arg(long, value_name = "URL")]
+    pub ws_url: Option<String>,
+    /// one-to-one, sm-resume, presence: total stanzas per second to offer (messages;
+    /// presence updates); overrides --interval-ms.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Upgrade with STARTTLS (server certificate not verified: loopback benchmarking).
@@ -135,22 +169,41 @@ pub struct Args {
     /// [default: users / login-rate + 5].
     #[arg(long)]
     pub ramp_seconds: Option<f64>,
-    /// one-to-one: milliseconds between two messages of one user.
+    /// one-to-one, sm-resume: milliseconds between two messages of one user;
+    /// presence: between two presence updates of one user.
     #[arg(long, default_value_t = 1000.0)]
     pub interval_ms: f64,
-    /// one-to-one: bytes of each message body.
+    /// one-to-one, sm-resume: bytes of each message body.
     #[arg(long, default_value_t = 100)]
     pub body_size: usize,
-    /// one-to-one: users per conversation bucket.
+    /// one-to-one, sm-resume: users per conversation bucket.
     #[arg(long, default_value_t = 10)]
     pub bucket_size: u32,
-    /// one-to-one: send times are rounded down to multiples of this many µs, so that
+    /// Open-loop scenarios: send times are rounded down to multiples of this many µs, so that
     /// the sends due in one tick share one wake-up (less generator CPU).
     #[arg(long, default_value_t = 1000)]
     pub tick_us: u64,
-    /// one-to-one: seconds to wait for messages in flight after the last send.
+    /// one-to-one, sm-resume, presence: seconds to wait for stanzas in flight after the
+    /// last send.
     #[arg(long, default_value_t = 5.0)]
     pub drain_seconds: f64,
+    /// presence: contacts per user (even, below --users): the K/2 neighbours on each
+    /// side in the ring of users, all with mutual `both` subscriptions.
+    #[arg(long, default_value_t = 10)]
+    pub contacts: u32,
+    /// presence: logouts per second across all users during the measured phase; each
+    /// churned user logs back in at once (contacts see unavailable, then available).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_per_s: f64,
+    /// presence: seconds between the login ramp and the measured phase in which the
+    /// missing subscriptions are established (not measured)
+    /// [default: 5 + users * contacts / 2000].
+    #[arg(long)]
+    pub setup_seconds: Option<f64>,
+    /// sm-resume: connections cut abruptly per second across all users during the
+    /// measured phase; each cut session is resumed at once (XEP-0198).
+    #[arg(long, default_value_t = 1.0)]
+    pub disconnect_per_s: f64,
     /// SASL mechanism.
     #[arg(long, value_enum, default_value = "SCRAM-SHA-256")]
     pub mechanism: Mechanism,
@@ -206,18 +259,58 @@ impl Args {
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
+        if !(non_negative(self.churn_per_s) && non_negative(self.disconnect_per_s)) {
+            bail!("--churn-per-s and --disconnect-per-s must be >= 0");
+        }
+        if self.setup_seconds.is_some_and(|r| !non_negative(r)) {
+            bail!("--setup-seconds must be >= 0");
+        }
+        if self.scenario == Scenario::Presence
+            && (self.contacts == 0 || !self.contacts.is_multiple_of(2) || self.contacts >= self.users)
+        {
+            bail!("presence: --contacts must be even, at least 2 and below --users");
+        }
+        if self.transport == Transport::Websocket {
+            if self.tls {
+                bail!("--transport websocket runs over plain ws:// (no --tls)");
+            }
+            if self.scenario == Scenario::Register {
+                bail!("register runs over TCP only");
+            }
+            crate::ws::WsUrl::parse(&self.ws_url())?;
+        }
         self.server_addr()?;
         self.source_addrs()?;
         Ok(())
     }
 
-    /// The server's socket address (the first one the name resolves to).
+    /// The address to connect to (the first one the name resolves to): --server, or
+    /// the host of the WebSocket URL.
     pub fn server_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server
+        let target = match self.transport {
+            Transport::Tcp => self.server.clone(),
+            Transport::Websocket => crate::ws::WsUrl::parse(&self.ws_url())?.authority,
+        };
+        target
             .to_socket_addrs()
-            .with_context(|| format!("resolving --server {}", self.server))?
+            .with_context(|| format!("resolving {target}"))?
             .next()
-            .with_context(|| format!("--server {} resolves to no address", self.server))
+            .with_context(|| format!("{target} resolves to no address"))
+    }
+
+    /// The WebSocket endpoint: --ws-url, else `ws://SERVER/ws-xmpp`.
+    pub fn ws_url(&self) -> String {
+        self.ws_url.clone().unwrap_or_else(|| format!("ws://{}/ws-xmpp", self.server))
+    }
+
+    /// presence: seconds of the (unmeasured) subscription setup phase.
+    pub fn setup_seconds(&self) -> f64 {
+        match self.scenario {
+            Scenario::Presence => {
+                self.setup_seconds.unwrap_or(5.0 + f64::from(self.users) * f64::from(self.contacts) / 2000.0)
+            }
+            _ => 0.0,
+        }
     }
 
     /// Worker processes to run.
@@ -306,6 +399,16 @@ mod tests {
         assert_eq!(big.worker_count(), 3);
         assert_eq!(big.source_addrs().unwrap().len(), 2);
         assert_eq!(args(&["--mechanism", "PLAIN"]).mechanism, Mechanism::Plain);
+        assert_eq!(a.transport, Transport::Tcp);
+        let ws = args(&["--transport", "websocket", "--server", "127.0.0.1:5280"]);
+        assert_eq!(ws.ws_url(), "ws://127.0.0.1:5280/ws-xmpp");
+        assert!(ws.validate().is_ok());
+        assert!(args(&["--transport", "websocket", "--tls"]).validate().is_err());
+        let p = Args::try_parse_from(["b", "presence", "--users", "100", "--contacts", "4"]).unwrap();
+        assert!(p.validate().is_ok());
+        assert!((p.setup_seconds() - 5.2).abs() < 1e-9);
+        let odd = Args::try_parse_from(["b", "presence", "--users", "100", "--contacts", "3"]).unwrap();
+        assert!(odd.validate().is_err());
     }
 
     #[test]

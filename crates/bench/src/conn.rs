@@ -1,5 +1,6 @@
 //! One client connection: a TCP socket, optionally upgraded to TLS (rustls driven by
-//! hand), the XML decoder and a small write buffer.
+//! hand) or carrying WebSocket frames (RFC 7395, `ws`), the XML decoder and a small
+//! write buffer.
 //!
 //! Reads are readiness-driven: a connection waits for its socket to become readable and
 //! then reads into one buffer per thread, so an idle simulated user holds no read
@@ -17,6 +18,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
+
+use crate::ws::{WsCodec, WsUrl, NS_FRAMING};
 
 /// Bytes read per `read` call into the per-thread buffer.
 const READ_CHUNK: usize = 16 * 1024;
@@ -150,6 +153,9 @@ fn tls_err(e: rustls::Error) -> io::Error {
 pub struct Conn {
     tcp: TcpStream,
     tls: Option<Box<ClientConnection>>,
+    /// WebSocket framing (`--transport websocket`); the decoder then uses
+    /// `Framing::Fragments`.
+    ws: Option<Box<WsCodec>>,
     /// The stream decoder (reset on every stream restart).
     pub dec: Decoder,
     /// Bytes to send; [`flush`](Self::flush) writes and clears them.
@@ -169,7 +175,78 @@ impl Conn {
             }
         };
         tcp.set_nodelay(true)?;
-        Ok(Conn { tcp, tls: None, dec: Decoder::new(Framing::Stream, limits()), out: Vec::new(), eof: false })
+        Ok(Conn { tcp, tls: None, ws: None, dec: Decoder::new(Framing::Stream, limits()), out: Vec::new(), eof: false })
+    }
+
+    /// Opens a WebSocket connection to `url` (TCP to `server`), runs the HTTP upgrade
+    /// with the `xmpp` subprotocol and switches the decoder to RFC 7395 fragments.
+    pub async fn connect_ws(
+        server: SocketAddr,
+        source: Option<IpAddr>,
+        url: &WsUrl,
+        seed: u64,
+        deadline: Instant,
+    ) -> Result<Conn, ConnError> {
+        let mut c = match tokio::time::timeout_at(deadline, Conn::connect(server, source)).await {
+            Err(_) => return Err(ConnError::Timeout),
+            Ok(r) => r?,
+        };
+        let (codec, request) = WsCodec::new(url, seed);
+        c.ws = Some(Box::new(codec));
+        c.dec = Decoder::new(Framing::Fragments, limits());
+        c.write_raw(&request).await?;
+        while !c.ws.as_ref().is_some_and(|w| w.is_open()) {
+            if c.eof {
+                return Err(ConnError::Closed);
+            }
+            match tokio::time::timeout_at(deadline, c.tcp.readable()).await {
+                Err(_) => return Err(ConnError::Timeout),
+                Ok(r) => r?,
+            }
+            c.read_ready().await?;
+        }
+        Ok(c)
+    }
+
+    /// Writes bytes as they are (no TLS, no framing): the HTTP upgrade request.
+    async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
+        write_all(&self.tcp, data).await
+    }
+
+    /// Drops the connection abruptly: no `</stream:stream>`, no TLS close_notify, and a
+    /// TCP reset instead of a FIN (SO_LINGER 0), like a phone losing its network.
+    pub fn abort(self) {
+        // With a zero timeout, SO_LINGER makes close() send a reset at once; it never
+        // blocks, which is what the deprecation warns about.
+        #[allow(deprecated)]
+        let _ = self.tcp.set_linger(Some(std::time::Duration::ZERO));
+        drop(self);
+    }
+
+    /// The next decoded event without reading. On WebSocket, the RFC 7395 framing
+    /// elements become what they stand for: `<open/>` a header, `<close/>` the close.
+    pub fn next_decoded(&mut self) -> Result<Option<StreamEvent>, meerkat_xml::Error> {
+        let ev = self.dec.next_event()?;
+        if self.ws.is_some() {
+            if let Some(StreamEvent::Element(el)) = &ev {
+                if el.ns() == NS_FRAMING {
+                    match el.name() {
+                        "open" => {
+                            return Ok(ev.map(|e| {
+                                if let StreamEvent::Element(el) = e {
+                                    StreamEvent::Header(el)
+                                } else {
+                                    e
+                                }
+                            }))
+                        }
+                        "close" => return Ok(Some(StreamEvent::Close)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(ev)
     }
 
     /// Runs the TLS handshake (after `<proceed/>`) and resets the decoder.
@@ -213,8 +290,11 @@ impl Conn {
     /// Reads what the socket has into the decoder (and answers TLS housekeeping).
     pub async fn read_ready(&mut self) -> io::Result<()> {
         self.read_available()?;
-        if self.tls.as_ref().is_some_and(|t| t.wants_write()) {
+        if self.tls.as_ref().is_some_and(|t| t.wants_write()) || self.ws.as_ref().is_some_and(|w| !w.wire.is_empty()) {
             self.flush().await?;
+        }
+        if self.ws.as_ref().is_some_and(|w| w.closed) {
+            self.eof = true;
         }
         Ok(())
     }
@@ -223,10 +303,7 @@ impl Conn {
         for _ in 0..READS_PER_WAKE {
             let n = match &mut self.tls {
                 None => READ_BUF.with_borrow_mut(|buf| match self.tcp.try_read(buf) {
-                    Ok(n) => {
-                        self.dec.feed(&buf[..n]);
-                        Ok(n)
-                    }
+                    Ok(n) => feed(&mut self.dec, &mut self.ws, &buf[..n]).map(|()| n),
                     Err(e) => Err(e),
                 }),
                 Some(tls) => tls.read_tls(&mut TcpIo(&self.tcp)),
@@ -263,7 +340,7 @@ impl Conn {
                     self.eof = true;
                     return Ok(());
                 }
-                Ok(n) => self.dec.feed(&buf[..n]),
+                Ok(n) => feed(&mut self.dec, &mut self.ws, &buf[..n])?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     self.eof = true;
@@ -276,18 +353,17 @@ impl Conn {
 
     /// Writes and clears [`out`](Self::out).
     pub async fn flush(&mut self) -> io::Result<()> {
-        match &mut self.tls {
-            None => {
-                let mut pos = 0;
-                while pos < self.out.len() {
-                    match self.tcp.try_write(&self.out[pos..]) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => pos += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
-                        Err(e) => return Err(e),
-                    }
-                }
+        if let Some(ws) = &mut self.ws {
+            if !self.out.is_empty() {
+                ws.frame(&self.out);
             }
+            let r = write_all(&self.tcp, &ws.wire).await;
+            ws.wire.clear();
+            self.out.clear();
+            return r;
+        }
+        match &mut self.tls {
+            None => write_all(&self.tcp, &self.out).await?,
             Some(tls) => {
                 if !self.out.is_empty() {
                     tls.writer().write_all(&self.out)?;
@@ -308,7 +384,7 @@ impl Conn {
     /// The next decoded event, reading as needed until `deadline`.
     pub async fn next_event(&mut self, deadline: Instant) -> Result<StreamEvent, ConnError> {
         loop {
-            if let Some(ev) = self.dec.next_event().map_err(ConnError::Xml)? {
+            if let Some(ev) = self.next_decoded().map_err(ConnError::Xml)? {
                 return Ok(ev);
             }
             if self.eof {
@@ -326,11 +402,20 @@ impl Conn {
     pub fn shrink(&mut self) {
         self.dec.shrink();
         self.out = Vec::new();
+        if let Some(ws) = &mut self.ws {
+            ws.wire = Vec::new();
+        }
     }
 
-    /// Sends `</stream:stream>` and waits (until `deadline`) for the server to close.
+    /// Sends `</stream:stream>` (WebSocket: `<close/>`) and waits (until `deadline`)
+    /// for the server to close.
     pub async fn close(&mut self, deadline: Instant) {
-        if self.send(b"</stream:stream>").await.is_err() {
+        let close: &[u8] = if self.ws.is_some() {
+            b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
+        } else {
+            b"</stream:stream>"
+        };
+        if self.send(close).await.is_err() {
             return;
         }
         loop {
@@ -339,11 +424,43 @@ impl Conn {
                 Ok(_) => {}
             }
         }
+        if let Some(ws) = &mut self.ws {
+            if !ws.closed {
+                ws.close_frame();
+                let _ = self.flush().await;
+            }
+        }
         if let Some(tls) = &mut self.tls {
             tls.send_close_notify();
             let _ = tokio::time::timeout_at(deadline, flush_tls(&self.tcp, tls)).await;
         }
     }
+}
+
+/// Feeds bytes read from the server to the decoder, through the WebSocket deframer
+/// when there is one.
+fn feed(dec: &mut Decoder, ws: &mut Option<Box<WsCodec>>, data: &[u8]) -> io::Result<()> {
+    match ws {
+        None => {
+            dec.feed(data);
+            Ok(())
+        }
+        Some(ws) => ws.input(data, &mut |b| dec.feed(b)),
+    }
+}
+
+/// Writes all of `data` to the socket.
+async fn write_all(tcp: &TcpStream, data: &[u8]) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < data.len() {
+        match tcp.try_write(&data[pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn flush_tls(tcp: &TcpStream, tls: &mut ClientConnection) -> io::Result<()> {

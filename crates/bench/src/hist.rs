@@ -39,7 +39,6 @@ impl Hist {
     }
 
     /// Number of recorded values.
-    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.0.len()
     }

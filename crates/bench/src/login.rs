@@ -1,7 +1,10 @@
 //! Session establishment as a plain XMPP client does it, timed per phase: TCP connect,
 //! STARTTLS + TLS handshake (with --tls), SASL, stream restart + resource binding (and
-//! the legacy session IQ when a server requires it), roster get + initial presence.
-//! Also in-band registration (XEP-0077) for the `register` scenario.
+//! the legacy session IQ when a server requires it), roster get + initial presence,
+//! then stream management (XEP-0198) with resumption when asked. Also resumption of
+//! a dropped session (`<resume/>` instead of binding), and in-band registration
+//! (XEP-0077) for the `register` scenario. Over WebSocket (RFC 7395) the same steps
+//! run after the HTTP upgrade, with `<open/>` instead of the stream header.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokio::time::Instant;
 use crate::cli::Mechanism;
 use crate::conn::{Conn, ConnError};
 use crate::sasl::{plain_initial, KeyCache, Scram};
+use crate::ws::{WsUrl, NS_FRAMING};
 
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -23,6 +27,8 @@ const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 const NS_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// Stream management (XEP-0198).
+pub const NS_SM: &str = "urn:xmpp:sm:3";
 
 /// What every login of a worker shares.
 pub struct Setup {
@@ -42,21 +48,62 @@ pub struct Setup {
     pub timeout: Duration,
     /// Derived SCRAM keys.
     pub keys: KeyCache,
-    /// The stream header, ready to send.
+    /// The stream header (WebSocket: the `<open/>` element), ready to send.
     pub header: Vec<u8>,
+    /// `Some` for XMPP over WebSocket (`server` is then the HTTP listener).
+    pub ws: Option<WsUrl>,
 }
 
 impl Setup {
-    /// Builds the header from the domain.
-    pub fn header_for(domain: &str) -> Vec<u8> {
+    /// Builds the stream header from the domain: `<stream:stream>` over TCP, the
+    /// RFC 7395 `<open/>` element over WebSocket.
+    pub fn header_for(domain: &str, ws: bool) -> Vec<u8> {
         let mut d = String::new();
         meerkat_xml::escape_attr(domain, &mut d);
+        if ws {
+            return format!("<open xmlns='{NS_FRAMING}' to='{d}' version='1.0'/>").into_bytes();
+        }
         format!(
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
              xmlns:stream='http://etherx.jabber.org/streams' to='{d}' version='1.0'>"
         )
         .into_bytes()
     }
+}
+
+/// What a login does besides binding, per scenario.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    /// Keep the roster result (presence: which subscriptions exist already).
+    pub roster: bool,
+    /// Enable stream management with resumption after the initial presence.
+    pub sm: bool,
+}
+
+/// A logged-in session.
+pub struct Session {
+    /// The bound connection.
+    pub conn: Conn,
+    /// Phase durations.
+    pub times: PhaseTimes,
+    /// The roster result (with [`Want::roster`]).
+    pub roster: Option<Element>,
+    /// The resumption id (with [`Want::sm`]).
+    pub sm_id: Option<String>,
+}
+
+/// How a resumption attempt ended (the connection and authentication worked).
+pub enum Resumed {
+    /// `<resumed h/>`: the session continues on `conn`; `h` counts the stanzas the
+    /// server had received from the client.
+    Ok {
+        /// The connection carrying the resumed session.
+        conn: Box<Conn>,
+        /// The server's count of stanzas it received.
+        h: u32,
+    },
+    /// `<failed/>` with its condition: the session is gone.
+    Failed(String),
 }
 
 /// The login phases, in order.
@@ -239,45 +286,80 @@ impl Login<'_> {
     }
 }
 
-/// Logs `user` in; returns the bound connection and the phase durations.
-pub async fn login(
+impl Login<'_> {
+    /// Opens the TCP (or WebSocket) connection.
+    async fn connect(&mut self, source: Option<IpAddr>, seed: u64) -> Result<(), LoginError> {
+        let s = self.s;
+        let conn = match &s.ws {
+            Some(url) => Conn::connect_ws(s.server, source, url, seed, self.deadline).await,
+            None => match tokio::time::timeout_at(self.deadline, Conn::connect(s.server, source)).await {
+                Err(_) => Err(ConnError::Timeout),
+                Ok(r) => r.map_err(ConnError::Io),
+            },
+        };
+        self.conn = Some(conn.map_err(|e| self.fail(e.to_string()))?);
+        Ok(())
+    }
+
+    /// From the connection to the features of the authenticated stream.
+    async fn connect_auth(
+        &mut self,
+        user: &str,
+        source: Option<IpAddr>,
+        nonce: String,
+        times: &mut PhaseTimes,
+    ) -> Result<Element, LoginError> {
+        let s = self.s;
+        let mut mark = Instant::now();
+        let mut lap = |times: &mut PhaseTimes, p: Phase| {
+            let now = Instant::now();
+            times.phases[p as usize] = (now - mark).as_micros() as u64;
+            mark = now;
+        };
+        self.connect(source, nonce_seed(&nonce)).await?;
+        lap(times, Phase::Connect);
+
+        self.phase = if s.tls.is_some() { Phase::Tls } else { Phase::Auth };
+        let mut features = self.open().await?;
+        if s.tls.is_some() {
+            features = self.starttls(&features).await?;
+            lap(times, Phase::Tls);
+            self.phase = Phase::Auth;
+        } else if features.get_child("starttls", NS_TLS).is_some_and(|t| t.has_child("required", NS_TLS)) {
+            return Err(self.fail("server requires TLS (use --tls)"));
+        }
+        self.authenticate(&features, user, nonce).await?;
+        lap(times, Phase::Auth);
+        self.phase = Phase::Bind;
+        self.open().await
+    }
+}
+
+/// A per-connection seed (WebSocket masks) from the SCRAM nonce.
+fn nonce_seed(nonce: &str) -> u64 {
+    nonce.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Logs `user` in (with the extras of `want`); returns the bound connection, the
+/// phase durations and the extras.
+pub async fn login_with(
     s: &Setup,
     user: &str,
     source: Option<IpAddr>,
     nonce: String,
-) -> Result<(Conn, PhaseTimes), LoginError> {
+    want: Want,
+) -> Result<Session, LoginError> {
     let t0 = Instant::now();
     let mut l = Login { s, conn: None, phase: Phase::Connect, deadline: t0 + s.timeout };
     let mut times = PhaseTimes::default();
-    let mut mark = t0;
-    let mut lap = |times: &mut PhaseTimes, p: Phase| {
-        let now = Instant::now();
-        times.phases[p as usize] = (now - mark).as_micros() as u64;
-        mark = now;
-    };
-    match tokio::time::timeout_at(l.deadline, Conn::connect(s.server, source)).await {
-        Err(_) => return Err(l.fail("timeout")),
-        Ok(Err(e)) => return Err(l.fail(ConnError::Io(e).to_string())),
-        Ok(Ok(c)) => l.conn = Some(c),
-    }
-    lap(&mut times, Phase::Connect);
+    let features = l.connect_auth(user, source, nonce, &mut times).await?;
+    let mut mark = Instant::now();
 
-    l.phase = if s.tls.is_some() { Phase::Tls } else { Phase::Auth };
-    let mut features = l.open().await?;
-    if s.tls.is_some() {
-        features = l.starttls(&features).await?;
-        lap(&mut times, Phase::Tls);
-        l.phase = Phase::Auth;
-    } else if features.get_child("starttls", NS_TLS).is_some_and(|t| t.has_child("required", NS_TLS)) {
-        return Err(l.fail("server requires TLS (use --tls)"));
-    }
-    l.authenticate(&features, user, nonce).await?;
-    lap(&mut times, Phase::Auth);
-
-    l.phase = Phase::Bind;
-    let features = l.open().await?;
     if !features.has_child("bind", NS_BIND) {
         return Err(l.fail("server does not offer resource binding"));
+    }
+    if want.sm && !features.has_child("sm", NS_SM) {
+        return Err(l.fail("server does not offer stream management (XEP-0198)"));
     }
     let mut res = String::new();
     meerkat_xml::escape_text(&s.resource, &mut res);
@@ -288,15 +370,60 @@ pub async fn login(
     if session_required {
         l.iq(format!("<iq type='set' id='sess'><session xmlns='{NS_SESSION}'/></iq>").as_bytes(), "sess").await?;
     }
-    lap(&mut times, Phase::Bind);
+    let now = Instant::now();
+    times.phases[Phase::Bind as usize] = (now - mark).as_micros() as u64;
+    mark = now;
 
     l.phase = Phase::Roster;
-    l.iq(b"<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq><presence/>", "roster").await?;
-    lap(&mut times, Phase::Roster);
+    let roster =
+        l.iq(b"<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq><presence/>", "roster").await?;
+    let mut sm_id = None;
+    if want.sm {
+        l.send(format!("<enable xmlns='{NS_SM}' resume='true'/>").as_bytes()).await?;
+        let el = l.expect(|e| e.ns() == NS_SM && matches!(e.name(), "enabled" | "failed")).await?;
+        match (el.name(), el.attr("id")) {
+            ("enabled", Some(id)) if matches!(el.attr("resume"), Some("true" | "1")) => sm_id = Some(id.to_owned()),
+            ("enabled", _) => return Err(l.fail("stream management enabled without resumption")),
+            _ => return Err(l.fail(format!("stream management failed: {}", condition(&el, NS_STANZAS)))),
+        }
+    }
+    times.phases[Phase::Roster as usize] = (Instant::now() - mark).as_micros() as u64;
     times.total = (Instant::now() - t0).as_micros() as u64;
     let mut conn = l.conn.take().expect("connected");
     conn.shrink();
-    Ok((conn, times))
+    Ok(Session { conn, times, roster: want.roster.then_some(roster), sm_id })
+}
+
+/// Resumes the dropped session `previd` of `user` (XEP-0198 §5): connects and
+/// authenticates like a login, then sends `<resume previd h/>` instead of binding.
+/// `Err` when the connection or authentication failed, or the server offers no SM.
+pub async fn resume(
+    s: &Setup,
+    user: &str,
+    source: Option<IpAddr>,
+    nonce: String,
+    previd: &str,
+    h: u32,
+) -> Result<Resumed, LoginError> {
+    let t0 = Instant::now();
+    let mut l = Login { s, conn: None, phase: Phase::Connect, deadline: t0 + s.timeout };
+    let mut times = PhaseTimes::default();
+    let features = l.connect_auth(user, source, nonce, &mut times).await?;
+    if !features.has_child("sm", NS_SM) {
+        return Err(l.fail("server does not offer stream management (XEP-0198)"));
+    }
+    let mut id = String::new();
+    meerkat_xml::escape_attr(previd, &mut id);
+    l.send(format!("<resume xmlns='{NS_SM}' previd='{id}' h='{h}'/>").as_bytes()).await?;
+    let el = l.expect(|e| e.ns() == NS_SM && matches!(e.name(), "resumed" | "failed")).await?;
+    if el.name() == "failed" {
+        return Ok(Resumed::Failed(condition(&el, NS_STANZAS)));
+    }
+    let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+        return Err(l.fail("<resumed/> without a valid h"));
+    };
+    let conn = l.conn.take().expect("connected");
+    Ok(Resumed::Ok { conn: Box::new(conn), h })
 }
 
 /// How a registration ended.
@@ -312,11 +439,7 @@ pub enum Registered {
 pub async fn register(s: &Setup, user: &str, source: Option<IpAddr>) -> Result<Registered, LoginError> {
     let t0 = Instant::now();
     let mut l = Login { s, conn: None, phase: Phase::Connect, deadline: t0 + s.timeout };
-    match tokio::time::timeout_at(l.deadline, Conn::connect(s.server, source)).await {
-        Err(_) => return Err(l.fail("timeout")),
-        Ok(Err(e)) => return Err(l.fail(ConnError::Io(e).to_string())),
-        Ok(Ok(c)) => l.conn = Some(c),
-    }
+    l.connect(source, u64::from(t0.elapsed().subsec_nanos()) ^ user.len() as u64).await?;
     l.phase = if s.tls.is_some() { Phase::Tls } else { Phase::Auth };
     let features = l.open().await?;
     if s.tls.is_some() {

@@ -2,7 +2,8 @@
 //!
 //! The parent process (`parent`) fixes the timeline and starts W worker processes of
 //! this same binary (`worker`, hidden `--worker I/W` flag); each runs its users as
-//! tokio tasks (`login`, `session`) over hand-driven TCP/TLS connections (`conn`) and
+//! tokio tasks (`login`, then `session`, `presence` or `smresume` by scenario) over
+//! hand-driven TCP/TLS or WebSocket connections (`conn`, `ws`) and
 //! prints a `report::WorkerReport` as one JSON line; the parent merges them with the
 //! /proc samples of the server (`procfs`) into the result line (`output`).
 
@@ -14,12 +15,15 @@ mod hist;
 mod login;
 mod output;
 mod parent;
+mod presence;
 mod procfs;
 mod report;
 mod sasl;
 mod schedule;
 mod session;
+mod smresume;
 mod worker;
+mod ws;
 
 use clap::Parser as _;
 

@@ -146,9 +146,10 @@ fn params(args: &Args, workers: u32) -> Value {
     p
 }
 
-/// Messages the schedule offers in total (users alone in their bucket send nothing).
+/// Messages (presence: updates) the schedule offers in total (users alone in their
+/// bucket send nothing).
 fn offered(args: &Args) -> u64 {
-    if args.scenario != Scenario::OneToOne {
+    if !args.scenario.sends() {
         return 0;
     }
     let plan = SendPlan {
@@ -158,7 +159,10 @@ fn offered(args: &Args) -> u64 {
         users: args.users,
         tick_us: args.tick_us,
     };
-    (1..=args.users).filter(|&k| Bucket::of(k, args.users, args.bucket_size).len > 1).map(|k| plan.count(k)).sum()
+    (1..=args.users)
+        .filter(|&k| args.scenario == Scenario::Presence || Bucket::of(k, args.users, args.bucket_size).len > 1)
+        .map(|k| plan.count(k))
+        .sum()
 }
 
 fn round1(x: f64) -> f64 {
@@ -167,14 +171,40 @@ fn round1(x: f64) -> f64 {
 
 /// The JSON result line of the run.
 pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: &ServerStats) -> Value {
-    let one_to_one = args.scenario == Scenario::OneToOne;
-    let lost = r.sent as i64 - r.delivered as i64;
+    let one_to_one = args.scenario.sends();
+    let x = &r.extra;
+    // presence: each update goes to K contacts, so losses come from the receivers'
+    // gap counts; messages: what was sent and not delivered.
+    let lost = match args.scenario {
+        Scenario::Presence => x.presence_lost as i64,
+        _ => r.sent as i64 - r.delivered as i64,
+    };
     let late_p99 = r.late.pct(99.0);
     let disconnects: u64 = r.disconnects.values().sum();
     let valid = match args.scenario {
         Scenario::OneToOne => late_p99 <= 1000 && lost == 0 && r.duplicated == 0,
         Scenario::Connect => r.failures() == 0 && disconnects == 0,
         Scenario::Register => r.failures() == 0,
+        Scenario::Presence => {
+            late_p99 <= 1000
+                && lost == 0
+                && r.duplicated == 0
+                && r.failures() == 0
+                && disconnects == 0
+                && x.setup_incomplete == 0
+                && x.finals_missing == 0
+                && x.churn_logins == x.churn_logouts
+        }
+        Scenario::SmResume => {
+            late_p99 <= 1000
+                && lost == 0
+                && r.duplicated == 0
+                && r.failures() == 0
+                && disconnects == 0
+                && x.resumes_failed() == 0
+                && x.resumes_ok == x.cuts
+                && x.bad_acks == 0
+        }
     };
     let mut phases = Map::new();
     for (p, h) in PHASES.iter().zip(&r.phases) {
@@ -184,7 +214,7 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
     }
     let server_v = server_json(server, r);
     let duration = args.duration.max(1e-9);
-    json!({
+    let mut v = json!({
         "scenario": args.scenario.name(),
         "users": args.users,
         "workers": workers,
@@ -231,7 +261,54 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
         "server_cpu_us_per_msg": server_v["server_cpu_us_per_msg"].clone(),
         "server_cpu_us_per_login": server_v["server_cpu_us_per_login"].clone(),
         "server": server_v,
-    })
+    });
+    if let Value::Object(m) = &mut v {
+        m.insert("transport".into(), json!(args.transport));
+        match args.scenario {
+            Scenario::Presence => {
+                let more = json!({
+                    "contacts": args.contacts,
+                    "presence_expected": r.delivered + x.presence_lost,
+                    "presence_per_s": round1(r.delivered as f64 / duration),
+                    "presence_replayed": x.presence_replayed,
+                    "finals_missing": x.finals_missing,
+                    "presence_skipped": x.presence_skipped,
+                    "available_rx": x.available_rx,
+                    "unavailable_rx": x.unavailable_rx,
+                    "subscribe_sent": x.subscribe_sent,
+                    "roster_removed": x.roster_removed,
+                    "setup_complete": x.setup.len(),
+                    "setup_p50_us": x.setup.pct(50.0),
+                    "setup_max_us": x.setup.max(),
+                    "setup_incomplete": x.setup_incomplete,
+                    "churn_logouts": x.churn_logouts,
+                    "churn_logins": x.churn_logins,
+                    "churn_logins_per_s": round1(x.churn_logins as f64 / duration),
+                    "churn_login_p50_us": x.churn_login.pct(50.0),
+                    "churn_login_p99_us": x.churn_login.pct(99.0),
+                    "churn_login_max_us": x.churn_login.max(),
+                });
+                m.extend(more.as_object().cloned().unwrap_or_default());
+            }
+            Scenario::SmResume => {
+                let more = json!({
+                    "cuts": x.cuts,
+                    "resumes_ok": x.resumes_ok,
+                    "resumes_failed": x.resumes_failed(),
+                    "resume_failure_reasons": x.resume_failures,
+                    "resume_p50_us": x.resume.pct(50.0),
+                    "resume_p90_us": x.resume.pct(90.0),
+                    "resume_p99_us": x.resume.pct(99.0),
+                    "resume_max_us": x.resume.max(),
+                    "resent": x.resent,
+                    "bad_acks": x.bad_acks,
+                });
+                m.extend(more.as_object().cloned().unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+    v
 }
 
 /// A few readable lines for stderr.
@@ -262,7 +339,55 @@ pub fn summary(v: &Value) -> String {
             .collect();
         s += &format!("  phases p50/p99 µs: {}\n", parts.join(", "));
     }
-    if v["scenario"] == "one-to-one" {
+    if v["scenario"] == "presence" {
+        s += &format!(
+            "  setup: {} subscription requests, {} stray roster items removed, {} users complete after p50 {} µs \
+             max {} µs, {} incomplete\n",
+            g("subscribe_sent"),
+            g("roster_removed"),
+            g("setup_complete"),
+            g("setup_p50_us"),
+            g("setup_max_us"),
+            g("setup_incomplete"),
+        );
+        s += &format!(
+            "  updates offered {} sent {} skipped {}; deliveries expected {} delivered {} lost {} duplicated {} \
+             (+{} replayed, {} final stamps missing); {} presence/s\n",
+            g("offered"),
+            g("sent"),
+            g("presence_skipped"),
+            g("presence_expected"),
+            g("delivered"),
+            g("lost"),
+            g("duplicated"),
+            g("presence_replayed"),
+            g("finals_missing"),
+            g("presence_per_s"),
+        );
+        s += &format!(
+            "  churn: {} logouts, {} logins ({} /s), login p50 {} µs p99 {} µs; received available {} unavailable {}\n",
+            g("churn_logouts"),
+            g("churn_logins"),
+            g("churn_logins_per_s"),
+            g("churn_login_p50_us"),
+            g("churn_login_p99_us"),
+            g("available_rx"),
+            g("unavailable_rx"),
+        );
+    }
+    if v["scenario"] == "sm-resume" {
+        s += &format!(
+            "  cuts {} resumed {} failed {}; resume µs p50 {} p99 {} max {}; {} messages sent again\n",
+            g("cuts"),
+            g("resumes_ok"),
+            g("resumes_failed"),
+            g("resume_p50_us"),
+            g("resume_p99_us"),
+            g("resume_max_us"),
+            g("resent"),
+        );
+    }
+    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume")) {
         s += &format!(
             "  messages offered {} sent {} delivered {} lost {} duplicated {}; {} msgs/s\n",
             g("offered"),
@@ -272,6 +397,8 @@ pub fn summary(v: &Value) -> String {
             g("duplicated"),
             g("msgs_per_s"),
         );
+    }
+    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "presence")) {
         s += &format!(
             "  TTD µs p50 {} p90 {} p99 {} p99.9 {} max {}; generator lateness p99 {} µs\n",
             g("ttd_p50_us"),
@@ -306,7 +433,7 @@ pub fn summary(v: &Value) -> String {
             );
         }
     }
-    for key in ["login_failure_reasons", "disconnect_reasons"] {
+    for key in ["login_failure_reasons", "disconnect_reasons", "resume_failure_reasons"] {
         if let Some(Value::Object(m)) = v.get(key) {
             for (reason, n) in m {
                 s += &format!("  {}: {reason}: {n}\n", key.trim_end_matches("_reasons"));

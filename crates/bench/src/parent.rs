@@ -20,7 +20,7 @@ const SAMPLE_EVERY_MS: u64 = 200;
 pub struct Plan {
     /// First login.
     pub login_ms: u64,
-    /// Start of the measured phase (end of the login ramp).
+    /// Start of the measured phase (end of the login ramp, and of the setup phase).
     pub start_ms: u64,
     /// End of the measured phase.
     pub end_ms: u64,
@@ -36,14 +36,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let now_ms = unix_us() / 1000;
     // Time for the workers to start before the first login.
     let login_ms = now_ms + 300 + 30 * u64::from(workers);
-    let start_ms = login_ms + (args.ramp_seconds() * 1000.0) as u64;
+    // presence: the (unmeasured) subscription setup runs between the ramp and the start.
+    let start_ms = login_ms + ((args.ramp_seconds() + args.setup_seconds()) * 1000.0) as u64;
     let end_ms = match args.scenario {
         Scenario::Register => start_ms,
         _ => start_ms + (args.duration * 1000.0) as u64,
     };
-    let close_ms = match args.scenario {
-        Scenario::OneToOne => end_ms + (args.drain_seconds * 1000.0) as u64,
-        _ => end_ms,
+    let close_ms = match args.scenario.sends() {
+        true => end_ms + (args.drain_seconds * 1000.0) as u64,
+        false => end_ms,
     };
     let plan = Plan { login_ms, start_ms, end_ms, close_ms, run_id: unix_us() ^ (u64::from(std::process::id()) << 40) };
 

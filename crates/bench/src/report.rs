@@ -58,6 +58,90 @@ pub struct WorkerReport {
     pub generator_cpu_ms: u64,
     /// The worker process's peak RSS, KiB.
     pub generator_rss_kib: u64,
+    /// presence, sm-resume: the scenario-specific counters.
+    #[serde(default)]
+    pub extra: Extra,
+}
+
+/// Counters of the presence and sm-resume scenarios (zero elsewhere).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Extra {
+    /// presence: updates lost, from gaps in each sender's update counter as seen by
+    /// each online contact (and at the end of the run, from each sender's final count).
+    pub presence_lost: u64,
+    /// presence: final stamps (sender's total) that did not reach a contact online
+    /// since before the end of the measured phase.
+    pub finals_missing: u64,
+    /// presence: stamped updates received as the server's answer to a probe (their
+    /// sender's current presence when the receiver logged in): not in TTD.
+    pub presence_replayed: u64,
+    /// presence: scheduled updates not sent because the sender was logged out (churn).
+    pub presence_skipped: u64,
+    /// presence: available presence without a stamp received (contacts logging in).
+    pub available_rx: u64,
+    /// presence: unavailable presence received (contacts logging out).
+    pub unavailable_rx: u64,
+    /// presence: subscription requests sent during the setup phase.
+    pub subscribe_sent: u64,
+    /// presence: roster items removed at setup (benchmark users that are not contacts).
+    pub roster_removed: u64,
+    /// presence: from the start of the setup phase until the user's roster was at
+    /// `both` with every contact (µs), for the users that got there.
+    pub setup: Hist,
+    /// presence: users whose roster had not reached `both` with every contact when
+    /// the measured phase started.
+    pub setup_incomplete: u64,
+    /// presence: logouts by churn.
+    pub churn_logouts: u64,
+    /// presence: logins after a churn logout.
+    pub churn_logins: u64,
+    /// presence: time to session of the logins after a churn logout (µs).
+    pub churn_login: Hist,
+    /// sm-resume: connections cut abruptly.
+    pub cuts: u64,
+    /// sm-resume: sessions resumed (`<resumed/>`).
+    pub resumes_ok: u64,
+    /// sm-resume: resumptions that failed, by reason.
+    pub resume_failures: BTreeMap<String, u64>,
+    /// sm-resume: from the cut to `<resumed/>` (µs): TCP, TLS, SASL and resume.
+    pub resume: Hist,
+    /// sm-resume: messages the clients sent again after a resume (not acknowledged
+    /// by the server before the cut).
+    pub resent: u64,
+    /// sm-resume: acknowledgements from the server with an impossible `h`.
+    pub bad_acks: u64,
+}
+
+impl Extra {
+    fn merge(&mut self, o: &Extra) {
+        self.presence_lost += o.presence_lost;
+        self.presence_replayed += o.presence_replayed;
+        self.finals_missing += o.finals_missing;
+        self.presence_skipped += o.presence_skipped;
+        self.available_rx += o.available_rx;
+        self.unavailable_rx += o.unavailable_rx;
+        self.subscribe_sent += o.subscribe_sent;
+        self.roster_removed += o.roster_removed;
+        self.setup.merge(&o.setup);
+        self.setup_incomplete += o.setup_incomplete;
+        self.churn_logouts += o.churn_logouts;
+        self.churn_logins += o.churn_logins;
+        self.churn_login.merge(&o.churn_login);
+        self.cuts += o.cuts;
+        self.resumes_ok += o.resumes_ok;
+        for (k, v) in &o.resume_failures {
+            *self.resume_failures.entry(k.clone()).or_default() += v;
+        }
+        self.resume.merge(&o.resume);
+        self.resent += o.resent;
+        self.bad_acks += o.bad_acks;
+    }
+
+    /// Failed resumptions in total.
+    pub fn resumes_failed(&self) -> u64 {
+        self.resume_failures.values().sum()
+    }
 }
 
 impl WorkerReport {
@@ -133,6 +217,7 @@ impl WorkerReport {
         self.scram_derivations += o.scram_derivations;
         self.generator_cpu_ms += o.generator_cpu_ms;
         self.generator_rss_kib += o.generator_rss_kib;
+        self.extra.merge(&o.extra);
     }
 
     /// Failed logins in total.

@@ -97,6 +97,34 @@ impl SendPlan {
     }
 }
 
+/// Disruptions (presence churn, sm-resume cuts) at `rate` per second across all users
+/// from `start_us` to `end_us`: event j at `start + (j + 1/2) / rate`, on user
+/// `1 + j * stride mod users` with `stride` coprime to `users` (near the golden ratio
+/// of it), so that every user is hit once before any is hit twice and consecutive
+/// events hit users far apart (in other buckets, not neighbours in the ring). Fixed in
+/// advance like the send times: every worker computes the same list.
+pub fn events(rate: f64, start_us: u64, end_us: u64, users: u32) -> impl Iterator<Item = (u32, u64)> {
+    let span = end_us.saturating_sub(start_us) as f64;
+    let n = if rate > 0.0 { (span * rate / 1e6).floor() as u64 } else { 0 };
+    let users64 = u64::from(users.max(1));
+    let mut stride = ((users64 as f64 * 0.618) as u64).max(1);
+    while gcd(stride, users64) != 1 {
+        stride += 1;
+    }
+    (0..n).map(move |j| {
+        let t = start_us + ((j as f64 + 0.5) * 1e6 / rate) as u64;
+        (1 + (j * stride % users64) as u32, t)
+    })
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// Starts the scheduler thread: wakes user k's `notify` at every send time of k
 /// (relative to `base`); users due at the same time are woken together. The thread
 /// ends after the last send time.
@@ -181,6 +209,19 @@ mod tests {
         // The sum over users is the offered rate times the duration.
         let q = SendPlan { start_us: 0, end_us: 10_000_000, interval_us: 200_000, users: 50, tick_us: 1_000 };
         assert_eq!((1..=50).map(|k| q.count(k)).sum::<u64>(), 50 * 10_000_000 / 200_000);
+    }
+
+    #[test]
+    fn disruption_events_cover_every_user_before_repeating() {
+        let ev: Vec<(u32, u64)> = events(10.0, 1_000, 1_000 + 2_000_000, 12).collect();
+        assert_eq!(ev.len(), 20);
+        assert_eq!(ev[0].1, 1_000 + 50_000);
+        assert!(ev.windows(2).all(|w| w[1].1 - w[0].1 == 100_000));
+        let mut first: Vec<u32> = ev[..12].iter().map(|e| e.0).collect();
+        first.sort_unstable();
+        assert_eq!(first, (1..=12).collect::<Vec<_>>());
+        assert_eq!(events(0.0, 0, 1_000_000, 5).count(), 0);
+        assert_eq!(events(5.0, 0, 1_000_000, 1).map(|e| e.0).collect::<Vec<_>>(), [1; 5]);
     }
 
     #[test]

@@ -25,15 +25,20 @@ pub const NS_BENCH: &str = "urn:meerkat:bench";
 const MAX_TRACKED_SEQ: u64 = 1 << 24;
 
 /// Which messages a user has received, per sender of its bucket (bit per seq).
-struct Seen {
+pub(crate) struct Seen {
     bucket: Bucket,
     bits: Vec<Vec<u64>>,
 }
 
 impl Seen {
+    /// Nothing seen yet from the members of `bucket`.
+    pub(crate) fn new(bucket: Bucket) -> Seen {
+        Seen { bucket, bits: Vec::new() }
+    }
+
     /// `Some(true)` the first time (sender, seq) is seen, `Some(false)` for a copy,
     /// `None` for a sender outside the bucket or an untrackable seq.
-    fn mark(&mut self, sender: u32, seq: u64) -> Option<bool> {
+    pub(crate) fn mark(&mut self, sender: u32, seq: u64) -> Option<bool> {
         if !self.bucket.contains(sender) || seq > MAX_TRACKED_SEQ {
             return None;
         }
@@ -52,11 +57,11 @@ impl Seen {
     }
 }
 
-fn lock(ctx: &Ctx) -> MutexGuard<'_, WorkerReport> {
+pub(crate) fn lock(ctx: &Ctx) -> MutexGuard<'_, WorkerReport> {
     ctx.stats.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn notified(n: Option<&Notify>) {
+pub(crate) async fn notified(n: Option<&Notify>) {
     match n {
         Some(n) => n.notified().await,
         None => std::future::pending().await,
@@ -66,11 +71,16 @@ async fn notified(n: Option<&Notify>) {
 /// Runs user `k`'s session until the end of the run (or until the server drops it).
 pub async fn online(ctx: &Ctx, k: u32, mut conn: Conn, notify: Option<Arc<Notify>>) {
     let bucket = Bucket::of(k, ctx.users, ctx.bucket_size);
-    let mut seen = Seen { bucket, bits: Vec::new() };
+    let mut seen = Seen::new(bucket);
     let total = if notify.is_some() { ctx.plan.count(k) } else { 0 };
     let mut seq = 0u64;
     let close = tokio::time::sleep_until(ctx.tl.instant(ctx.tl.close_us));
     tokio::pin!(close);
+    // What arrived with the login's last answer is handled now, not at the next read.
+    if let Err(reason) = process(ctx, &mut conn, &mut seen) {
+        lock(ctx).disconnected(reason);
+        return;
+    }
     let ended: Option<String> = loop {
         tokio::select! {
             biased;
@@ -124,17 +134,7 @@ async fn send_due(
             break;
         }
         let Some(to) = bucket.target(k, *seq) else { break };
-        let n = *seq;
-        write!(
-            conn.out,
-            "<message to='{}{to}{}' type='chat' id='s{k}-{n}'><body>{}</body>\
-             <bench xmlns='{NS_BENCH}' r='{}' t='{}' s='{k}' n='{n}'/></message>",
-            ctx.to_prefix,
-            ctx.to_suffix,
-            ctx.body,
-            ctx.run_id,
-            ctx.tl.unix_us(rel),
-        )?;
+        write_message(ctx, &mut conn.out, k, to, *seq, ctx.tl.unix_us(rel))?;
         conn.flush().await?;
         *seq += 1;
         let mut st = lock(ctx);
@@ -144,13 +144,24 @@ async fn send_due(
     Ok(())
 }
 
+/// Writes message `n` of user `k` to user `to`, stamped with its scheduled time
+/// `t_unix` (Unix µs); formatted straight into the output buffer.
+pub(crate) fn write_message(ctx: &Ctx, out: &mut Vec<u8>, k: u32, to: u32, n: u64, t_unix: u64) -> std::io::Result<()> {
+    write!(
+        out,
+        "<message to='{}{to}{}' type='chat' id='s{k}-{n}'><body>{}</body>\
+         <bench xmlns='{NS_BENCH}' r='{}' t='{t_unix}' s='{k}' n='{n}'/></message>",
+        ctx.to_prefix, ctx.to_suffix, ctx.body, ctx.run_id,
+    )
+}
+
 /// Handles every complete element the decoder holds; queues replies in `conn.out`.
 /// `Err` is the reason the session is over.
 fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen) -> Result<(), String> {
     let now = unix_us();
     let mut stats: Option<MutexGuard<'_, WorkerReport>> = None;
     loop {
-        let el = match conn.dec.next_event() {
+        let el = match conn.next_decoded() {
             Ok(None) => return Ok(()),
             Ok(Some(StreamEvent::Element(el))) => el,
             Ok(Some(StreamEvent::Header(_))) => continue,
@@ -164,7 +175,9 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen) -> Result<(), String> {
                     on_message(ctx, &el, b, now, seen, st);
                 }
             }
-            "iq" => answer_iq(&el, &mut conn.out),
+            "iq" => {
+                answer_iq(&el, &mut conn.out);
+            }
             "error" if el.ns() == STREAM_NS => {
                 let cond = el.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
                 return Err(format!("stream error {cond}"));
@@ -174,7 +187,7 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen) -> Result<(), String> {
     }
 }
 
-fn on_message(ctx: &Ctx, msg: &Element, b: &Element, now: u64, seen: &mut Seen, st: &mut WorkerReport) {
+pub(crate) fn on_message(ctx: &Ctx, msg: &Element, b: &Element, now: u64, seen: &mut Seen, st: &mut WorkerReport) {
     let num = |a: &str| b.attr(a).and_then(|v| v.parse::<u64>().ok());
     let (Some(run), Some(t), Some(s), Some(n)) = (num("r"), num("t"), num("s"), num("n")) else {
         st.stale += 1;
@@ -203,11 +216,12 @@ fn on_message(ctx: &Ctx, msg: &Element, b: &Element, now: u64, seen: &mut Seen, 
 }
 
 /// Answers pings and roster pushes with a result, other requests with
-/// `<service-unavailable/>`; ignores responses.
-fn answer_iq(iq: &Element, out: &mut Vec<u8>) {
+/// `<service-unavailable/>`; ignores responses. Returns whether it wrote an answer
+/// (a stanza, for stream management's count).
+pub(crate) fn answer_iq(iq: &Element, out: &mut Vec<u8>) -> bool {
     let ty = iq.attr("type").unwrap_or("");
     if ty != "get" && ty != "set" {
-        return;
+        return false;
     }
     let mut head = String::from("<iq type='");
     let ok = iq.has_child("ping", "urn:xmpp:ping") || (ty == "set" && iq.has_child("query", "jabber:iq:roster"));
@@ -231,6 +245,7 @@ fn answer_iq(iq: &Element, out: &mut Vec<u8>) {
         );
     }
     out.extend_from_slice(head.as_bytes());
+    true
 }
 
 #[cfg(test)]

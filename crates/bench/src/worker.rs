@@ -12,12 +12,14 @@ use rustls::pki_types::ServerName;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::cli::{Args, Scenario};
-use crate::login::{self, Registered, Setup};
+use crate::cli::{Args, Scenario, Transport};
+use crate::login::{self, Registered, Setup, Want};
 use crate::report::WorkerReport;
 use crate::sasl::{KeyCache, NonceGen};
+use crate::schedule::events;
 use crate::schedule::{spawn_scheduler, Bucket, SendPlan};
-use crate::session;
+use crate::ws::WsUrl;
+use crate::{presence, session, smresume};
 
 /// Now, in Unix µs.
 pub fn unix_us() -> u64 {
@@ -33,9 +35,13 @@ pub struct Timeline {
     pub base_unix_us: u64,
     /// First login.
     pub login_us: u64,
+    /// presence: start of the subscription setup (end of the login ramp).
+    pub setup_us: u64,
     /// Start of the measured phase.
     pub start_us: u64,
-    /// When sessions close (after the drain in one-to-one).
+    /// End of the measured phase.
+    pub end_us: u64,
+    /// When sessions close (after the drain in the sending scenarios).
     pub close_us: u64,
 }
 
@@ -61,6 +67,10 @@ pub struct Ctx {
     pub users: u32,
     /// one-to-one bucket size.
     pub bucket_size: u32,
+    /// presence: contacts per user.
+    pub contacts: u32,
+    /// The XMPP domain (unescaped).
+    pub domain: String,
     /// Tags this run's messages.
     pub run_id: u64,
     /// Fixed times.
@@ -104,14 +114,16 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
     let base_unix_us = unix_us();
     let rel = |unix_ms: u64| (unix_ms * 1000).saturating_sub(base_unix_us);
     let login_ms = args.plan_login_ms.unwrap_or(base_unix_us / 1000 + 100);
-    let start_ms = args.plan_start_ms.unwrap_or(login_ms + (args.ramp_seconds() * 1000.0) as u64);
+    let start_ms =
+        args.plan_start_ms.unwrap_or(login_ms + ((args.ramp_seconds() + args.setup_seconds()) * 1000.0) as u64);
     let start_us = rel(start_ms);
+    let setup_us = start_us.saturating_sub((args.setup_seconds() * 1e6) as u64);
     let end_us = start_us + (args.duration * 1e6) as u64;
-    let close_us = match args.scenario {
-        Scenario::OneToOne => end_us + (args.drain_seconds * 1e6) as u64,
-        _ => end_us,
+    let close_us = match args.scenario.sends() {
+        true => end_us + (args.drain_seconds * 1e6) as u64,
+        false => end_us,
     };
-    let tl = Timeline { base, base_unix_us, login_us: rel(login_ms), start_us, close_us };
+    let tl = Timeline { base, base_unix_us, login_us: rel(login_ms), setup_us, start_us, end_us, close_us };
     let tls = match args.tls {
         false => None,
         true => {
@@ -128,7 +140,11 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
         resource: args.resource.clone(),
         timeout: Duration::from_secs_f64(args.login_timeout),
         keys: KeyCache::default(),
-        header: Setup::header_for(&args.domain),
+        header: Setup::header_for(&args.domain, args.transport == Transport::Websocket),
+        ws: match args.transport {
+            Transport::Tcp => None,
+            Transport::Websocket => Some(WsUrl::parse(&args.ws_url())?),
+        },
     };
     let mut to_prefix = String::new();
     meerkat_xml::escape_attr(&args.user_prefix, &mut to_prefix);
@@ -140,6 +156,8 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
         scenario: args.scenario,
         users: args.users,
         bucket_size: args.bucket_size,
+        contacts: args.contacts,
+        domain: args.domain.clone(),
         run_id: args.run_id.unwrap_or(base_unix_us),
         tl,
         plan,
@@ -152,17 +170,31 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
     });
 
     let mine: Vec<u32> = (idx + 1..=args.users).step_by(count as usize).collect();
+    // Churn (presence) or cuts (sm-resume) of this worker's users, per user in time order.
+    let rate = match args.scenario {
+        Scenario::Presence => args.churn_per_s,
+        Scenario::SmResume => args.disconnect_per_s,
+        _ => 0.0,
+    };
+    let mut disruptions: Vec<Vec<u64>> = vec![Vec::new(); mine.len()];
+    for (k, t) in events(rate, start_us, end_us, args.users) {
+        if (k - 1) % count == idx {
+            disruptions[((k - 1) / count) as usize].push(t);
+        }
+    }
     let mut senders = Vec::new();
     let mut set = JoinSet::new();
-    for &k in &mine {
-        let sends = args.scenario == Scenario::OneToOne
-            && Bucket::of(k, args.users, args.bucket_size).len > 1
-            && plan.count(k) > 0;
+    for (&k, disrupt) in mine.iter().zip(disruptions) {
+        let sends = match args.scenario {
+            Scenario::OneToOne | Scenario::SmResume => Bucket::of(k, args.users, args.bucket_size).len > 1,
+            Scenario::Presence => true,
+            _ => false,
+        } && plan.count(k) > 0;
         let notify = sends.then(|| Arc::new(Notify::new()));
         if let Some(n) = &notify {
             senders.push((k, n.clone()));
         }
-        set.spawn(user(ctx.clone(), k, notify));
+        set.spawn(user(ctx.clone(), k, notify, disrupt));
     }
     spawn_scheduler(plan, base, senders).context("starting the scheduler thread")?;
     while let Some(r) = set.join_next().await {
@@ -183,14 +215,21 @@ fn filler(n: usize) -> String {
     TEXT.chars().cycle().take(n).collect()
 }
 
-/// One simulated user: waits for its login slot, logs in, then stays online.
-async fn user(ctx: Arc<Ctx>, k: u32, notify: Option<Arc<Notify>>) {
-    let at = ctx.tl.login_us + ((k - 1) as f64 * 1e6 / ctx.login_rate) as u64;
-    tokio::time::sleep_until(ctx.tl.instant(at)).await;
-    let source = match ctx.sources.len() {
+/// The source address of user `k`.
+pub fn source_of(ctx: &Ctx, k: u32) -> Option<IpAddr> {
+    match ctx.sources.len() {
         0 => None,
         n => Some(ctx.sources[(k as usize - 1) % n]),
-    };
+    }
+}
+
+/// One simulated user: waits for its login slot, logs in, then runs its scenario;
+/// `disrupt`: the times of its churn logouts (presence) or connection cuts
+/// (sm-resume).
+async fn user(ctx: Arc<Ctx>, k: u32, notify: Option<Arc<Notify>>, disrupt: Vec<u64>) {
+    let at = ctx.tl.login_us + ((k - 1) as f64 * 1e6 / ctx.login_rate) as u64;
+    tokio::time::sleep_until(ctx.tl.instant(at)).await;
+    let source = source_of(&ctx, k);
     let name = format!("{}{k}", ctx.setup.prefix);
     let started = unix_us();
     ctx.stats.lock().unwrap_or_else(|e| e.into_inner()).login_started(started);
@@ -204,23 +243,30 @@ async fn user(ctx: Arc<Ctx>, k: u32, notify: Option<Arc<Notify>>) {
         }
         return;
     }
-    let nonce = NonceGen::new(u64::from(k)).next();
-    let r = Box::pin(login::login(&ctx.setup, &name, source, nonce)).await;
-    let conn = {
+    let mut nonces = NonceGen::new(u64::from(k));
+    let want = Want { roster: ctx.scenario == Scenario::Presence, sm: ctx.scenario == Scenario::SmResume };
+    let r = Box::pin(login::login_with(&ctx.setup, &name, source, nonces.next(), want)).await;
+    let sess = {
         let mut st = ctx.stats.lock().unwrap_or_else(|e| e.into_inner());
         match r {
             Err(e) => {
                 st.login_failed(&e);
                 return;
             }
-            Ok((conn, times)) => {
-                st.login_ok(started, &times);
-                if tokio::time::Instant::now() > ctx.tl.instant(ctx.tl.start_us) {
+            Ok(sess) => {
+                st.login_ok(started, &sess.times);
+                // presence: the setup phase needs every user online.
+                let due = if ctx.scenario == Scenario::Presence { ctx.tl.setup_us } else { ctx.tl.start_us };
+                if tokio::time::Instant::now() > ctx.tl.instant(due) {
                     st.late_logins += 1;
                 }
-                conn
+                sess
             }
         }
     };
-    session::online(&ctx, k, conn, notify).await;
+    match ctx.scenario {
+        Scenario::Presence => Box::pin(presence::online(&ctx, k, sess, notify, disrupt, nonces)).await,
+        Scenario::SmResume => Box::pin(smresume::online(&ctx, k, sess, notify, disrupt, nonces)).await,
+        _ => session::online(&ctx, k, sess.conn, notify).await,
+    }
 }

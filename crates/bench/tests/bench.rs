@@ -210,3 +210,126 @@ async fn connect_and_one_to_one_against_meerkat() {
     assert_eq!(u(&r, "logins"), 3, "{r}");
     s.stop().await;
 }
+
+/// presence (TCP, then again over WebSocket on the same accounts), one-to-one over
+/// WebSocket, and sm-resume over STARTTLS: every expected delivery arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_websocket_and_sm_resume_against_meerkat() {
+    const N: u32 = 30;
+    let s = TestServer::start().await.expect("test server");
+    meerkat::accounts::bulk_add(&s.ctx.config, &s.ctx.stores, "user", N, "localhost", "secret")
+        .await
+        .expect("provision users");
+    let plain = s.addr(TlsMode::None);
+    let ws_url = format!("ws://{}/ws-xmpp", s.http_addrs[0]);
+
+    // presence with churn: the setup phase subscribes everyone to their 4 contacts.
+    let r = bench(args(
+        "presence",
+        plain,
+        N,
+        &[
+            "--contacts",
+            "4",
+            "--interval-ms",
+            "200",
+            "--duration",
+            "3",
+            "--drain-seconds",
+            "2",
+            "--setup-seconds",
+            "3",
+            "--churn-per-s",
+            "2",
+            "--login-rate",
+            "200",
+        ],
+    ))
+    .await;
+    assert_eq!(r["scenario"], "presence");
+    assert_eq!(u(&r, "logins"), u64::from(N), "{r}");
+    assert_eq!(u(&r, "subscribe_sent"), u64::from(N) * 4, "one request per direction: {r}");
+    assert_eq!(u(&r, "setup_complete"), u64::from(N), "{r}");
+    assert_eq!(u(&r, "setup_incomplete"), 0, "{r}");
+    assert_eq!((u(&r, "churn_logouts"), u(&r, "churn_logins")), (6, 6), "{r}");
+    assert!(u(&r, "unavailable_rx") >= 6 * 4 - 4, "contacts see churned users leave: {r}");
+    assert!(u(&r, "delivered") > 0 && u(&r, "sent") > 0, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(u(&r, "duplicated"), 0, "{r}");
+    assert_eq!(u(&r, "stale"), 0, "{r}");
+    assert_eq!(u(&r, "presence_expected"), u(&r, "delivered"), "{r}");
+    assert_eq!(u(&r, "finals_missing"), 0, "{r}");
+    assert_eq!(u(&r, "disconnects"), 0, "{r}");
+    assert!(r["presence_per_s"].as_f64().unwrap() > 0.0 && r["churn_logins_per_s"].as_f64().unwrap() > 0.0);
+    assert_monotone(&r, &["ttd_p50_us", "ttd_p90_us", "ttd_p99_us", "ttd_p999_us", "ttd_max_us"]);
+    assert_monotone(&r, &["churn_login_p50_us", "churn_login_p99_us"]);
+    assert!(u(&r, "ttd_p50_us") > 0);
+
+    // Again on the same accounts, over WebSocket, without churn and with 2 contacts: the
+    // setup removes the 2 former contacts that no longer are, subscribes to nobody, and
+    // every update reaches exactly the 2 contacts.
+    let r = bench(args(
+        "presence",
+        plain,
+        N,
+        &[
+            "--transport",
+            "websocket",
+            "--ws-url",
+            &ws_url,
+            "--contacts",
+            "2",
+            "--interval-ms",
+            "250",
+            "--duration",
+            "2",
+            "--drain-seconds",
+            "1",
+            "--setup-seconds",
+            "1",
+        ],
+    ))
+    .await;
+    assert_eq!(r["transport"], "websocket", "{r}");
+    assert_eq!(u(&r, "logins"), u64::from(N), "{r}");
+    assert_eq!(u(&r, "roster_removed"), 2 * u64::from(N), "{r}");
+    assert_eq!((u(&r, "subscribe_sent"), u(&r, "setup_incomplete")), (0, 0), "idempotent setup: {r}");
+    assert_eq!(u(&r, "sent"), u(&r, "offered"), "{r}");
+    assert_eq!(u(&r, "delivered"), 2 * u(&r, "sent"), "{r}");
+    assert_eq!((r["lost"].as_i64(), u(&r, "duplicated"), u(&r, "stale")), (Some(0), 0, 0), "{r}");
+    assert_eq!(u(&r, "finals_missing"), 0, "{r}");
+
+    // one-to-one over WebSocket.
+    let r = bench(args(
+        "one-to-one",
+        plain,
+        20,
+        &["--transport", "websocket", "--ws-url", &ws_url, "--interval-ms", "200", "--duration", "2"],
+    ))
+    .await;
+    assert_eq!(u(&r, "logins"), 20, "{r}");
+    assert!(u(&r, "sent") > 0, "{r}");
+    assert_eq!(u(&r, "delivered"), u(&r, "sent"), "{r}");
+    assert_eq!(u(&r, "duplicated"), 0, "{r}");
+
+    // sm-resume over STARTTLS: 4 cuts per second for 3 s, every one resumed, every
+    // message delivered exactly once.
+    let r = bench(args(
+        "sm-resume",
+        s.addr(TlsMode::Starttls),
+        N,
+        &["--tls", "--interval-ms", "100", "--duration", "3", "--drain-seconds", "2", "--disconnect-per-s", "4"],
+    ))
+    .await;
+    assert_eq!(r["scenario"], "sm-resume");
+    assert_eq!(u(&r, "logins"), u64::from(N), "{r}");
+    assert_eq!((u(&r, "cuts"), u(&r, "resumes_ok"), u(&r, "resumes_failed")), (12, 12, 0), "{r}");
+    assert_eq!(u(&r, "sent"), u(&r, "offered"), "{r}");
+    assert_eq!(u(&r, "delivered"), u(&r, "sent"), "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!((u(&r, "duplicated"), u(&r, "bad_acks"), u(&r, "disconnects")), (0, 0, 0), "{r}");
+    assert!(u(&r, "resume_p50_us") > 0, "{r}");
+    assert_monotone(&r, &["resume_p50_us", "resume_p99_us", "resume_max_us"]);
+    assert_monotone(&r, &["ttd_p50_us", "ttd_p99_us", "ttd_max_us"]);
+    s.stop().await;
+}
