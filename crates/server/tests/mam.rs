@@ -354,6 +354,26 @@ async fn preferences_roster_mode_and_retraction() {
         assert!(t.attr("stamp").is_some());
         assert!(h[1].msg.has_child("retract", "urn:xmpp:message-retract:1"));
     }
+
+    // A message the recipient's blocklist rejects is not archived by the recipient
+    // (XEP-0313 §6.1), online or offline.
+    c.send("<iq type='set' id='bl'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>").await;
+    let r = c.expect_where(|e| e.attr("id") == Some("bl")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    b.send("<message to='carol@localhost' type='chat'><body>blocked online</body></message>").await;
+    b.send("<message to='carol@localhost/x' type='chat'><body>blocked full</body></message>").await;
+    b.send("<message to='carol@localhost' type='chat'><body>after</body></message>").await;
+    for _ in 0..3 {
+        b.expect_where(|e| e.name() == "message" && e.attr("type") == Some("error")).await;
+    }
+    c.send("<iq type='set' id='ub'><unblock xmlns='urn:xmpp:blocking'/></iq>").await;
+    c.expect_where(|e| e.attr("id") == Some("ub")).await;
+    b.send("<message to='carol@localhost' type='chat'><body>unblocked</body></message>").await;
+    c.expect_where(|e| body(e).as_deref() == Some("unblocked")).await;
+    let (h, _) = query(&mut c, MAM, "rc3", &with("bob@localhost"), "", "").await;
+    let got = bodies(&h);
+    assert!(!got.iter().any(|b| b.starts_with("blocked") || b == "after"), "{got:?}");
+    assert_eq!(got.last().map(String::as_str), Some("unblocked"));
     s.stop().await;
 }
 

@@ -3,8 +3,8 @@
 //!
 //! - **Both ends archive.** A `chat`/`normal` message with a body (or a retraction)
 //!   is archived in the sender's archive when the sender's session sends it, and in
-//!   the recipient's archive where the router delivers it (to a session, or into
-//!   offline storage, after the blocklist filter). The recipient's archive id is the
+//!   the recipient's archive where it is accepted: by a session (after its blocklist
+//!   filter) or by the offline path (after the account check and the blocklist). The recipient's archive id is the
 //!   XEP-0359 stanza id the stanza id module stamps (by = the recipient); the
 //!   sender's archive id is stamped on the sent message as a stanza id by the
 //!   sender's bare JID, so the sender's other devices see it in their carbon copy
@@ -217,6 +217,25 @@ impl SessionHooks for Mam {
         self.retract(ctx, &s.bare, &to_bare, Direction::Outgoing, st);
         Flow::Continue
     }
+
+    fn on_user_receive(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
+        if !archivable(st) {
+            return Flow::Continue;
+        }
+        let Some(from) = &st.from else { return Flow::Continue };
+        // Several sessions may each take a copy: the same id is stored once.
+        if let Some(id) = own_stanza_id(st, &s.bare) {
+            let roster = s.roster.as_ref().map(|r| r.items.get(from.to_bare().as_str()).is_some_and(|i| i.visible));
+            self.archive(ctx, &s.bare, row(id, st, from, Direction::Incoming), roster);
+        }
+        Flow::Continue
+    }
+}
+
+/// The archive id the delivery hook stamped for `owner`.
+fn own_stanza_id(st: &Stanza, owner: &BareJid) -> Option<i64> {
+    let by = owner.as_str();
+    st.el.children().find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by))?.attr("id").and_then(decode_id)
 }
 
 #[async_trait::async_trait]
@@ -226,29 +245,18 @@ impl DeliveryHooks for Mam {
             return;
         }
         let Some(from) = st.from.clone() else { return };
-        let by = to.as_str();
-        let id = match st.el.children().find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by)) {
-            Some(sid) => sid.attr("id").and_then(decode_id),
-            None => None,
-        };
-        let id = match id {
-            Some(id) => id,
-            None => {
-                // No (usable) stanza id from the stanza id module: stamp one.
-                st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
-                let id = new_archive_id();
-                st.el.append_child(
-                    Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", by).build(),
-                );
-                id
-            }
-        };
-        self.retract(ctx, to, &from.to_bare(), Direction::Incoming, st);
-        // Online recipients: archived now. Otherwise the offline filter archives it,
-        // once the account is known to exist and the blocklist let it through.
-        if ctx.router.user_session_count(to) > 0 {
-            self.archive(ctx, to, row(id, st, &from, Direction::Incoming), None);
+        if own_stanza_id(st, to).is_none() {
+            // No (usable) stanza id from the stanza id module: stamp one.
+            let by = to.as_str();
+            st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
+            let id = encode_id(new_archive_id());
+            st.el.append_child(Element::builder("stanza-id", ns::SID).attr("id", id).attr("by", by).build());
         }
+        // The row itself is queued where the message is accepted: by a session
+        // (`on_user_receive`, after the blocklist) or by the offline path (after
+        // the account check and the blocklist), so rejected messages are not
+        // archived (XEP-0313 §6.1).
+        self.retract(ctx, to, &from.to_bare(), Direction::Incoming, st);
     }
 
     async fn on_inbound_offline_filter(&self, ctx: &ServerContext, to: &BareJid, st: &Stanza) -> Flow {
@@ -256,11 +264,9 @@ impl DeliveryHooks for Mam {
             return Flow::Continue;
         }
         let Some(from) = &st.from else { return Flow::Continue };
-        let by = to.as_str();
-        let id = st.el.children().find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
-        if let Some(id) = id.and_then(|c| c.attr("id")).and_then(decode_id) {
-            // Appending the same id twice (a session vanished between the two
-            // paths) stores it once.
+        // A message a vanished session did not take comes here too: the same id
+        // is stored once.
+        if let Some(id) = own_stanza_id(st, to) {
             self.archive(ctx, to, row(id, st, from, Direction::Incoming), None);
         }
         Flow::Continue
