@@ -158,6 +158,15 @@ pub trait ShutdownHook: Send + Sync + 'static {
     async fn on_shutdown(&self, ctx: &ServerContext);
 }
 
+/// A hook run before an account is removed in-band (XEP-0077 §3.2), so modules
+/// drop what they hold for it in memory (e.g. archive rows not yet written, which
+/// would otherwise be written after the account's data was deleted).
+#[async_trait::async_trait]
+pub trait AccountHooks: Send + Sync + 'static {
+    /// `user`'s account is about to be deleted.
+    async fn before_remove(&self, ctx: &ServerContext, user: &BareJid);
+}
+
 /// A feature module.
 pub trait Module: Send + Sync + 'static {
     /// The `[modules.NAME]` name.
@@ -173,6 +182,7 @@ pub struct HookRegistry {
     session: Vec<(i32, Arc<dyn SessionHooks>)>,
     delivery: Vec<(i32, Arc<dyn DeliveryHooks>)>,
     shutdown: Vec<Arc<dyn ShutdownHook>>,
+    account: Vec<Arc<dyn AccountHooks>>,
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
     stream_features_preauth: Vec<Element>,
@@ -199,6 +209,10 @@ impl HookRegistry {
     /// Runs `h` when the server stops.
     pub fn on_shutdown(&mut self, h: Arc<dyn ShutdownHook>) {
         self.shutdown.push(h);
+    }
+    /// Runs `h` before an account is removed.
+    pub fn on_account(&mut self, h: Arc<dyn AccountHooks>) {
+        self.account.push(h);
     }
     /// Advertises a feature in the server's disco#info.
     pub fn server_feature(&mut self, var: &'static str) {
@@ -238,6 +252,7 @@ impl HookRegistry {
             session: self.session.into_iter().map(|(_, h)| h).collect(),
             delivery: self.delivery.into_iter().map(|(_, h)| h).collect(),
             shutdown: self.shutdown,
+            account: self.account,
             server_features: self.server_features,
             account_features: self.account_features,
             stream_features_preauth: self.stream_features_preauth,
@@ -257,6 +272,8 @@ pub struct Hooks {
     pub delivery: Vec<Arc<dyn DeliveryHooks>>,
     /// Shutdown hooks.
     pub shutdown: Vec<Arc<dyn ShutdownHook>>,
+    /// Account removal hooks.
+    pub account: Vec<Arc<dyn AccountHooks>>,
     /// Server disco#info features (sorted).
     pub server_features: Vec<&'static str>,
     /// Account disco#info features (sorted).

@@ -488,7 +488,7 @@ async fn archive_on_postgres() {
 }
 
 #[tokio::test]
-async fn shutdown_writes_pending_rows() {
+async fn shutdown_writes_pending_rows_and_removal_drops_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
     // Rows wait for a full batch or a minute: only the shutdown writes them.
@@ -503,9 +503,16 @@ async fn shutdown_writes_pending_rows() {
     b.expect_where(|e| e.name() == "message").await;
     let acc = Account::new("bob", "localhost");
     assert!(s.ctx.stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.is_empty(), "still queued");
+    // Alice removes her account in-band: her queued row is dropped, not written
+    // after her data was deleted.
+    a.send("<iq type='set' id='rm'><query xmlns='jabber:iq:register'><remove/></query></iq>").await;
+    let r = a.expect_where(|e| e.attr("id") == Some("rm")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
     s.stop().await;
     let stores = meerkat::open_storage(&cfg).await.unwrap();
     let rows = stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows;
     assert_eq!(rows.len(), 1);
     assert!(rows[0].stanza.contains("before shutdown"));
+    let alice = Account::new("alice", "localhost");
+    assert!(stores.archive.query(alice, &ArchiveQuery::default()).await.unwrap().rows.is_empty());
 }

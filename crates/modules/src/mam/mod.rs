@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meerkat_config::MamCfg;
-use meerkat_core::hooks::{DeliveryHooks, Flow, IqScope, SessionHooks, ShutdownHook};
+use meerkat_core::hooks::{AccountHooks, DeliveryHooks, Flow, IqScope, SessionHooks, ShutdownHook};
 use meerkat_core::util::{now_ms, xep82_datetime};
 use meerkat_core::{HookRegistry, Module, ServerContext, SessionState};
 use meerkat_stanza::{ns, BareJid, Jid, Stanza, StanzaKind};
@@ -62,6 +62,9 @@ pub(crate) struct PrefsCache {
 impl PrefsCache {
     pub(crate) fn get(&self, owner: &str) -> Option<Arc<ArchivePrefs>> {
         self.map.read().get(owner).cloned()
+    }
+    pub(crate) fn remove(&self, owner: &str) {
+        self.map.write().remove(owner);
     }
     pub(crate) fn insert(&self, owner: &str, p: Arc<ArchivePrefs>) {
         let mut m = self.map.write();
@@ -190,7 +193,8 @@ impl Module for Mam {
         reg.on_session(30, self.clone());
         // After the stanza id module (90), so its id is the archive id.
         reg.on_delivery(95, self.clone());
-        reg.on_shutdown(self);
+        reg.on_shutdown(self.clone());
+        reg.on_account(self);
         for f in [NS_MAM2, NS_MAM2_EXTENDED, NS_MAM1, NS_RETRACT, NS_RETRACT_TOMBSTONE] {
             reg.account_feature(f);
         }
@@ -270,6 +274,16 @@ impl DeliveryHooks for Mam {
             self.archive(ctx, to, row(id, st, from, Direction::Incoming), None);
         }
         Flow::Continue
+    }
+}
+
+#[async_trait::async_trait]
+impl AccountHooks for Mam {
+    async fn before_remove(&self, _ctx: &ServerContext, user: &BareJid) {
+        // The account's tables are deleted next (delete_user cascades); rows still
+        // queued for it must not be written after that.
+        self.writer.forget_user(user.as_str(), Duration::from_secs(10)).await;
+        self.prefs.remove(user.as_str());
     }
 }
 

@@ -122,6 +122,21 @@ impl Writer {
         tokio::time::timeout(limit, rx.wait_for(|w| *w >= target)).await.is_ok_and(|r| r.is_ok())
     }
 
+    /// Drops `owner`'s queued operations and waits (up to `limit`) until a batch
+    /// being written when called is done, so nothing of `owner`'s is written after
+    /// this returns (account removal).
+    pub(crate) async fn forget_user(&self, owner: &str, limit: Duration) {
+        let last = {
+            let mut q = self.shared.queue.lock();
+            q.ops.retain(|(_, op)| op.owner() != owner);
+            q.pending.remove(owner);
+            q.next_seq - 1
+        };
+        self.shared.wake.notify_one();
+        let mut rx = self.shared.written.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|w| *w >= last)).await;
+    }
+
     /// Writes everything still queued (server shutdown).
     pub(crate) async fn shutdown(&self, stores: &Stores) {
         let ops = std::mem::take(&mut self.shared.queue.lock().ops);
