@@ -225,6 +225,33 @@ async fn archives_both_ends_and_filters() {
     for f in [MAM, "urn:xmpp:mam:2#extended", "urn:xmpp:mam:1", "urn:xmpp:message-retract:1#tombstone"] {
         assert!(feats.contains(&f), "{f} in {feats:?}");
     }
+
+    // Her other device sees her archive id in the sent carbon (as with ejabberd).
+    let mut a2 = online(&s, "alice", "laptop").await;
+    a2.send("<iq type='set' id='cc'><enable xmlns='urn:xmpp:carbons:2'/></iq>").await;
+    a2.expect_where(|e| e.attr("id") == Some("cc")).await;
+    a.send("<message to='bob@localhost' type='chat' id='m4'><body>hello 4</body></message>").await;
+    b.expect_where(|e| body(e).as_deref() == Some("hello 4")).await;
+    let carbon = a2.expect_where(|e| e.has_child("sent", ns::CARBONS)).await;
+    let sent = carbon.get_child("sent", ns::CARBONS).and_then(|s| s.get_child("forwarded", ns::FORWARD)).unwrap();
+    let inner = sent.get_child("message", ns::CLIENT).expect("forwarded message");
+    let mine = inner
+        .children()
+        .find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some("alice@localhost"))
+        .and_then(|c| c.attr("id"))
+        .expect("sender's archive id")
+        .to_owned();
+    let (h, _) = query(&mut a2, MAM, "q3", "", &rsm("<max>1</max><before/>"), "").await;
+    assert_eq!(h[0].id, mine);
+    assert_eq!(body(&h[0].msg).as_deref(), Some("hello 4"));
+    // A <store/> hint archives a message without a body.
+    a.send(
+        "<message to='bob@localhost' type='chat' id='st'><store xmlns='urn:xmpp:hints'/><x xmlns='urn:x'/></message>",
+    )
+    .await;
+    b.expect_where(|e| e.attr("id") == Some("st")).await;
+    let (h, _) = query(&mut b, MAM, "q4", "", &rsm("<max>1</max><before/>"), "").await;
+    assert_eq!(h[0].msg.attr("id"), Some("st"));
     s.stop().await;
 }
 

@@ -9,8 +9,8 @@
 //!   sender's archive id is stamped on the sent message as a stanza id by the
 //!   sender's bare JID, so the sender's other devices see it in their carbon copy
 //!   (as ejabberd does). Not archived: errors, groupchat, headlines, messages
-//!   without a body (chat states), XEP-0334 `no-store`/`no-permanent-store`, carbons
-//!   and archive results.
+//!   without a body (chat states) unless they carry a XEP-0334 `<store/>` hint,
+//!   `no-store`/`no-permanent-store`, carbons and archive results.
 //! - **Preferences** are cached per user; the hot path decides from the cache and
 //!   the session's roster cache, and leaves to the writer what needs the database.
 //! - **Writes are asynchronous and batched** (see [`writer`]); queries flush the
@@ -159,7 +159,8 @@ fn archivable(st: &Stanza) -> bool {
     let el = &st.el;
     st.kind == StanzaKind::Message
         && matches!(st.type_attr(), None | Some("chat" | "normal"))
-        && (el.has_child("body", ns::CLIENT) || el.has_child("retract", NS_RETRACT))
+        // XEP-0334 §4.4: <store/> asks for storage of a message without a body.
+        && (el.has_child("body", ns::CLIENT) || el.has_child("retract", NS_RETRACT) || el.has_child("store", ns::HINTS))
         && !el.has_child("no-store", ns::HINTS)
         && !el.has_child("no-permanent-store", ns::HINTS)
         && !el.has_child("sent", ns::CARBONS)

@@ -22,6 +22,9 @@ use tokio::sync::{watch, Notify};
 
 use super::PrefsCache;
 
+/// Queue length at which a warning is logged (once per crossing).
+const QUEUE_WARN: usize = 10_000;
+
 /// What must still be checked before a row is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Check {
@@ -104,6 +107,11 @@ impl Writer {
             q.next_seq += 1;
             q.ops.push((seq, op));
             q.pending.insert(owner, seq);
+            // Rows are never dropped; a queue this long means storage is down or
+            // slower than the message rate.
+            if q.ops.len() == QUEUE_WARN.max(self.shared.batch_size * 100) {
+                tracing::warn!(rows = q.ops.len(), "archive: the write queue keeps growing; is storage failing?");
+            }
             q.ops.len() >= self.shared.batch_size
         };
         if full {
