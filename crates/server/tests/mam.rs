@@ -301,6 +301,9 @@ async fn offline_recipients_are_archived_once_and_errors() {
     assert_eq!(error_condition(&r), "jid-malformed");
     let (_, r) = query(&mut a, MAM, "e11", "", "", "<bogus xmlns='urn:x'/>").await;
     assert_eq!(error_condition(&r), "bad-request");
+    let many: String = (0..51).map(|i| format!("<value>{}</value>", encode_id(i))).collect();
+    let (_, r) = query(&mut a, MAM, "e13", &format!("<field var='ids'>{many}</field>"), "", "").await;
+    assert_eq!(error_condition(&r), "policy-violation");
     a.send(&format!("<iq type='set' id='e12'><prefs xmlns='{MAM}' default='sometimes'/></iq>")).await;
     let r = a.expect_where(|e| e.attr("id") == Some("e12")).await;
     assert_eq!(error_condition(&r), "bad-request");

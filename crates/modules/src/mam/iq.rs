@@ -247,7 +247,7 @@ fn parse_query(el: &Element, ns: &str, default_limit: usize, max_limit: usize) -
     let mut flip = false;
     for child in el.children() {
         match (child.name(), child.ns()) {
-            ("x", ns::DATA_FORMS) => parse_form(child, ns, &mut q, &mut referenced, &mut ids)?,
+            ("x", ns::DATA_FORMS) => parse_form(child, ns, &mut q, &mut referenced, &mut ids, max_limit)?,
             ("set", NS_RSM) => parse_rsm(child, &mut q, &mut referenced, max_limit)?,
             ("flip-page", n) if n == ns => flip = true,
             _ => return Err(StanzaError::bad_request("unexpected element in the query")),
@@ -262,6 +262,7 @@ fn parse_form(
     q: &mut ArchiveQuery,
     referenced: &mut Vec<i64>,
     ids: &mut Option<Vec<i64>>,
+    max_ids: usize,
 ) -> Result<(), StanzaError> {
     if !matches!(x.attr("type"), Some("submit")) {
         return Err(StanzaError::bad_request("the query form must be of type submit"));
@@ -304,6 +305,11 @@ fn parse_form(
                 q.max_id = q.max_id.min(id - 1);
             }
             "ids" => {
+                // Each id is a lookup: no more than a page's worth per query.
+                if values.len() > max_ids {
+                    return Err(StanzaError::new(StanzaErrorCondition::PolicyViolation)
+                        .with_text(format!("at most {max_ids} ids per query")));
+                }
                 let list = values.iter().map(|v| client_id(v)).collect::<Result<Vec<_>, _>>()?;
                 *ids = Some(list);
             }
