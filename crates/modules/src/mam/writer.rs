@@ -248,3 +248,94 @@ async fn admitted(shared: &Shared, stores: &Stores, e: &ArchiveEntry, check: Che
     debug_assert_eq!(check, Check::Roster);
     Ok(stores.roster.get_item(acc, &e.msg.with_jid).await?.is_some_and(|i| i.visible))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use meerkat_storage::{ArchivePage, ArchiveQuery, ArchiveStore, ArchivedMessage, Error, Result as StoreResult};
+
+    use super::*;
+
+    /// An archive whose first `fails` appends fail.
+    struct Flaky {
+        inner: Arc<dyn ArchiveStore>,
+        fails: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl ArchiveStore for Flaky {
+        async fn append(&self, rows: &[ArchiveEntry]) -> StoreResult<()> {
+            if !rows.is_empty()
+                && self.fails.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            {
+                return Err(Error::Backend("injected failure".into()));
+            }
+            self.inner.append(rows).await
+        }
+        async fn query(&self, acc: Account<'_>, q: &ArchiveQuery) -> StoreResult<ArchivePage> {
+            self.inner.query(acc, q).await
+        }
+        async fn fetch_ids(&self, acc: Account<'_>, ids: &[i64]) -> StoreResult<Vec<ArchivedMessage>> {
+            self.inner.fetch_ids(acc, ids).await
+        }
+        async fn retract(
+            &self,
+            acc: Account<'_>,
+            with: &str,
+            d: Direction,
+            origin: &str,
+            tomb: &str,
+        ) -> StoreResult<Option<i64>> {
+            self.inner.retract(acc, with, d, origin, tomb).await
+        }
+        async fn get_prefs(&self, acc: Account<'_>) -> StoreResult<Option<ArchivePrefs>> {
+            self.inner.get_prefs(acc).await
+        }
+        async fn set_prefs(&self, acc: Account<'_>, prefs: &ArchivePrefs) -> StoreResult<()> {
+            self.inner.set_prefs(acc, prefs).await
+        }
+        async fn remove_archive(&self, acc: Account<'_>) -> StoreResult<()> {
+            self.inner.remove_archive(acc).await
+        }
+    }
+
+    fn entry(id: i64) -> ArchiveEntry {
+        ArchiveEntry {
+            user: "alice".into(),
+            domain: "localhost".into(),
+            msg: ArchivedMessage {
+                id,
+                with_jid: "bob@localhost".into(),
+                with_resource: String::new(),
+                direction: Direction::Incoming,
+                sender: "bob@localhost/r".into(),
+                origin_id: None,
+                stanza: format!("<message id='{id}'/>"),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_batches_are_retried_not_dropped_and_flush_waits_per_user() {
+        let mut stores = meerkat_storage::memory::stores();
+        stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
+        let w = Writer::new(2, Duration::from_secs(60), Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        for id in 1..=5 {
+            w.push(&stores, Op::Append(entry(id), Check::None));
+        }
+        // Nothing queued for bob: no wait at all.
+        assert!(w.flush_user("bob@localhost", Duration::from_millis(1)).await);
+        // Alice's rows: written despite two failed attempts (100 ms + 200 ms back-off).
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        let acc = Account::new("alice", "localhost");
+        let page = stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap();
+        assert_eq!(page.rows.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        // Preferences not cached are loaded by the writer: "never" keeps rows out.
+        let prefs = ArchivePrefs { default_mode: ArchiveMode::Never, ..ArchivePrefs::default() };
+        stores.archive.set_prefs(acc, &prefs).await.unwrap();
+        w.push(&stores, Op::Append(entry(6), Check::Prefs));
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 5);
+    }
+}
