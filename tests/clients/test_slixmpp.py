@@ -202,3 +202,33 @@ async def test_stream_management_resume_after_a_killed_connection(server):
     assert got == ["while away 0", "while away 1", "while away 2"], got
     await a.close()
     await b.close()
+
+
+async def test_message_archive_paged_with_slixmpp_mam(server):
+    a = Client("alice@localhost/mam", "alice-secret")
+    b = Client("dave@localhost/mam", "dave-secret")
+    for c in (a, b):
+        c.register_plugin("xep_0030")
+        c.register_plugin("xep_0059")
+        c.register_plugin("xep_0313")
+    assert await a.login(server) and await b.login(server)
+    info = await b.plugin["xep_0030"].get_info(jid="dave@localhost")
+    assert "urn:xmpp:mam:2" in info["disco_info"]["features"]
+    sent = [f"archived {i:02}" for i in range(25)]
+    for body in sent:
+        a.send_message(mto="dave@localhost", mbody=body, mtype="chat")
+    for body in sent:
+        await b.next_message(pred=lambda m, body=body: m["body"] == body)
+    # Forwards and backwards in pages of 10 (XEP-0059 through slixmpp's iterator).
+    forward = [m["mam_result"]["forwarded"]["stanza"]["body"]
+               async for m in b.plugin["xep_0313"].iterate(with_jid="alice@localhost", rsm={"max": 10})]
+    assert forward == sent
+    backward = [m["mam_result"]["forwarded"]["stanza"]["body"]
+                async for m in b.plugin["xep_0313"].iterate(with_jid="alice@localhost", reverse=True, rsm={"max": 10})]
+    assert backward == list(reversed(sent))
+    # The sender's archive has the same conversation.
+    mine = [m["mam_result"]["forwarded"]["stanza"]["body"]
+            async for m in a.plugin["xep_0313"].iterate(with_jid="dave@localhost", rsm={"max": 10})]
+    assert mine == sent
+    await a.close()
+    await b.close()

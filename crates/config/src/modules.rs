@@ -40,6 +40,71 @@ pub struct Modules {
     pub mod_csi: Option<CsiCfg>,
     /// Stream management (XEP-0198): acks and resumption.
     pub mod_stream_management: Option<SmCfg>,
+    /// Message archive (XEP-0313) with preferences (XEP-0441) and retraction (XEP-0424).
+    pub mod_mam: Option<MamCfg>,
+}
+
+/// `[modules.mod_mam]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MamCfg {
+    /// Archiving mode of users who never set preferences: `always`, `roster` or `never`.
+    #[serde(default = "default_mam_mode")]
+    pub default_mode: String,
+    /// Largest page a query may ask for; larger `<max/>` values are clamped to it.
+    #[serde(default = "default_mam_max")]
+    pub max_result_limit: usize,
+    /// Page size of queries without `<max/>`.
+    #[serde(default = "default_mam_page")]
+    pub default_result_limit: usize,
+    /// The background writer.
+    #[serde(default)]
+    pub async_writer: MamWriterCfg,
+}
+
+/// `[modules.mod_mam.async_writer]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MamWriterCfg {
+    /// Rows written per transaction at most.
+    #[serde(default = "default_mam_batch")]
+    pub batch_size: usize,
+    /// Milliseconds a row may wait for its batch to fill before it is written.
+    #[serde(default = "default_mam_flush")]
+    pub flush_interval: u64,
+}
+
+fn default_mam_mode() -> String {
+    "always".into()
+}
+fn default_mam_max() -> usize {
+    50
+}
+fn default_mam_page() -> usize {
+    50
+}
+fn default_mam_batch() -> usize {
+    30
+}
+fn default_mam_flush() -> u64 {
+    2000
+}
+
+impl Default for MamWriterCfg {
+    fn default() -> Self {
+        MamWriterCfg { batch_size: default_mam_batch(), flush_interval: default_mam_flush() }
+    }
+}
+
+impl Default for MamCfg {
+    fn default() -> Self {
+        MamCfg {
+            default_mode: default_mam_mode(),
+            max_result_limit: default_mam_max(),
+            default_result_limit: default_mam_page(),
+            async_writer: MamWriterCfg::default(),
+        }
+    }
 }
 
 /// `[modules.mod_stream_management]`
@@ -123,6 +188,7 @@ impl Modules {
             mod_carboncopy: Some(Empty {}),
             mod_csi: Some(CsiCfg::default()),
             mod_stream_management: Some(SmCfg::default()),
+            mod_mam: Some(MamCfg::default()),
         }
     }
 
@@ -147,6 +213,29 @@ impl Modules {
         if let Some(o) = &self.mod_offline {
             if o.max_messages == 0 {
                 report(None, "modules.mod_offline.max_messages".into(), "must be at least 1".into());
+            }
+        }
+        if let Some(m) = &self.mod_mam {
+            if !matches!(m.default_mode.as_str(), "always" | "roster" | "never") {
+                report(
+                    None,
+                    "modules.mod_mam.default_mode".into(),
+                    "must be \"always\", \"roster\" or \"never\"".into(),
+                );
+            }
+            if m.max_result_limit == 0 || m.default_result_limit == 0 || m.default_result_limit > m.max_result_limit {
+                report(
+                    None,
+                    "modules.mod_mam".into(),
+                    "default_result_limit must be between 1 and max_result_limit".into(),
+                );
+            }
+            if m.async_writer.batch_size == 0 || m.async_writer.flush_interval == 0 {
+                report(
+                    None,
+                    "modules.mod_mam.async_writer".into(),
+                    "batch_size and flush_interval must be at least 1".into(),
+                );
             }
         }
         if let Some(r) = &self.mod_roster {

@@ -74,5 +74,35 @@ fn example_config_is_valid_and_enables_every_module() {
     assert!(m.mod_vcard.is_some() && m.mod_private.is_some() && m.mod_blocking.is_some());
     assert!(m.mod_offline.is_some() && m.mod_register.is_some() && m.mod_stanza_id.is_some());
     assert!(m.mod_carboncopy.is_some() && m.mod_csi.is_some() && m.mod_stream_management.is_some());
+    assert!(m.mod_mam.is_some());
     assert_eq!(c.listen.c2s.len(), 2);
+}
+
+#[test]
+fn mam_options_are_checked() {
+    let c = Config::parse(
+        "[modules.mod_mam]
+",
+        "m.toml",
+    )
+    .unwrap();
+    let m = c.modules.mod_mam.expect("enabled by its table");
+    assert_eq!((m.default_mode.as_str(), m.max_result_limit, m.default_result_limit), ("always", 50, 50));
+    assert_eq!((m.async_writer.batch_size, m.async_writer.flush_interval), (30, 2000));
+    let e = Config::parse(
+        "[modules.mod_mam.async_writer]
+batch_size = 5
+pool_size = 2
+",
+        "m.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("pool_size") && e.errors[0].line == 3, "{e}");
+    let src = "[modules.mod_mam]
+default_mode = \"sometimes\"
+default_result_limit = 100
+";
+    let e = Config::parse(src, "m.toml").unwrap_err();
+    assert_eq!(e.errors.len(), 2, "{e}");
+    assert!(e.to_string().contains("default_mode") && e.to_string().contains("default_result_limit"), "{e}");
 }

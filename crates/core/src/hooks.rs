@@ -159,6 +159,23 @@ pub trait DeliveryHooks: Send + Sync + 'static {
     }
 }
 
+/// A hook run once when the server stops, after the sessions closed (e.g. to
+/// write what a module still holds in memory).
+#[async_trait::async_trait]
+pub trait ShutdownHook: Send + Sync + 'static {
+    /// The server is stopping.
+    async fn on_shutdown(&self, ctx: &ServerContext);
+}
+
+/// A hook run before an account is removed in-band (XEP-0077 §3.2), so modules
+/// drop what they hold for it in memory (e.g. archive rows not yet written, which
+/// would otherwise be written after the account's data was deleted).
+#[async_trait::async_trait]
+pub trait AccountHooks: Send + Sync + 'static {
+    /// `user`'s account is about to be deleted.
+    async fn before_remove(&self, ctx: &ServerContext, user: &BareJid);
+}
+
 /// A feature module.
 pub trait Module: Send + Sync + 'static {
     /// The `[modules.NAME]` name.
@@ -173,6 +190,8 @@ pub struct HookRegistry {
     iq: [HashMap<&'static str, Arc<dyn IqHandler>>; 3],
     session: Vec<(i32, Arc<dyn SessionHooks>)>,
     delivery: Vec<(i32, Arc<dyn DeliveryHooks>)>,
+    shutdown: Vec<Arc<dyn ShutdownHook>>,
+    account: Vec<Arc<dyn AccountHooks>>,
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
     stream_features_preauth: Vec<Element>,
@@ -195,6 +214,14 @@ impl HookRegistry {
     /// Adds delivery hooks; lower `prio` runs first.
     pub fn on_delivery(&mut self, prio: i32, h: Arc<dyn DeliveryHooks>) {
         self.delivery.push((prio, h));
+    }
+    /// Runs `h` when the server stops.
+    pub fn on_shutdown(&mut self, h: Arc<dyn ShutdownHook>) {
+        self.shutdown.push(h);
+    }
+    /// Runs `h` before an account is removed.
+    pub fn on_account(&mut self, h: Arc<dyn AccountHooks>) {
+        self.account.push(h);
     }
     /// Advertises a feature in the server's disco#info.
     pub fn server_feature(&mut self, var: &'static str) {
@@ -233,6 +260,8 @@ impl HookRegistry {
             iq: self.iq,
             session: self.session.into_iter().map(|(_, h)| h).collect(),
             delivery: self.delivery.into_iter().map(|(_, h)| h).collect(),
+            shutdown: self.shutdown,
+            account: self.account,
             server_features: self.server_features,
             account_features: self.account_features,
             stream_features_preauth: self.stream_features_preauth,
@@ -250,6 +279,10 @@ pub struct Hooks {
     pub session: Vec<Arc<dyn SessionHooks>>,
     /// Delivery hooks in priority order.
     pub delivery: Vec<Arc<dyn DeliveryHooks>>,
+    /// Shutdown hooks.
+    pub shutdown: Vec<Arc<dyn ShutdownHook>>,
+    /// Account removal hooks.
+    pub account: Vec<Arc<dyn AccountHooks>>,
     /// Server disco#info features (sorted).
     pub server_features: Vec<&'static str>,
     /// Account disco#info features (sorted).

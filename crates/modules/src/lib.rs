@@ -13,6 +13,7 @@ pub mod carbons;
 pub mod csi;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod private;
@@ -67,6 +68,9 @@ pub fn start(cfg: &Config, reg: &mut HookRegistry) {
     }
     if m.mod_carboncopy.is_some() {
         add(Arc::new(carbons::Carbons), reg);
+    }
+    if let Some(c) = &m.mod_mam {
+        add(Arc::new(mam::Mam::new(c.clone())), reg);
     }
     if let Some(c) = &m.mod_csi {
         add(Arc::new(csi::Csi::new(c.clone())), reg);

@@ -300,6 +300,9 @@ async fn unregister(ctx: &ServerContext, m: &Register, user: &BareJid, acc: Acco
     if !m.cfg.allow_unregister {
         return Err(StanzaError::not_allowed().with_text("account removal is disabled"));
     }
+    for h in &ctx.hooks.account {
+        h.before_remove(ctx, user).await;
+    }
     match ctx.stores.auth.delete_user(acc).await {
         Ok(true) => {}
         Ok(false) => return Err(StanzaError::item_not_found()),

@@ -9,16 +9,19 @@
 //! - Clients never assign stanza ids (they set `<origin-id/>`, which is left alone):
 //!   top-level `<stanza-id/>` elements in messages a client sends are removed.
 //!
-//! Ids are unique without coordination and cheap to make: the milliseconds since the
-//! epoch and a counter (time-ordered within one process), plus a random suffix
-//! chosen at start so that two processes (cluster nodes, restarts within the same
-//! millisecond) do not collide.
+//! Ids are the message archive's ids too (XEP-0313 §5.1.2: the archive id is the
+//! stanza id), so they are made to sort in time order: a u64 of the microseconds
+//! since the epoch (strictly increasing within the process, even when the clock
+//! steps back or two messages share a microsecond) shifted left by 8 bits, plus an
+//! 8-bit node part chosen at random at start so that two processes (cluster nodes)
+//! do not collide. It is written as 13 characters of base32 with an alphabet in
+//! ASCII order, so string order and numeric order agree.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use meerkat_core::hooks::{DeliveryHooks, Flow, SessionHooks};
-use meerkat_core::util::{now_ms, random_id};
 use meerkat_core::{HookRegistry, Module, ServerContext, SessionState};
 use meerkat_stanza::{ns, BareJid, Stanza, StanzaKind};
 use meerkat_xml::Element;
@@ -26,33 +29,67 @@ use meerkat_xml::Element;
 /// The stanza id module (`[modules.mod_stanza_id]`).
 pub struct StanzaId;
 
-/// Ids made by this process so far.
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-/// This process's random id suffix.
-static SUFFIX: OnceLock<String> = OnceLock::new();
+/// The time part of the last id made by this process.
+static LAST_MICROS: AtomicU64 = AtomicU64::new(0);
+/// This process's node part.
+static NODE: OnceLock<u8> = OnceLock::new();
+/// Base32 digits in ASCII order.
+const ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
+/// Characters of an encoded id (13 × 5 bits ≥ 64 bits).
+const ID_LEN: usize = 13;
+
+/// A new archive id: increasing within the process, unique across processes with
+/// different node parts, and at most `i64::MAX` (the databases store it signed).
+pub fn new_archive_id() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let prev = LAST_MICROS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)));
+    let micros = now.max(prev.unwrap_or(0) + 1);
+    let node = *NODE.get_or_init(|| {
+        let mut b = [0u8; 1];
+        getrandom::fill(&mut b).expect("the OS random source is available");
+        b[0]
+    });
+    (((micros & (u64::MAX >> 9)) << 8) | u64::from(node)) as i64
+}
+
+/// The time an archive id was made, in microseconds since the epoch.
+pub fn id_micros(id: i64) -> i64 {
+    id >> 8
+}
+
+/// The smallest and largest ids made in a microsecond.
+pub fn id_range_of_micros(micros: i64) -> (i64, i64) {
+    let base = micros.clamp(0, i64::MAX >> 8) << 8;
+    (base, base | 0xff)
+}
+
+/// The wire form of an archive id.
+pub fn encode_id(id: i64) -> String {
+    let mut v = id as u64;
+    let mut digits = [0u8; ID_LEN];
+    for d in digits.iter_mut().rev() {
+        *d = ALPHABET[(v & 31) as usize];
+        v >>= 5;
+    }
+    digits.iter().map(|&b| b as char).collect()
+}
+
+/// Parses the wire form of an archive id (`None` for anything [`encode_id`] cannot make).
+pub fn decode_id(s: &str) -> Option<i64> {
+    if s.len() != ID_LEN {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for b in s.bytes() {
+        let d = ALPHABET.iter().position(|&a| a == b)?;
+        v = (v << 5) | d as u128;
+    }
+    i64::try_from(v).ok()
+}
 
 /// A new unique id.
 fn next_id() -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut out = String::with_capacity(32);
-    push_base32(&mut out, u64::try_from(now_ms()).unwrap_or(0), 9);
-    push_base32(&mut out, n, 5);
-    out.push_str(SUFFIX.get_or_init(|| random_id(6)));
-    out
-}
-
-/// Appends `v` in lowercase base32 (RFC 4648 alphabet), at least `width` digits
-/// (more when `v` needs them), most significant first so ids sort by time.
-fn push_base32(out: &mut String, mut v: u64, width: usize) {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut digits = [0u8; 13];
-    let mut n = 0;
-    while v > 0 || n < width {
-        digits[n] = ALPHABET[(v & 31) as usize];
-        v >>= 5;
-        n += 1;
-    }
-    out.extend(digits[..n].iter().rev().map(|&b| b as char));
+    encode_id(new_archive_id())
 }
 
 impl Module for StanzaId {
@@ -62,7 +99,9 @@ impl Module for StanzaId {
 
     fn register(self: Arc<Self>, reg: &mut HookRegistry) {
         reg.on_delivery(90, self.clone());
-        reg.on_session(90, self);
+        // First among the send hooks: client-supplied stanza ids are gone before
+        // carbons copy the message and the archive stamps its own.
+        reg.on_session(10, self);
         reg.account_feature(ns::SID);
     }
 }
@@ -103,10 +142,18 @@ mod tests {
         let b = next_id();
         assert_ne!(a, b);
         assert!(a < b, "{a} < {b}");
-        assert!(a.len() >= 20);
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
-        let mut s = String::new();
-        push_base32(&mut s, 33, 3);
-        assert_eq!(s, "abb");
+        assert_eq!(a.len(), ID_LEN);
+        let ids: Vec<i64> = (0..1000).map(|_| new_archive_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(ids.windows(2).all(|w| encode_id(w[0]) < encode_id(w[1])), "string order is numeric order");
+        for id in [0, 1, 255, ids[0], i64::MAX] {
+            assert_eq!(decode_id(&encode_id(id)), Some(id));
+        }
+        assert_eq!(decode_id("zzzzzzzzzzzzz"), None, "above i64::MAX");
+        assert_eq!(decode_id("abc"), None);
+        assert_eq!(decode_id("0000000000000"), None);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
+        assert!((id_micros(ids[0]) - now).abs() < 5_000_000);
+        assert_eq!(id_range_of_micros(id_micros(ids[0])).0 >> 8, id_micros(ids[0]));
     }
 }

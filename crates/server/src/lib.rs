@@ -142,5 +142,9 @@ pub async fn run(ctx: Arc<ServerContext>, listeners: Listeners, shutdown: watch:
     while ctx.router.session_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // Then modules write what they still hold (the archive writer's pending rows).
+    for h in &ctx.hooks.shutdown {
+        h.on_shutdown(&ctx).await;
+    }
     Ok(())
 }

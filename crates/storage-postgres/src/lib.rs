@@ -33,13 +33,15 @@ use meerkat_storage::{Error, Result, Stores};
 use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 
+mod archive;
 mod store;
 
 /// Pool size when the URL has no `pool_size` parameter.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// The embedded migrations, in order: `(version, SQL)`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_archive.sql"))];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -17,7 +17,7 @@ use crate::{describe, OFFLINE_LOCK_CLASS};
 pub(crate) struct PgStore {
     pool: Pool,
     /// `host:port/db`, for error messages.
-    target: String,
+    pub(crate) target: String,
 }
 
 /// A count or limit as a PostgreSQL BIGINT.
@@ -31,7 +31,7 @@ impl PgStore {
     }
 
     /// A pooled connection.
-    async fn conn(&self, what: &'static str) -> Result<Object> {
+    pub(crate) async fn conn(&self, what: &'static str) -> Result<Object> {
         self.pool
             .get()
             .await
@@ -39,13 +39,17 @@ impl PgStore {
     }
 
     /// Maps a query error onto [`Error::Backend`].
-    fn err(&self, what: &'static str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    pub(crate) fn err(&self, what: &'static str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
         move |e| Error::Backend(format!("postgres {what} on {}: {}", self.target, describe(&e)))
     }
 }
 
 /// Reads column `idx` of `row`, mapping a type mismatch onto [`Error::Backend`].
-fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, idx: usize, what: &'static str) -> Result<T> {
+pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+    what: &'static str,
+) -> Result<T> {
     row.try_get(idx).map_err(|e| Error::Backend(format!("postgres {what}: unexpected column {idx}: {}", describe(&e))))
 }
 
@@ -116,6 +120,9 @@ impl AuthStore for PgStore {
             "DELETE FROM xml_blobs WHERE domain = $1 AND username = $2",
             "DELETE FROM blocklist WHERE domain = $1 AND username = $2",
             "DELETE FROM last_activity WHERE domain = $1 AND username = $2",
+            "DELETE FROM mam_messages WHERE domain = $1 AND username = $2",
+            "DELETE FROM mam_prefs WHERE domain = $1 AND username = $2",
+            "DELETE FROM mam_prefs_jids WHERE domain = $1 AND username = $2",
         ] {
             let st = tx.prepare_cached(sql).await.map_err(&err)?;
             tx.execute(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?;

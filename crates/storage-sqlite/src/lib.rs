@@ -37,6 +37,7 @@ use meerkat_storage::{Error, Result, Stores};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
+mod archive;
 mod groups;
 mod store;
 
@@ -44,7 +45,8 @@ mod store;
 pub const READERS: usize = 3;
 
 /// The embedded migrations, in order: `(version, SQL)`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_archive.sql"))];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -31,7 +31,7 @@ fn to_i64(n: usize) -> i64 {
 
 /// The SQLite backend; implements every storage trait.
 pub(crate) struct SqliteStore {
-    pool: Pool,
+    pub(crate) pool: Pool,
 }
 
 impl SqliteStore {
@@ -39,7 +39,7 @@ impl SqliteStore {
         SqliteStore { pool }
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
@@ -47,7 +47,7 @@ impl SqliteStore {
         self.pool.run(Target::Reader, f).await
     }
 
-    async fn write<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
@@ -57,7 +57,7 @@ impl SqliteStore {
 }
 
 /// Starts a write transaction that takes the database write lock immediately.
-fn write_tx<'c>(conn: &'c mut Connection, what: &'static str) -> Result<rusqlite::Transaction<'c>> {
+pub(crate) fn write_tx<'c>(conn: &'c mut Connection, what: &'static str) -> Result<rusqlite::Transaction<'c>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err(what))
 }
 
@@ -128,6 +128,9 @@ impl AuthStore for SqliteStore {
                 "DELETE FROM xml_blobs WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM last_activity WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM mam_messages WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM mam_prefs WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM mam_prefs_jids WHERE domain = ?1 AND username = ?2",
             ] {
                 tx.prepare_cached(sql).and_then(|mut st| st.execute(params![d, u])).map_err(&err)?;
             }

@@ -14,6 +14,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod archive;
+
 use crate::{Account, Error, LastActivity, RosterItem, StoredCredentials, Stores, Subscription};
 
 /// A string that differs between calls, processes and runs: lowercase ASCII letters
@@ -41,6 +43,8 @@ pub async fn run(stores: &Stores) {
     last(stores, &domain).await;
     delete_user_cascades(stores, &domain).await;
     hostile_strings(stores, &domain).await;
+    archive::archive(stores, &domain).await;
+    archive::delete_user_removes_archive(stores, &domain).await;
 }
 
 /// Credentials with a cheap iteration count (the suite checks storage, not hashing).

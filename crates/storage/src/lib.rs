@@ -1,7 +1,7 @@
 //! Meerkat's storage interface.
 //!
 //! Every piece of persistent state sits behind a narrow domain trait (`AuthStore`,
-//! `RosterStore`, `OfflineStore`, …). Backends (`meerkat-storage-sqlite`,
+//! `RosterStore`, `OfflineStore`, `ArchiveStore`, …). Backends (`meerkat-storage-sqlite`,
 //! `meerkat-storage-postgres`, and [`memory`] here) implement all of them and are
 //! bundled into one [`Stores`] value that the server passes around. SQL never leaves
 //! the backend crates.
@@ -14,8 +14,14 @@
 
 use std::sync::Arc;
 
+pub mod archive;
 pub mod conformance;
 pub mod memory;
+
+pub use archive::{
+    ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, Direction,
+    PageFrom,
+};
 
 pub use meerkat_sasl::StoredCredentials;
 
@@ -62,7 +68,7 @@ pub trait AuthStore: Send + Sync {
     /// The stored credentials, or `None` for an unknown account.
     async fn get_credentials(&self, acc: Account<'_>) -> Result<Option<StoredCredentials>>;
     /// Deletes the account and every piece of data it owns in every store
-    /// (roster, offline, vCard, private, blocking, last activity).
+    /// (roster, offline, vCard, private, blocking, last activity, message archive).
     /// Returns `false` when the account did not exist.
     async fn delete_user(&self, acc: Account<'_>) -> Result<bool>;
     /// All localparts of `domain`, sorted.
@@ -237,13 +243,15 @@ pub struct Stores {
     pub blocking: Arc<dyn BlockingStore>,
     /// Last activity.
     pub last: Arc<dyn LastStore>,
+    /// Message archive.
+    pub archive: Arc<dyn ArchiveStore>,
 }
 
 impl Stores {
     /// Bundles one backend object that implements every trait.
     pub fn from_backend<B>(backend: &'static str, b: Arc<B>) -> Self
     where
-        B: AuthStore + RosterStore + OfflineStore + XmlStore + BlockingStore + LastStore + 'static,
+        B: AuthStore + RosterStore + OfflineStore + XmlStore + BlockingStore + LastStore + ArchiveStore + 'static,
     {
         Stores {
             backend,
@@ -252,7 +260,8 @@ impl Stores {
             offline: b.clone(),
             xml: b.clone(),
             blocking: b.clone(),
-            last: b,
+            last: b.clone(),
+            archive: b,
         }
     }
 }

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::{
-    Account, AuthStore, BlockingStore, Error, LastActivity, LastStore, OfflineMessage, OfflineStore, Result, Roster,
-    RosterItem, RosterStore, StoredCredentials, Stores, XmlStore,
+    Account, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, AuthStore,
+    BlockingStore, Error, LastActivity, LastStore, OfflineMessage, OfflineStore, Result, Roster, RosterItem,
+    RosterStore, StoredCredentials, Stores, XmlStore,
 };
+use crate::{Direction, PageFrom};
 
 /// Map key of an account: `(domain, user)`, so that one domain's users form a
 /// contiguous, sorted range of a `BTreeMap`.
@@ -44,6 +46,8 @@ struct Inner {
     xml: HashMap<Key, HashMap<(String, String), String>>,
     blocking: HashMap<Key, BTreeSet<String>>,
     last: HashMap<Key, LastActivity>,
+    archive: HashMap<Key, BTreeMap<i64, ArchivedMessage>>,
+    archive_prefs: HashMap<Key, ArchivePrefs>,
 }
 
 /// The in-memory backend; implements every storage trait.
@@ -101,6 +105,8 @@ impl AuthStore for MemoryStore {
         inner.xml.remove(&k);
         inner.blocking.remove(&k);
         inner.last.remove(&k);
+        inner.archive.remove(&k);
+        inner.archive_prefs.remove(&k);
         Ok(existed)
     }
 
@@ -257,6 +263,93 @@ impl LastStore for MemoryStore {
 
     async fn get_last(&self, acc: Account<'_>) -> Result<Option<LastActivity>> {
         Ok(self.inner.lock().last.get(&key(acc)).cloned())
+    }
+}
+
+#[async_trait::async_trait]
+impl ArchiveStore for MemoryStore {
+    async fn append(&self, rows: &[ArchiveEntry]) -> Result<()> {
+        let mut inner = self.inner.lock();
+        for r in rows {
+            let a = inner.archive.entry((r.domain.clone(), r.user.clone())).or_default();
+            a.entry(r.msg.id).or_insert_with(|| r.msg.clone());
+        }
+        Ok(())
+    }
+
+    async fn query(&self, acc: Account<'_>, q: &ArchiveQuery) -> Result<ArchivePage> {
+        let inner = self.inner.lock();
+        let Some(a) = inner.archive.get(&key(acc)) else {
+            return Ok(ArchivePage { rows: Vec::new(), complete: true });
+        };
+        if q.min_id > q.max_id {
+            return Ok(ArchivePage { rows: Vec::new(), complete: true });
+        }
+        let matches = |m: &&ArchivedMessage| {
+            q.with_jid.as_ref().is_none_or(|w| *w == m.with_jid)
+                && q.with_resource.as_ref().is_none_or(|r| *r == m.with_resource)
+        };
+        let range = a.range(q.min_id..=q.max_id).map(|(_, m)| m);
+        let mut rows: Vec<ArchivedMessage> = match q.from {
+            PageFrom::Start => range.filter(matches).take(q.limit.saturating_add(1)).cloned().collect(),
+            PageFrom::End => range.rev().filter(matches).take(q.limit.saturating_add(1)).cloned().collect(),
+        };
+        let complete = rows.len() <= q.limit;
+        rows.truncate(q.limit);
+        if q.from == PageFrom::End {
+            rows.reverse();
+        }
+        Ok(ArchivePage { rows, complete })
+    }
+
+    async fn fetch_ids(&self, acc: Account<'_>, ids: &[i64]) -> Result<Vec<ArchivedMessage>> {
+        let inner = self.inner.lock();
+        let Some(a) = inner.archive.get(&key(acc)) else { return Ok(Vec::new()) };
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids.iter().filter_map(|id| a.get(id).cloned()).collect())
+    }
+
+    async fn retract(
+        &self,
+        acc: Account<'_>,
+        with_jid: &str,
+        direction: Direction,
+        origin_id: &str,
+        tombstone: &str,
+    ) -> Result<Option<i64>> {
+        let mut inner = self.inner.lock();
+        let Some(a) = inner.archive.get_mut(&key(acc)) else { return Ok(None) };
+        let hit = a
+            .values_mut()
+            .rev()
+            .find(|m| m.with_jid == with_jid && m.direction == direction && m.origin_id.as_deref() == Some(origin_id));
+        Ok(hit.map(|m| {
+            m.stanza = tombstone.to_owned();
+            m.id
+        }))
+    }
+
+    async fn get_prefs(&self, acc: Account<'_>) -> Result<Option<ArchivePrefs>> {
+        Ok(self.inner.lock().archive_prefs.get(&key(acc)).cloned())
+    }
+
+    async fn set_prefs(&self, acc: Account<'_>, prefs: &ArchivePrefs) -> Result<()> {
+        let mut p = prefs.clone();
+        p.always.sort();
+        p.always.dedup();
+        p.never.sort();
+        p.never.dedup();
+        self.inner.lock().archive_prefs.insert(key(acc), p);
+        Ok(())
+    }
+
+    async fn remove_archive(&self, acc: Account<'_>) -> Result<()> {
+        let mut inner = self.inner.lock();
+        inner.archive.remove(&key(acc));
+        inner.archive_prefs.remove(&key(acc));
+        Ok(())
     }
 }
 

@@ -1,0 +1,296 @@
+//! Message archive: XEP-0313 (Message Archive Management, version 1.1.3) for one-to-one
+//! chats, with XEP-0441 preferences and XEP-0424 (Message Retraction 0.4.2) tombstones.
+//!
+//! - **Both ends archive.** A `chat`/`normal` message with a body (or a retraction)
+//!   is archived in the sender's archive when the sender's session sends it, and in
+//!   the recipient's archive where it is accepted: by a session (after its blocklist
+//!   filter) or by the offline path (after the account check and the blocklist). The recipient's archive id is the
+//!   XEP-0359 stanza id the stanza id module stamps (by = the recipient); the
+//!   sender's archive id is stamped on the sent message as a stanza id by the
+//!   sender's bare JID, so the sender's other devices see it in their carbon copy
+//!   (as ejabberd does). Not archived: errors, groupchat, headlines, messages
+//!   without a body (chat states) unless they carry a XEP-0334 `<store/>` hint,
+//!   `no-store`/`no-permanent-store`, carbons and archive results.
+//! - **Preferences** are cached per user; the hot path decides from the cache and
+//!   the session's roster cache, and leaves to the writer what needs the database.
+//! - **Writes are asynchronous and batched** (see [`writer`]); queries flush the
+//!   querying user's pending rows first.
+//! - **Retraction**: a `<retract id='…'/>` replaces the original (found by its `id`
+//!   attribute, the same conversation and direction) with a `<retracted/>` tombstone in
+//!   the sender's and the local recipient's archives; the retraction is delivered
+//!   and archived as usual.
+
+mod iq;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meerkat_config::MamCfg;
+use meerkat_core::hooks::{AccountHooks, DeliveryHooks, Flow, IqScope, SessionHooks, ShutdownHook};
+use meerkat_core::util::{now_ms, xep82_datetime};
+use meerkat_core::{HookRegistry, Module, ServerContext, SessionState};
+use meerkat_stanza::{ns, BareJid, Jid, Stanza, StanzaKind};
+use meerkat_storage::{ArchiveEntry, ArchiveMode, ArchivePrefs, ArchivedMessage, Direction};
+use meerkat_xml::Element;
+use parking_lot::RwLock;
+
+use crate::stanza_id::{decode_id, encode_id, new_archive_id};
+use writer::{Check, Op, Writer};
+
+/// XEP-0313 namespace, version 2.
+pub const NS_MAM2: &str = "urn:xmpp:mam:2";
+/// XEP-0313 namespace, version 1 (0.5): same protocol, `queryid` on `<fin/>`.
+pub const NS_MAM1: &str = "urn:xmpp:mam:1";
+/// XEP-0313 extended queries (before-id, after-id, ids, flip-page, metadata).
+pub const NS_MAM2_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0424 namespace.
+pub const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+/// XEP-0424 tombstones.
+pub const NS_RETRACT_TOMBSTONE: &str = "urn:xmpp:message-retract:1#tombstone";
+
+/// Users whose preferences are cached at most; beyond it the cache starts over.
+const PREFS_CACHE_MAX: usize = 100_000;
+
+/// Cached preferences by owner bare JID.
+#[derive(Default)]
+pub(crate) struct PrefsCache {
+    map: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
+}
+
+impl PrefsCache {
+    pub(crate) fn get(&self, owner: &str) -> Option<Arc<ArchivePrefs>> {
+        self.map.read().get(owner).cloned()
+    }
+    pub(crate) fn remove(&self, owner: &str) {
+        self.map.write().remove(owner);
+    }
+    pub(crate) fn insert(&self, owner: &str, p: Arc<ArchivePrefs>) {
+        let mut m = self.map.write();
+        if m.len() >= PREFS_CACHE_MAX {
+            m.clear();
+        }
+        m.insert(owner.to_owned(), p);
+    }
+}
+
+/// XEP-0441 §2: whether messages with `with` are archived (`None`: the roster decides).
+pub(crate) fn decide(p: &ArchivePrefs, with: &str) -> Option<bool> {
+    if p.never.iter().any(|j| j == with) {
+        return Some(false);
+    }
+    if p.always.iter().any(|j| j == with) {
+        return Some(true);
+    }
+    match p.default_mode {
+        ArchiveMode::Always => Some(true),
+        ArchiveMode::Never => Some(false),
+        ArchiveMode::Roster => None,
+    }
+}
+
+/// The archive module (`[modules.mod_mam]`).
+pub struct Mam {
+    cfg: MamCfg,
+    default_mode: ArchiveMode,
+    prefs: Arc<PrefsCache>,
+    writer: Writer,
+}
+
+impl Mam {
+    /// A module with these options (validated by the configuration).
+    pub fn new(cfg: MamCfg) -> Self {
+        let default_mode = ArchiveMode::parse(&cfg.default_mode).unwrap_or_default();
+        let prefs = Arc::new(PrefsCache::default());
+        let writer = Writer::new(
+            cfg.async_writer.batch_size,
+            Duration::from_millis(cfg.async_writer.flush_interval),
+            prefs.clone(),
+            default_mode,
+        );
+        Mam { cfg, default_mode, prefs, writer }
+    }
+
+    /// Queues a row for `owner`, unless the cached preferences refuse it.
+    fn archive(&self, ctx: &ServerContext, owner: &BareJid, msg: ArchivedMessage, roster: Option<bool>) {
+        let check = match self.prefs.get(owner.as_str()) {
+            None => Check::Prefs,
+            Some(p) => match (decide(&p, &msg.with_jid), roster) {
+                (Some(false), _) | (None, Some(false)) => return,
+                (Some(true), _) | (None, Some(true)) => Check::None,
+                (None, None) => Check::Roster,
+            },
+        };
+        let (Some(user), domain) = (owner.node(), owner.domain()) else { return };
+        let entry = ArchiveEntry { user: user.as_str().to_owned(), domain: domain.as_str().to_owned(), msg };
+        self.writer.push(&ctx.stores, Op::Append(entry, check));
+    }
+
+    /// Queues a retraction in `owner`'s archive, if `st` carries one.
+    fn retract(&self, ctx: &ServerContext, owner: &BareJid, with: &BareJid, direction: Direction, st: &Stanza) {
+        let Some(origin) = st.el.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")) else { return };
+        let (Some(user), domain) = (owner.node(), owner.domain()) else { return };
+        // XEP-0424 §Tombstones: the original's addressing, a <retracted/> instead of its contents.
+        let mut tomb = Element::builder("message", ns::CLIENT).attr("id", origin);
+        for a in ["from", "to", "type"] {
+            if let Some(v) = st.el.attr(a) {
+                tomb = tomb.attr(a, v);
+            }
+        }
+        let mut retracted = Element::builder("retracted", NS_RETRACT).attr("stamp", xep82_datetime(now_ms()));
+        if let Some(id) = st.id() {
+            retracted = retracted.attr("id", id);
+        }
+        let op = Op::Retract {
+            user: user.as_str().to_owned(),
+            domain: domain.as_str().to_owned(),
+            with: with.as_str().to_owned(),
+            direction,
+            origin_id: origin.to_owned(),
+            tombstone: tomb.append(retracted.build()).build().to_string_with_ns(),
+        };
+        self.writer.push(&ctx.stores, op);
+    }
+}
+
+/// Whether a message is archived at all (before preferences).
+fn archivable(st: &Stanza) -> bool {
+    let el = &st.el;
+    st.kind == StanzaKind::Message
+        && matches!(st.type_attr(), None | Some("chat" | "normal"))
+        // XEP-0334 §4.4: <store/> asks for storage of a message without a body.
+        && (el.has_child("body", ns::CLIENT) || el.has_child("retract", NS_RETRACT) || el.has_child("store", ns::HINTS))
+        && !el.has_child("no-store", ns::HINTS)
+        && !el.has_child("no-permanent-store", ns::HINTS)
+        && !el.has_child("sent", ns::CARBONS)
+        && !el.has_child("received", ns::CARBONS)
+        && !el.has_child("result", NS_MAM2)
+        && !el.has_child("result", NS_MAM1)
+}
+
+/// A row for `st`, with `other` as the other party.
+fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction) -> ArchivedMessage {
+    ArchivedMessage {
+        id,
+        with_jid: other.to_bare().as_str().to_owned(),
+        with_resource: other.resource().map(|r| r.as_str().to_owned()).unwrap_or_default(),
+        direction,
+        sender: st.from.as_ref().map(|f| f.as_str().to_owned()).unwrap_or_default(),
+        origin_id: st.id().map(str::to_owned),
+        stanza: st.el.to_string_with_ns(),
+    }
+}
+
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mod_mam"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut HookRegistry) {
+        reg.on_iq(IqScope::Account, NS_MAM2, self.clone());
+        reg.on_iq(IqScope::Account, NS_MAM1, self.clone());
+        // After the stanza id module (10), before carbons (40).
+        reg.on_session(30, self.clone());
+        // After the stanza id module (90), so its id is the archive id.
+        reg.on_delivery(95, self.clone());
+        reg.on_shutdown(self.clone());
+        reg.on_account(self);
+        for f in [NS_MAM2, NS_MAM2_EXTENDED, NS_MAM1, NS_RETRACT, NS_RETRACT_TOMBSTONE] {
+            reg.account_feature(f);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionHooks for Mam {
+    async fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
+        if !archivable(st) {
+            return Flow::Continue;
+        }
+        let Some(to) = st.to.clone() else { return Flow::Continue };
+        let to_bare = to.to_bare();
+        if to_bare == s.bare {
+            return Flow::Continue; // a note to self: archived once, on arrival
+        }
+        let by = s.bare.as_str();
+        st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
+        let id = new_archive_id();
+        st.el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", by).build());
+        let roster = s.roster.as_ref().map(|r| r.items.get(to_bare.as_str()).is_some_and(|i| i.visible));
+        self.archive(ctx, &s.bare, row(id, st, &to, Direction::Outgoing), roster);
+        self.retract(ctx, &s.bare, &to_bare, Direction::Outgoing, st);
+        Flow::Continue
+    }
+
+    fn on_user_receive(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
+        if !archivable(st) {
+            return Flow::Continue;
+        }
+        let Some(from) = &st.from else { return Flow::Continue };
+        // Several sessions may each take a copy: the same id is stored once.
+        if let Some(id) = own_stanza_id(st, &s.bare) {
+            let roster = s.roster.as_ref().map(|r| r.items.get(from.to_bare().as_str()).is_some_and(|i| i.visible));
+            self.archive(ctx, &s.bare, row(id, st, from, Direction::Incoming), roster);
+        }
+        Flow::Continue
+    }
+}
+
+/// The archive id the delivery hook stamped for `owner`.
+fn own_stanza_id(st: &Stanza, owner: &BareJid) -> Option<i64> {
+    let by = owner.as_str();
+    st.el.children().find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by))?.attr("id").and_then(decode_id)
+}
+
+#[async_trait::async_trait]
+impl DeliveryHooks for Mam {
+    fn on_deliver_message(&self, ctx: &ServerContext, to: &BareJid, st: &mut Stanza) {
+        if !archivable(st) {
+            return;
+        }
+        let Some(from) = st.from.clone() else { return };
+        if own_stanza_id(st, to).is_none() {
+            // No (usable) stanza id from the stanza id module: stamp one.
+            let by = to.as_str();
+            st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
+            let id = encode_id(new_archive_id());
+            st.el.append_child(Element::builder("stanza-id", ns::SID).attr("id", id).attr("by", by).build());
+        }
+        // The row itself is queued where the message is accepted: by a session
+        // (`on_user_receive`, after the blocklist) or by the offline path (after
+        // the account check and the blocklist), so rejected messages are not
+        // archived (XEP-0313 §6.1).
+        self.retract(ctx, to, &from.to_bare(), Direction::Incoming, st);
+    }
+
+    async fn on_inbound_offline_filter(&self, ctx: &ServerContext, to: &BareJid, st: &Stanza) -> Flow {
+        if !archivable(st) {
+            return Flow::Continue;
+        }
+        let Some(from) = &st.from else { return Flow::Continue };
+        // A message a vanished session did not take comes here too: the same id
+        // is stored once.
+        if let Some(id) = own_stanza_id(st, to) {
+            self.archive(ctx, to, row(id, st, from, Direction::Incoming), None);
+        }
+        Flow::Continue
+    }
+}
+
+#[async_trait::async_trait]
+impl AccountHooks for Mam {
+    async fn before_remove(&self, _ctx: &ServerContext, user: &BareJid) {
+        // The account's tables are deleted next (delete_user cascades); rows still
+        // queued for it must not be written after that.
+        self.writer.forget_user(user.as_str(), Duration::from_secs(10)).await;
+        self.prefs.remove(user.as_str());
+    }
+}
+
+#[async_trait::async_trait]
+impl ShutdownHook for Mam {
+    async fn on_shutdown(&self, ctx: &ServerContext) {
+        self.writer.shutdown(&ctx.stores).await;
+    }
+}

@@ -1,0 +1,341 @@
+//! The archive's background writer: the delivery hot path never awaits the database.
+//!
+//! Hooks push operations (rows to append, retractions) into an in-memory queue and
+//! wake the writer task when a batch is full; the task also wakes every
+//! `flush_interval`. It writes consecutive appends of up to `batch_size` rows in one
+//! transaction. Before writing, it settles what the hot path could not decide
+//! without a database round trip: preferences not yet cached, and the `roster`
+//! mode's roster lookup.
+//!
+//! Every operation carries a sequence number. A query first calls [`Writer::flush_user`],
+//! which waits until the user's last queued operation is written (read-your-writes)
+//! without waiting for other users' rows. A failed batch is logged and retried with
+//! back-off, never dropped; at shutdown [`Writer::shutdown`] writes what is left.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meerkat_storage::{Account, ArchiveEntry, ArchiveMode, ArchivePrefs, Direction, Stores};
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+
+use super::PrefsCache;
+
+/// Queue length at which a warning is logged (once per crossing).
+const QUEUE_WARN: usize = 10_000;
+
+/// What must still be checked before a row is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Nothing: archive it.
+    None,
+    /// The owner's preferences were not cached: load and apply them.
+    Prefs,
+    /// The owner's mode is `roster`: archive if the other party is in the roster.
+    Roster,
+}
+
+/// One queued operation.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Append a row (after the check).
+    Append(ArchiveEntry, Check),
+    /// Replace a row by a tombstone (XEP-0424).
+    Retract { user: String, domain: String, with: String, direction: Direction, origin_id: String, tombstone: String },
+}
+
+impl Op {
+    fn owner(&self) -> String {
+        match self {
+            Op::Append(e, _) => format!("{}@{}", e.user, e.domain),
+            Op::Retract { user, domain, .. } => format!("{user}@{domain}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: Vec<(u64, Op)>,
+    next_seq: u64,
+    /// Owner bare JID → sequence number of its last queued operation.
+    pending: HashMap<String, u64>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// Sequence number up to which everything is written.
+    written: watch::Sender<u64>,
+    batch_size: usize,
+    flush_interval: Duration,
+    prefs: Arc<PrefsCache>,
+    default_mode: ArchiveMode,
+}
+
+/// The writer handle held by the module.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    started: std::sync::OnceLock<()>,
+}
+
+impl Writer {
+    pub(crate) fn new(batch_size: usize, flush_interval: Duration, prefs: Arc<PrefsCache>, mode: ArchiveMode) -> Self {
+        let (written, _) = watch::channel(0);
+        let shared = Shared {
+            queue: Mutex::new(Queue { next_seq: 1, ..Queue::default() }),
+            wake: Notify::new(),
+            written,
+            batch_size,
+            flush_interval,
+            prefs,
+            default_mode: mode,
+        };
+        Writer { shared: Arc::new(shared), started: std::sync::OnceLock::new() }
+    }
+
+    /// Queues an operation (no await, no database). The writer task starts with
+    /// the first operation, on the stores of the server that queued it.
+    pub(crate) fn push(&self, stores: &Stores, op: Op) {
+        self.started.get_or_init(|| {
+            tokio::spawn(run(self.shared.clone(), stores.clone()));
+        });
+        let owner = op.owner();
+        let full = {
+            let mut q = self.shared.queue.lock();
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.ops.push((seq, op));
+            q.pending.insert(owner, seq);
+            // Rows are never dropped; a queue this long means storage is down or
+            // slower than the message rate.
+            if q.ops.len() == QUEUE_WARN.max(self.shared.batch_size * 100) {
+                tracing::warn!(rows = q.ops.len(), "archive: the write queue keeps growing; is storage failing?");
+            }
+            q.ops.len() >= self.shared.batch_size
+        };
+        if full {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Waits until every operation queued so far for `owner` is written. Returns
+    /// `false` when that did not happen within `limit` (storage failing).
+    pub(crate) async fn flush_user(&self, owner: &str, limit: Duration) -> bool {
+        let Some(target) = self.shared.queue.lock().pending.get(owner).copied() else {
+            return true;
+        };
+        self.shared.wake.notify_one();
+        let mut rx = self.shared.written.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|w| *w >= target)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Drops `owner`'s queued operations and waits (up to `limit`) until a batch
+    /// being written when called is done, so nothing of `owner`'s is written after
+    /// this returns (account removal).
+    pub(crate) async fn forget_user(&self, owner: &str, limit: Duration) {
+        let last = {
+            let mut q = self.shared.queue.lock();
+            q.ops.retain(|(_, op)| op.owner() != owner);
+            q.pending.remove(owner);
+            q.next_seq - 1
+        };
+        self.shared.wake.notify_one();
+        let mut rx = self.shared.written.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|w| *w >= last)).await;
+    }
+
+    /// Writes everything still queued (server shutdown).
+    pub(crate) async fn shutdown(&self, stores: &Stores) {
+        let ops = std::mem::take(&mut self.shared.queue.lock().ops);
+        if ops.is_empty() {
+            return;
+        }
+        let n = ops.len();
+        for attempt in 1..=5 {
+            match write_ops(&self.shared, stores, &ops).await {
+                Ok(()) => {
+                    tracing::info!(rows = n, "archive: pending rows written at shutdown");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(attempt, error = %e, "archive: writing pending rows at shutdown failed");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+        tracing::error!(rows = n, "archive: pending rows could not be written before shutdown and are lost");
+    }
+}
+
+/// The writer task: waits for a full batch, a flush request or the interval, then
+/// writes everything queued in batches; retries a failing batch with back-off.
+async fn run(shared: Arc<Shared>, stores: Stores) {
+    loop {
+        let _ = tokio::time::timeout(shared.flush_interval, shared.wake.notified()).await;
+        loop {
+            let batch: Vec<(u64, Op)> = {
+                let mut q = shared.queue.lock();
+                let n = q.ops.len().min(shared.batch_size);
+                q.ops.drain(..n).collect()
+            };
+            let Some(&(last, _)) = batch.last() else { break };
+            let mut backoff = Duration::from_millis(100);
+            while let Err(e) = write_ops(&shared, &stores, &batch).await {
+                tracing::error!(rows = batch.len(), error = %e, "archive: batch write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            {
+                let mut q = shared.queue.lock();
+                q.pending.retain(|_, seq| *seq > last);
+            }
+            shared.written.send_replace(last);
+        }
+        if Arc::strong_count(&shared) == 1 {
+            return; // the module is gone (its server stopped)
+        }
+    }
+}
+
+/// Writes operations in order: consecutive appends in one transaction.
+async fn write_ops(shared: &Shared, stores: &Stores, ops: &[(u64, Op)]) -> meerkat_storage::Result<()> {
+    let mut rows: Vec<ArchiveEntry> = Vec::new();
+    for (_, op) in ops {
+        match op {
+            Op::Append(e, check) => {
+                if admitted(shared, stores, e, *check).await? {
+                    rows.push(e.clone());
+                }
+            }
+            Op::Retract { user, domain, with, direction, origin_id, tombstone } => {
+                stores.archive.append(&rows).await?;
+                rows.clear();
+                let acc = Account::new(user, domain);
+                stores.archive.retract(acc, with, *direction, origin_id, tombstone).await?;
+            }
+        }
+    }
+    stores.archive.append(&rows).await
+}
+
+/// Settles a row's deferred check.
+async fn admitted(shared: &Shared, stores: &Stores, e: &ArchiveEntry, check: Check) -> meerkat_storage::Result<bool> {
+    let acc = Account::new(&e.user, &e.domain);
+    let check = match check {
+        Check::None => return Ok(true),
+        Check::Roster => Check::Roster,
+        Check::Prefs => {
+            let owner = format!("{}@{}", e.user, e.domain);
+            let prefs = match shared.prefs.get(&owner) {
+                Some(p) => p,
+                None => {
+                    let p = Arc::new(stores.archive.get_prefs(acc).await?.unwrap_or_else(|| ArchivePrefs {
+                        default_mode: shared.default_mode,
+                        ..ArchivePrefs::default()
+                    }));
+                    shared.prefs.insert(&owner, p.clone());
+                    p
+                }
+            };
+            match super::decide(&prefs, &e.msg.with_jid) {
+                Some(true) => return Ok(true),
+                Some(false) => return Ok(false),
+                None => Check::Roster,
+            }
+        }
+    };
+    debug_assert_eq!(check, Check::Roster);
+    Ok(stores.roster.get_item(acc, &e.msg.with_jid).await?.is_some_and(|i| i.visible))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use meerkat_storage::{ArchivePage, ArchiveQuery, ArchiveStore, ArchivedMessage, Error, Result as StoreResult};
+
+    use super::*;
+
+    /// An archive whose first `fails` appends fail.
+    struct Flaky {
+        inner: Arc<dyn ArchiveStore>,
+        fails: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl ArchiveStore for Flaky {
+        async fn append(&self, rows: &[ArchiveEntry]) -> StoreResult<()> {
+            if !rows.is_empty()
+                && self.fails.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            {
+                return Err(Error::Backend("injected failure".into()));
+            }
+            self.inner.append(rows).await
+        }
+        async fn query(&self, acc: Account<'_>, q: &ArchiveQuery) -> StoreResult<ArchivePage> {
+            self.inner.query(acc, q).await
+        }
+        async fn fetch_ids(&self, acc: Account<'_>, ids: &[i64]) -> StoreResult<Vec<ArchivedMessage>> {
+            self.inner.fetch_ids(acc, ids).await
+        }
+        async fn retract(
+            &self,
+            acc: Account<'_>,
+            with: &str,
+            d: Direction,
+            origin: &str,
+            tomb: &str,
+        ) -> StoreResult<Option<i64>> {
+            self.inner.retract(acc, with, d, origin, tomb).await
+        }
+        async fn get_prefs(&self, acc: Account<'_>) -> StoreResult<Option<ArchivePrefs>> {
+            self.inner.get_prefs(acc).await
+        }
+        async fn set_prefs(&self, acc: Account<'_>, prefs: &ArchivePrefs) -> StoreResult<()> {
+            self.inner.set_prefs(acc, prefs).await
+        }
+        async fn remove_archive(&self, acc: Account<'_>) -> StoreResult<()> {
+            self.inner.remove_archive(acc).await
+        }
+    }
+
+    fn entry(id: i64) -> ArchiveEntry {
+        ArchiveEntry {
+            user: "alice".into(),
+            domain: "localhost".into(),
+            msg: ArchivedMessage {
+                id,
+                with_jid: "bob@localhost".into(),
+                with_resource: String::new(),
+                direction: Direction::Incoming,
+                sender: "bob@localhost/r".into(),
+                origin_id: None,
+                stanza: format!("<message id='{id}'/>"),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_batches_are_retried_not_dropped_and_flush_waits_per_user() {
+        let mut stores = meerkat_storage::memory::stores();
+        stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
+        let w = Writer::new(2, Duration::from_secs(60), Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        for id in 1..=5 {
+            w.push(&stores, Op::Append(entry(id), Check::None));
+        }
+        // Nothing queued for bob: no wait at all.
+        assert!(w.flush_user("bob@localhost", Duration::from_millis(1)).await);
+        // Alice's rows: written despite two failed attempts (100 ms + 200 ms back-off).
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        let acc = Account::new("alice", "localhost");
+        let page = stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap();
+        assert_eq!(page.rows.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        // Preferences not cached are loaded by the writer: "never" keeps rows out.
+        let prefs = ArchivePrefs { default_mode: ArchiveMode::Never, ..ArchivePrefs::default() };
+        stores.archive.set_prefs(acc, &prefs).await.unwrap();
+        w.push(&stores, Op::Append(entry(6), Check::Prefs));
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 5);
+    }
+}

@@ -1,0 +1,223 @@
+//! [`ArchiveStore`] on PostgreSQL: a batch is one transaction of prepared inserts
+//! (`ON CONFLICT DO NOTHING`, so a retried batch is harmless); queries are keyset
+//! range scans over the `(owner, id)` primary key or the `(owner, with_jid, id)`
+//! index, fetching one row more than the page to learn whether it is complete.
+
+use meerkat_storage::{
+    Account, ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
+    Direction, Error, PageFrom, Result,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use crate::store::{col, PgStore};
+
+const COLUMNS: &str = "id, with_jid, with_resource, direction, sender, origin_id, stanza";
+
+fn message(row: &Row, what: &'static str) -> Result<ArchivedMessage> {
+    let id: i64 = col(row, 0, what)?;
+    let d: &str = col(row, 3, what)?;
+    Ok(ArchivedMessage {
+        id,
+        with_jid: col(row, 1, what)?,
+        with_resource: col(row, 2, what)?,
+        direction: Direction::parse(d)
+            .ok_or_else(|| Error::Backend(format!("postgres: archive row {id} has direction {d:?}")))?,
+        sender: col(row, 4, what)?,
+        origin_id: col(row, 5, what)?,
+        stanza: col(row, 6, what)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl ArchiveStore for PgStore {
+    async fn append(&self, rows: &[ArchiveEntry]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn("archive append").await?;
+        let err = self.err("archive append");
+        let tx = c.transaction().await.map_err(&err)?;
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO mam_messages (domain, username, id, with_jid, with_resource, direction, sender,
+                 origin_id, stanza) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (domain, username, id) DO NOTHING",
+            )
+            .await
+            .map_err(&err)?;
+        for r in rows {
+            let m = &r.msg;
+            tx.execute(
+                &st,
+                &[
+                    &r.domain,
+                    &r.user,
+                    &m.id,
+                    &m.with_jid,
+                    &m.with_resource,
+                    &m.direction.as_str(),
+                    &m.sender,
+                    &m.origin_id,
+                    &m.stanza,
+                ],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn query(&self, acc: Account<'_>, q: &ArchiveQuery) -> Result<ArchivePage> {
+        if q.min_id > q.max_id || q.limit == 0 {
+            return Ok(ArchivePage { rows: Vec::new(), complete: q.min_id > q.max_id });
+        }
+        let backwards = q.from == PageFrom::End;
+        let fetch = i64::try_from(q.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut sql =
+            format!("SELECT {COLUMNS} FROM mam_messages WHERE domain = $1 AND username = $2 AND id >= $3 AND id <= $4");
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&acc.domain, &acc.user, &q.min_id, &q.max_id];
+        if let Some(w) = &q.with_jid {
+            args.push(w);
+            sql.push_str(&format!(" AND with_jid = ${}", args.len()));
+            if let Some(r) = &q.with_resource {
+                args.push(r);
+                sql.push_str(&format!(" AND with_resource = ${}", args.len()));
+            }
+        }
+        args.push(&fetch);
+        sql.push_str(&format!(" ORDER BY id {} LIMIT ${}", if backwards { "DESC" } else { "ASC" }, args.len()));
+        let c = self.conn("archive query").await?;
+        let err = self.err("archive query");
+        let st = c.prepare_cached(&sql).await.map_err(&err)?;
+        let raw = c.query(&st, &args).await.map_err(&err)?;
+        let mut rows = raw.iter().map(|r| message(r, "archive query")).collect::<Result<Vec<_>>>()?;
+        let complete = rows.len() <= q.limit;
+        rows.truncate(q.limit);
+        if backwards {
+            rows.reverse();
+        }
+        Ok(ArchivePage { rows, complete })
+    }
+
+    async fn fetch_ids(&self, acc: Account<'_>, ids: &[i64]) -> Result<Vec<ArchivedMessage>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.conn("archive fetch_ids").await?;
+        let err = self.err("archive fetch_ids");
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM mam_messages WHERE domain = $1 AND username = $2 AND id = ANY($3) ORDER BY id"
+            ))
+            .await
+            .map_err(&err)?;
+        let ids = ids.to_vec();
+        let raw = c.query(&st, &[&acc.domain, &acc.user, &ids]).await.map_err(&err)?;
+        raw.iter().map(|r| message(r, "archive fetch_ids")).collect()
+    }
+
+    async fn retract(
+        &self,
+        acc: Account<'_>,
+        with_jid: &str,
+        direction: Direction,
+        origin_id: &str,
+        tombstone: &str,
+    ) -> Result<Option<i64>> {
+        let c = self.conn("archive retract").await?;
+        let err = self.err("archive retract");
+        // One statement: the newest match is picked and replaced atomically.
+        let st = c
+            .prepare_cached(
+                "UPDATE mam_messages SET stanza = $6 WHERE domain = $1 AND username = $2 AND id = (
+                     SELECT id FROM mam_messages WHERE domain = $1 AND username = $2 AND with_jid = $3
+                     AND origin_id = $4 AND direction = $5 ORDER BY id DESC LIMIT 1)
+                 RETURNING id",
+            )
+            .await
+            .map_err(&err)?;
+        let row = c
+            .query_opt(&st, &[&acc.domain, &acc.user, &with_jid, &origin_id, &direction.as_str(), &tombstone])
+            .await
+            .map_err(&err)?;
+        row.map(|r| col(&r, 0, "archive retract")).transpose()
+    }
+
+    async fn get_prefs(&self, acc: Account<'_>) -> Result<Option<ArchivePrefs>> {
+        let c = self.conn("archive get_prefs").await?;
+        let err = self.err("archive get_prefs");
+        let st = c
+            .prepare_cached("SELECT default_mode FROM mam_prefs WHERE domain = $1 AND username = $2")
+            .await
+            .map_err(&err)?;
+        let Some(row) = c.query_opt(&st, &[&acc.domain, &acc.user]).await.map_err(&err)? else {
+            return Ok(None);
+        };
+        let mode: &str = col(&row, 0, "archive get_prefs")?;
+        let default_mode = ArchiveMode::parse(mode)
+            .ok_or_else(|| Error::Backend(format!("postgres: archive mode {mode:?} of {}@{}", acc.user, acc.domain)))?;
+        let st = c
+            .prepare_cached(
+                "SELECT jid, always FROM mam_prefs_jids WHERE domain = $1 AND username = $2
+                 ORDER BY always, jid COLLATE \"C\"",
+            )
+            .await
+            .map_err(&err)?;
+        let mut prefs = ArchivePrefs { default_mode, always: Vec::new(), never: Vec::new() };
+        for row in c.query(&st, &[&acc.domain, &acc.user]).await.map_err(&err)? {
+            let jid: String = col(&row, 0, "archive get_prefs")?;
+            if col::<bool>(&row, 1, "archive get_prefs")? {
+                prefs.always.push(jid);
+            } else {
+                prefs.never.push(jid);
+            }
+        }
+        Ok(Some(prefs))
+    }
+
+    async fn set_prefs(&self, acc: Account<'_>, prefs: &ArchivePrefs) -> Result<()> {
+        let mut c = self.conn("archive set_prefs").await?;
+        let err = self.err("archive set_prefs");
+        let tx = c.transaction().await.map_err(&err)?;
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO mam_prefs (domain, username, default_mode) VALUES ($1, $2, $3)
+                 ON CONFLICT (domain, username) DO UPDATE SET default_mode = excluded.default_mode",
+            )
+            .await
+            .map_err(&err)?;
+        tx.execute(&st, &[&acc.domain, &acc.user, &prefs.default_mode.as_str()]).await.map_err(&err)?;
+        let st =
+            tx.prepare_cached("DELETE FROM mam_prefs_jids WHERE domain = $1 AND username = $2").await.map_err(&err)?;
+        tx.execute(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?;
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO mam_prefs_jids (domain, username, jid, always) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(&err)?;
+        for (list, always) in [(&prefs.always, true), (&prefs.never, false)] {
+            for j in list {
+                tx.execute(&st, &[&acc.domain, &acc.user, j, &always]).await.map_err(&err)?;
+            }
+        }
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn remove_archive(&self, acc: Account<'_>) -> Result<()> {
+        let mut c = self.conn("archive remove").await?;
+        let err = self.err("archive remove");
+        let tx = c.transaction().await.map_err(&err)?;
+        for sql in [
+            "DELETE FROM mam_messages WHERE domain = $1 AND username = $2",
+            "DELETE FROM mam_prefs WHERE domain = $1 AND username = $2",
+            "DELETE FROM mam_prefs_jids WHERE domain = $1 AND username = $2",
+        ] {
+            let st = tx.prepare_cached(sql).await.map_err(&err)?;
+            tx.execute(&st, &[&acc.domain, &acc.user]).await.map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)
+    }
+}
