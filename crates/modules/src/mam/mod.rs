@@ -204,7 +204,7 @@ impl Module for Mam {
 
 #[async_trait::async_trait]
 impl SessionHooks for Mam {
-    async fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
+    fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         if !archivable(st) {
             return Flow::Continue;
         }
