@@ -8,7 +8,16 @@
 //!   §3.1.6, §3.2.3, §3.3.3), with pending requests stored and redelivered at login.
 //! - Roster pushes (§2.1.6) as [`RosterChange`] events to every session of the user,
 //!   which also keep each session's cached roster current.
+//!
+//! Every change to a stored item is a read-modify-write of that item from storage
+//! under the owner's lock ([`UserLocks`]), never from a session's cached roster: the
+//! cache learns of changes through the session's mailbox, so two changes close
+//! together (the user's `subscribed` crossing the contact's) would otherwise start
+//! from a stale item and undo one another. No stanza is routed while a lock is held
+//! (routing may reach the other party's roster, whose handling may route back).
+//! The lock is per node; a cluster needs the same guarantee from storage.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use meerkat_config::RosterCfg;
@@ -22,12 +31,46 @@ use meerkat_xml::Element;
 /// The roster module (always on).
 pub struct Roster {
     cfg: RosterCfg,
+    locks: UserLocks,
 }
 
 impl Roster {
     /// With options from `[modules.mod_roster]`.
     pub fn new(cfg: RosterCfg) -> Self {
-        Roster { cfg }
+        Roster { cfg, locks: UserLocks::default() }
+    }
+}
+
+/// One async lock per user whose roster is being changed; an entry lives only
+/// while someone holds or waits for it.
+#[derive(Default)]
+struct UserLocks(parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds a user's roster lock; see [`UserLocks`].
+struct UserGuard<'a> {
+    locks: &'a UserLocks,
+    user: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl UserLocks {
+    async fn lock(&self, user: &BareJid) -> UserGuard<'_> {
+        let lock = self.0.lock().entry(user.as_str().to_string()).or_default().clone();
+        let guard = lock.clone().lock_owned().await;
+        UserGuard { locks: self, user: user.as_str().to_string(), lock, guard: Some(guard) }
+    }
+}
+
+impl Drop for UserGuard<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut map = self.locks.0.lock();
+        // Clones are made only under the map's lock: the map's and ours are the
+        // last two, so nobody waits for this user.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.user);
+        }
     }
 }
 
@@ -232,6 +275,7 @@ impl Roster {
             if !roster.items.contains_key(contact.as_str()) {
                 return Err(StanzaError::item_not_found());
             }
+            let _guard = self.locks.lock(&user).await;
             remove_from(ctx, &user, contact.as_str(), Some(s)).await?;
             return Ok(None);
         }
@@ -250,13 +294,10 @@ impl Roster {
         if name.as_ref().is_some_and(|n| n.len() > 1023) {
             return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("name too long"));
         }
-        let roster = ensure_roster(ctx, s).await?;
-        let mut it = roster
-            .items
-            .get(contact.as_str())
-            .cloned()
-            .unwrap_or_else(|| RosterItem { jid: contact.as_str().to_string(), ..RosterItem::default() });
-        if !it.visible && roster.items.values().filter(|i| i.visible).count() >= self.cfg.max_roster_size {
+        let visible = ensure_roster(ctx, s).await?.items.values().filter(|i| i.visible).count();
+        let _guard = self.locks.lock(&user).await;
+        let mut it = load(ctx, &user, contact.as_str()).await?;
+        if !it.visible && visible >= self.cfg.max_roster_size {
             return Err(StanzaError::new(StanzaErrorCondition::NotAllowed).with_text("roster is full"));
         }
         it.name = name.filter(|n| !n.is_empty());
@@ -274,15 +315,11 @@ impl Roster {
             return Flow::Drop;
         }
         let user = s.bare.clone();
-        let roster = match ensure_roster(ctx, s).await {
-            Ok(r) => r,
+        let guard = self.locks.lock(&user).await;
+        let mut it = match load(ctx, &user, contact.as_str()).await {
+            Ok(i) => i,
             Err(e) => return Flow::Bounce(e),
         };
-        let mut it = roster
-            .items
-            .get(contact.as_str())
-            .cloned()
-            .unwrap_or_else(|| RosterItem { jid: contact.as_str().to_string(), ..RosterItem::default() });
         let before = it.clone();
         let mut route = true;
         let mut then_presence: Option<bool> = None;
@@ -337,10 +374,11 @@ impl Roster {
             _ => return Flow::Continue,
         }
         if it != before {
-            if let Err(e) = save(ctx, &user, it).await {
+            if let Err(e) = save_from(ctx, &user, it, Some(s)).await {
                 return Flow::Bounce(e);
             }
         }
+        drop(guard);
         if route {
             // §3.1.2: outbound subscription stanzas carry the user's bare JID.
             let mut el = st.el.clone();
@@ -369,21 +407,25 @@ impl Roster {
             // RFC 6121 §8.5.1: no such account; presence is silently dropped.
             return Ok(Flow::Drop);
         }
+        let guard = self.locks.lock(user).await;
         let mut it = load(ctx, user, contact.as_str()).await?;
         let before = it.clone();
+        let mut unavailable_after = false;
         let ty = st.type_attr().unwrap_or_default();
         let flow = match ty {
             "subscribe" => {
                 if matches!(it.subscription, Subscription::From | Subscription::Both) {
                     // §3.1.3: already subscribed: answer for the user.
+                    drop(guard);
                     send_presence(ctx, user.as_str(), contact.as_str(), Some("subscribed")).await;
-                    Flow::Drop
+                    return Ok(Flow::Drop);
                 } else if it.approved {
                     // §3.4: pre-approved.
                     it.subscription =
                         if it.subscription == Subscription::To { Subscription::Both } else { Subscription::From };
                     it.approved = false;
                     save(ctx, user, it.clone()).await?;
+                    drop(guard);
                     send_presence(ctx, user.as_str(), contact.as_str(), Some("subscribed")).await;
                     send_resources_presence(ctx, user, contact.as_str(), false).await;
                     return Ok(Flow::Drop);
@@ -419,8 +461,9 @@ impl Roster {
                 it.pending_in = false;
                 it.pending_in_stanza = None;
                 if was {
-                    // §3.3.3: the contact no longer sees the user's presence.
-                    send_resources_presence(ctx, user, contact.as_str(), true).await;
+                    // §3.3.3: the contact no longer sees the user's presence
+                    // (sent once the item is saved and the lock released).
+                    unavailable_after = true;
                     Flow::Continue
                 } else {
                     Flow::Drop
@@ -447,6 +490,10 @@ impl Roster {
             } else {
                 save(ctx, user, it).await?;
             }
+        }
+        drop(guard);
+        if unavailable_after {
+            send_resources_presence(ctx, user, contact.as_str(), true).await;
         }
         Ok(flow)
     }
