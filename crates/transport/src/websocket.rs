@@ -29,6 +29,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::tls::TlsMaterial;
 
+/// Initial read buffer of a WebSocket connection (it grows for larger frames).
+const WS_READ_BUFFER: usize = 4096;
+
 /// What an HTTP listener's connections share.
 pub struct HttpRuntime {
     /// The server.
@@ -129,7 +132,12 @@ async fn upgrade(State(conn): State<Conn>, headers: HeaderMap, ws: WebSocketUpgr
             .into_response();
     }
     let max = conn.rt.cfg.max_stanza_size;
+    // tungstenite's defaults (128 KiB read and write buffers) would cost every idle
+    // WebSocket session more than the rest of its state ten times over; one stanza
+    // per frame is written and flushed at once anyway.
     ws.protocols(["xmpp"])
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(max + 1024)
         .max_frame_size(max + 1024)
         .on_upgrade(move |socket| session(conn, socket))
