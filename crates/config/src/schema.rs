@@ -33,6 +33,61 @@ pub struct Config {
     /// `[modules.mod_x]`: a module is enabled by its table.
     #[serde(default)]
     pub modules: Modules,
+    /// `[cluster]`: absent = a single node.
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: this node's place in a cluster whose nodes talk over NATS and
+/// share the PostgreSQL storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// NATS server URL(s) this node connects to (`nats://host:port`); a list
+    /// gives the client several servers of one NATS cluster to fail over between.
+    pub nats_url: Spanned<NatsUrls>,
+    /// This node's name, unique in the cluster (letters, digits, `-`, `_`).
+    pub node_name: Spanned<String>,
+    /// The cluster's name: the prefix of every NATS subject it uses, so several
+    /// clusters can share one NATS system.
+    #[serde(default = "default_cluster_name")]
+    pub name: Spanned<String>,
+    /// How often this node tells the others it is alive, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A node silent for this long is taken as lost, in milliseconds.
+    #[serde(default = "default_node_timeout_ms")]
+    pub node_timeout_ms: u64,
+}
+
+/// One NATS URL or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NatsUrls {
+    /// `nats_url = "nats://…"`
+    One(String),
+    /// `nats_url = ["nats://…", "nats://…"]`
+    Many(Vec<String>),
+}
+
+impl NatsUrls {
+    /// The URLs as a list.
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            NatsUrls::One(u) => vec![u.clone()],
+            NatsUrls::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn default_cluster_name() -> Spanned<String> {
+    Spanned::new(0..0, "meerkat".to_string())
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_node_timeout_ms() -> u64 {
+    3000
 }
 
 impl Default for Config {
@@ -76,6 +131,7 @@ impl Default for Config {
             auth: Auth::default(),
             shaper: BTreeMap::new(),
             modules: Modules::all_default(),
+            cluster: None,
         }
     }
 }
@@ -427,6 +483,50 @@ fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     (r.end > 0).then_some(r)
 }
 
+impl Cluster {
+    fn validate(&self, cfg: &Config, report: &mut Report<'_>) {
+        let urls = self.nats_url.get_ref().list();
+        if urls.is_empty() {
+            report(span(&self.nats_url), "cluster.nats_url".into(), "at least one NATS URL is required".into());
+        }
+        for u in &urls {
+            let rest = u.strip_prefix("nats://").or_else(|| u.strip_prefix("tls://"));
+            if rest.is_none_or(|r| r.is_empty()) {
+                report(span(&self.nats_url), "cluster.nats_url".into(), format!("`{u}` is not a nats:// or tls:// URL"));
+            }
+        }
+        let subject_token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !subject_token(self.node_name.get_ref()) {
+            report(
+                span(&self.node_name),
+                "cluster.node_name".into(),
+                format!("`{}` is not a node name (letters, digits, '-', '_')", self.node_name.get_ref()),
+            );
+        }
+        if !subject_token(self.name.get_ref()) {
+            report(
+                span(&self.name),
+                "cluster.name".into(),
+                format!("`{}` is not a cluster name (letters, digits, '-', '_')", self.name.get_ref()),
+            );
+        }
+        if self.heartbeat_interval_ms == 0 || self.node_timeout_ms < 2 * self.heartbeat_interval_ms {
+            report(
+                span(&self.node_name),
+                "cluster.node_timeout_ms".into(),
+                "node_timeout_ms must be at least twice heartbeat_interval_ms (and both above 0)".into(),
+            );
+        }
+        if !matches!(cfg.storage.parsed(), Ok(StorageUrl::Postgres(_))) {
+            report(
+                span(&cfg.storage.url),
+                "storage.url".into(),
+                "the nodes of a cluster share one PostgreSQL database: storage.url must be postgres://".into(),
+            );
+        }
+    }
+}
+
 impl Config {
     /// Semantic checks the types cannot express; reports every problem.
     pub(crate) fn validate(&self, report: &mut Report<'_>) {
@@ -506,6 +606,9 @@ impl Config {
         }
         if let Err(e) = self.storage.parsed() {
             report(span(&self.storage.url), "storage.url".into(), e);
+        }
+        if let Some(c) = &self.cluster {
+            c.validate(self, report);
         }
         for m in self.auth.methods.get_ref() {
             if m != "internal" {

@@ -32,8 +32,10 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
-    /// Assembles a context.
+    /// Assembles a context. In a cluster, session ids start with 24 bits taken
+    /// from the node name, so they are unique across the cluster's nodes.
     pub fn new(config: Arc<Config>, stores: Stores, hooks: Hooks, router: Arc<dyn Router>) -> Self {
+        let first = config.cluster.as_ref().map_or(0, |c| node_tag(c.node_name.get_ref()) << 40);
         ServerContext {
             config,
             stores,
@@ -41,7 +43,7 @@ impl ServerContext {
             router,
             started: Instant::now(),
             resumptions: Default::default(),
-            next_session: AtomicU64::new(1),
+            next_session: AtomicU64::new(first | 1),
         }
     }
 
@@ -59,6 +61,15 @@ impl ServerContext {
     pub async fn route(&self, st: Stanza) {
         self.router.route(self, st).await
     }
+}
+
+/// 24 bits derived from a node name (FNV-1a), never 0 (0 is a single node's).
+pub fn node_tag(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    ((h ^ (h >> 24) ^ (h >> 48)) & 0xFF_FFFF).max(1)
 }
 
 /// The storage key of a bare JID's account (a bare JID without a localpart is a

@@ -21,7 +21,7 @@ use meerkat_stanza::{BareJid, Jid, Stanza, StanzaError};
 use meerkat_xml::Element;
 
 use crate::context::ServerContext;
-use crate::session::{SessionEvent, SessionId, SessionState};
+use crate::session::{EventDecoder, SessionEvent, SessionId, SessionState};
 
 /// What a filter decides about a stanza.
 #[derive(Debug)]
@@ -198,9 +198,16 @@ pub struct HookRegistry {
     stream_features_bound: Vec<Element>,
     server_info_forms: Vec<Element>,
     modules: Vec<&'static str>,
+    event_decoders: Vec<(&'static str, EventDecoder)>,
 }
 
 impl HookRegistry {
+    /// Decodes session events that arrive from other cluster nodes as elements in
+    /// namespace `ns` (see [`crate::session::Event::to_element`]).
+    pub fn event_decoder(&mut self, ns: &'static str, f: EventDecoder) {
+        assert!(self.event_decoders.iter().all(|(n, _)| *n != ns), "two event decoders for {ns}");
+        self.event_decoders.push((ns, f));
+    }
     /// Handles IQs whose payload is in `ns`, in `scope`. A second handler for the
     /// same (scope, ns) is a programming error.
     pub fn on_iq(&mut self, scope: IqScope, ns: &'static str, h: Arc<dyn IqHandler>) {
@@ -268,6 +275,7 @@ impl HookRegistry {
             stream_features_bound: self.stream_features_bound,
             server_info_forms: self.server_info_forms,
             modules: self.modules,
+            event_decoders: self.event_decoders,
         }
     }
 }
@@ -295,12 +303,19 @@ pub struct Hooks {
     pub server_info_forms: Vec<Element>,
     /// Names of running modules.
     pub modules: Vec<&'static str>,
+    event_decoders: Vec<(&'static str, EventDecoder)>,
 }
 
 impl Hooks {
     /// The handler for (scope, ns).
     pub fn iq_handler(&self, scope: IqScope, ns: &str) -> Option<&Arc<dyn IqHandler>> {
         self.iq[scope as usize].get(ns)
+    }
+
+    /// Turns an event element from another node back into a session event.
+    pub fn decode_event(&self, el: &Element) -> Option<SessionEvent> {
+        let (_, f) = self.event_decoders.iter().find(|(ns, _)| *ns == el.ns())?;
+        f(el)
     }
 
     /// Whether a module is running.

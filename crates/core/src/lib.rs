@@ -12,6 +12,7 @@
 //!   read and change (roster cache, presence, blocklist cache, …).
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod context;
 pub mod hooks;
 pub mod resumption;
@@ -22,7 +23,7 @@ pub mod util;
 pub use context::ServerContext;
 pub use hooks::{Flow, HookRegistry, Hooks, IqRequest, IqResult, Module};
 pub use router::{Router, SessionInfo};
-pub use session::{RosterCache, SessionEvent, SessionId, SessionMsg, SessionState};
+pub use session::{event_as, Event, RosterCache, SessionEvent, SessionId, SessionMsg, SessionState};
 
 pub use context::account;
 pub use hooks::{DeliveryHooks, IqHandler, IqScope, OfflineOutcome, SessionHooks};

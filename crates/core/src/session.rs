@@ -15,7 +15,28 @@ pub struct SessionId(pub u64);
 
 /// A module-defined event delivered to a session (roster pushes, blocklist pushes…),
 /// handed to every [`crate::hooks::SessionHooks::on_event`].
-pub type SessionEvent = Arc<dyn Any + Send + Sync>;
+pub type SessionEvent = Arc<dyn Event>;
+
+/// A module-defined session event. Events that must also reach the user's
+/// sessions on other cluster nodes say how they travel: as an element, which the
+/// module's decoder (registered with
+/// [`crate::HookRegistry::event_decoder`] under the element's namespace) turns
+/// back into the event on the receiving node.
+pub trait Event: Any + Send + Sync + std::fmt::Debug {
+    /// The event as an element for another node; `None` keeps it on this node.
+    fn to_element(&self) -> Option<Element> {
+        None
+    }
+}
+
+/// The event as its concrete type, if it is a `T`.
+pub fn event_as<T: Any>(ev: &SessionEvent) -> Option<&T> {
+    let any: &dyn Any = &**ev;
+    any.downcast_ref()
+}
+
+/// Turns an event element from another node back into the event.
+pub type EventDecoder = fn(&Element) -> Option<SessionEvent>;
 
 /// What other tasks send to a session's mailbox.
 #[derive(Debug)]
@@ -47,6 +68,63 @@ pub struct RosterChange {
     /// The session that made the change and already pushed it to its client
     /// (RFC 6121 §2.3.2: push first, then the IQ result), if any.
     pub origin: Option<SessionId>,
+}
+
+/// The namespace [`RosterChange`] travels in between cluster nodes.
+pub const ROSTER_CHANGE_NS: &str = "urn:meerkat:cluster:roster-change";
+
+impl Event for RosterChange {
+    fn to_element(&self) -> Option<Element> {
+        let i = &self.item;
+        let flag = |b: bool| if b { "1" } else { "0" };
+        let mut el = Element::builder("roster-change", ROSTER_CHANGE_NS)
+            .attr("removed", flag(self.removed))
+            .attr("version", self.version.to_string())
+            .attr("jid", i.jid.as_str())
+            .attr("subscription", i.subscription.as_str())
+            .attr("ask-out", flag(i.ask_out))
+            .attr("pending-in", flag(i.pending_in))
+            .attr("approved", flag(i.approved))
+            .attr("visible", flag(i.visible))
+            .build();
+        if let Some(o) = self.origin {
+            el.set_attr("origin", o.0.to_string());
+        }
+        if let Some(n) = &i.name {
+            el.set_attr("name", n.as_str());
+        }
+        if let Some(p) = &i.pending_in_stanza {
+            el.append_child(Element::builder("pending", ROSTER_CHANGE_NS).text(p.clone()).build());
+        }
+        for g in &i.groups {
+            el.append_child(Element::builder("group", ROSTER_CHANGE_NS).text(g.clone()).build());
+        }
+        Some(el)
+    }
+}
+
+impl RosterChange {
+    /// Decodes [`Event::to_element`]'s form (an [`EventDecoder`]).
+    pub fn decode(el: &Element) -> Option<SessionEvent> {
+        let flag = |k: &str| el.attr(k) == Some("1");
+        let item = RosterItem {
+            jid: el.attr("jid")?.to_string(),
+            name: el.attr("name").map(str::to_string),
+            subscription: meerkat_storage::Subscription::parse(el.attr("subscription")?)?,
+            ask_out: flag("ask-out"),
+            pending_in: flag("pending-in"),
+            pending_in_stanza: el.get_child("pending", ROSTER_CHANGE_NS).map(Element::text),
+            approved: flag("approved"),
+            visible: flag("visible"),
+            groups: el.children().filter(|c| c.is("group", ROSTER_CHANGE_NS)).map(Element::text).collect(),
+        };
+        Some(Arc::new(RosterChange {
+            item,
+            removed: flag("removed"),
+            version: el.attr("version")?.parse().ok()?,
+            origin: el.attr("origin").and_then(|o| o.parse().ok()).map(SessionId),
+        }))
+    }
 }
 
 /// A session's cached roster: loaded once, then kept current by [`RosterChange`]s,

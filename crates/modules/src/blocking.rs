@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use meerkat_core::hooks::{DeliveryHooks, Flow, IqHandler, IqRequest, IqResult, IqScope, SessionHooks};
 use meerkat_core::session::ensure_roster;
-use meerkat_core::{account, HookRegistry, Module, ServerContext, SessionEvent, SessionMsg, SessionState};
+use meerkat_core::{account, event_as, Event, HookRegistry, Module, ServerContext, SessionEvent, SessionMsg, SessionState};
 use meerkat_stanza::{ns, BareJid, ErrorType, IqType, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
 use meerkat_xml::Element;
 
@@ -50,6 +50,7 @@ impl Module for Blocking {
         // dropped before it changes any roster state.
         reg.on_session(5, self.clone());
         reg.on_delivery(5, self);
+        reg.event_decoder(CHANGE_NS, BlocklistChange::decode);
         reg.account_feature(ns::BLOCKING);
     }
 }
@@ -72,6 +73,32 @@ pub struct BlocklistChange {
     pub jids: Vec<String>,
     /// The change was "unblock all" (§3.5): the push carries an empty `<unblock/>`.
     pub all: bool,
+}
+
+/// The namespace a [`BlocklistChange`] travels in between cluster nodes.
+const CHANGE_NS: &str = "urn:meerkat:cluster:blocklist-change";
+
+impl Event for BlocklistChange {
+    fn to_element(&self) -> Option<Element> {
+        let mut el = Element::builder("blocklist-change", CHANGE_NS)
+            .attr("blocked", if self.blocked { "1" } else { "0" })
+            .attr("all", if self.all { "1" } else { "0" })
+            .build();
+        for j in &self.jids {
+            el.append_child(Element::builder("jid", CHANGE_NS).text(j.clone()).build());
+        }
+        Some(el)
+    }
+}
+
+impl BlocklistChange {
+    fn decode(el: &Element) -> Option<SessionEvent> {
+        Some(Arc::new(BlocklistChange {
+            blocked: el.attr("blocked") == Some("1"),
+            all: el.attr("all") == Some("1"),
+            jids: el.children().filter(|c| c.is("jid", CHANGE_NS)).map(Element::text).collect(),
+        }))
+    }
 }
 
 /// Whether the blocklist `list` matches `jid` (XEP-0016 §2.1).
@@ -297,7 +324,7 @@ impl SessionHooks for Blocking {
     }
 
     async fn on_event(&self, ctx: &ServerContext, s: &mut SessionState, ev: &SessionEvent) {
-        let Some(change) = ev.downcast_ref::<BlocklistChange>() else { return };
+        let Some(change) = event_as::<BlocklistChange>(ev) else { return };
         apply(s, change);
         if s.ext::<Cache>(EXT).is_some_and(|c| c.requested) {
             let mut payload = Element::new(if change.blocked { "block" } else { "unblock" }, ns::BLOCKING);

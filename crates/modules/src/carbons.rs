@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use meerkat_core::hooks::{DeliveryHooks, Flow, IqHandler, IqRequest, IqResult, IqScope, SessionHooks};
-use meerkat_core::{HookRegistry, Module, ServerContext, SessionEvent, SessionId, SessionMsg, SessionState};
+use meerkat_core::{event_as, Event, HookRegistry, Module, ServerContext, SessionEvent, SessionId, SessionMsg, SessionState};
 use meerkat_stanza::{ns, BareJid, Stanza, StanzaError, StanzaKind};
 use meerkat_xml::Element;
 
@@ -24,11 +24,36 @@ pub struct Carbons;
 struct Enabled;
 
 /// A copy on its way to the user's other sessions.
+#[derive(Debug)]
 struct Copy {
     sent: bool,
     msg: Element,
     /// Sessions that must not get the copy (the sender, or the receivers of the original).
     skip: Vec<SessionId>,
+}
+
+/// The namespace a [`Copy`] travels in between cluster nodes.
+const COPY_NS: &str = "urn:meerkat:cluster:carbon";
+
+impl Event for Copy {
+    fn to_element(&self) -> Option<Element> {
+        let skip = self.skip.iter().map(|s| s.0.to_string()).collect::<Vec<_>>().join(" ");
+        Some(
+            Element::builder("carbon", COPY_NS)
+                .attr("sent", if self.sent { "1" } else { "0" })
+                .attr("skip", skip)
+                .append(self.msg.clone())
+                .build(),
+        )
+    }
+}
+
+impl Copy {
+    fn decode(el: &Element) -> Option<SessionEvent> {
+        let skip = el.attr("skip")?.split_ascii_whitespace().map(|s| s.parse().map(SessionId)).collect::<Result<_, _>>().ok()?;
+        let msg = el.children().next()?.clone();
+        Some(Arc::new(Copy { sent: el.attr("sent") == Some("1"), msg, skip }))
+    }
 }
 
 impl Module for Carbons {
@@ -41,6 +66,7 @@ impl Module for Carbons {
         reg.on_iq(IqScope::Server, ns::CARBONS, self.clone());
         reg.on_session(40, self.clone());
         reg.on_delivery(40, self);
+        reg.event_decoder(COPY_NS, Copy::decode);
         reg.server_feature(ns::CARBONS);
         reg.account_feature(ns::CARBONS);
     }
@@ -96,7 +122,7 @@ impl SessionHooks for Carbons {
     }
 
     async fn on_event(&self, _ctx: &ServerContext, s: &mut SessionState, ev: &SessionEvent) {
-        let Some(c) = ev.downcast_ref::<Copy>() else { return };
+        let Some(c) = event_as::<Copy>(ev) else { return };
         if !s.ext.contains_key(EXT) || c.skip.contains(&s.id) {
             return;
         }

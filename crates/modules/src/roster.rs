@@ -23,7 +23,7 @@ use std::sync::Arc;
 use meerkat_config::RosterCfg;
 use meerkat_core::hooks::{DeliveryHooks, Flow, IqHandler, IqRequest, IqResult, IqScope, SessionHooks};
 use meerkat_core::session::{ensure_roster, RosterChange};
-use meerkat_core::{account, HookRegistry, Module, ServerContext, SessionEvent, SessionMsg, SessionState};
+use meerkat_core::{account, event_as, HookRegistry, Module, ServerContext, SessionEvent, SessionMsg, SessionState};
 use meerkat_stanza::{ns, BareJid, Jid, Stanza, StanzaError, StanzaErrorCondition};
 use meerkat_storage::{RosterItem, Subscription};
 use meerkat_xml::Element;
@@ -83,6 +83,7 @@ impl Module for Roster {
         reg.on_iq(IqScope::Account, ns::ROSTER, self.clone());
         reg.on_session(10, self.clone());
         reg.on_delivery(10, self);
+        reg.event_decoder(meerkat_core::session::ROSTER_CHANGE_NS, RosterChange::decode);
     }
 }
 
@@ -562,7 +563,7 @@ impl SessionHooks for Roster {
     }
 
     async fn on_event(&self, _ctx: &ServerContext, s: &mut SessionState, ev: &SessionEvent) {
-        let Some(change) = ev.downcast_ref::<RosterChange>() else { return };
+        let Some(change) = event_as::<RosterChange>(ev) else { return };
         if change.origin == Some(s.id) {
             return; // already applied and pushed by the session that made it
         }

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
+use meerkat_core::cluster::{ClusterLink, Forward, MsgTarget, NodeName};
 use meerkat_core::hooks::{Flow, IqScope, OfflineOutcome};
 use meerkat_core::router::{SessionHandle, SessionInfo};
 use meerkat_core::{account, Router, ServerContext, SessionId, SessionMsg};
@@ -11,7 +14,7 @@ use meerkat_storage::Subscription;
 use meerkat_xml::Element;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::table::SessionTable;
+use crate::table::{Entry, Location, SessionTable};
 
 /// RFC 6121 §5.2.2 message types (absent = normal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +39,20 @@ impl MessageType {
     }
 }
 
-/// The single-node router.
+/// A stanza is forwarded between nodes at most this often: two nodes whose views
+/// of a session differ for a moment cannot bounce it between them.
+const MAX_HOPS: u8 = 2;
+
+/// The router: this node's sessions, and in a cluster the other nodes' too.
 #[derive(Default)]
 pub struct LocalRouter {
     table: SessionTable,
+    cluster: OnceLock<Arc<dyn ClusterLink>>,
+}
+
+/// Microseconds since the epoch.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 impl LocalRouter {
@@ -48,10 +61,43 @@ impl LocalRouter {
         Self::default()
     }
 
-    /// Puts a stanza in a session's mailbox; gives it back if the mailbox is full
-    /// (the session is then told to close) or gone.
+    /// Joins a cluster: from now on the table also holds other nodes' sessions
+    /// and stanzas for them go through `link`. Set once, before serving.
+    pub fn set_cluster(&self, link: Arc<dyn ClusterLink>) {
+        if self.cluster.set(link).is_err() {
+            panic!("the router joined a cluster twice");
+        }
+    }
+
+    /// The session table (the cluster transport applies other nodes' changes).
+    pub fn table(&self) -> &SessionTable {
+        &self.table
+    }
+
+    /// Delivers a stanza to a session wherever it is: into a local mailbox, or
+    /// forwarded to its node. Gives it back if a local mailbox is full (the
+    /// session is then told to close) or gone, or if it has been forwarded too
+    /// often already.
     #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
-    fn try_deliver(&self, h: &SessionHandle, st: Stanza) -> Result<(), Stanza> {
+    fn try_deliver(&self, e: &Entry, st: Stanza, fallback: bool, hops: u8) -> Result<(), Stanza> {
+        match &e.at {
+            Location::Local(h) => self.try_deliver_local(h, st),
+            Location::Remote { jid, node, .. } => {
+                let Some(link) = self.cluster.get() else { return Err(st) };
+                if hops >= MAX_HOPS {
+                    tracing::warn!(to = %jid, %node, "not forwarding a stanza again: its session moved too often");
+                    return Err(st);
+                }
+                link.forward(node, Forward::Stanza { to: jid.clone(), stanza: st, fallback, hops: hops + 1 });
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts a stanza in a local session's mailbox; gives it back if the mailbox
+    /// is full (the session is then told to close) or gone.
+    #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
+    pub(crate) fn try_deliver_local(&self, h: &SessionHandle, st: Stanza) -> Result<(), Stanza> {
         match h.mailbox.try_send(SessionMsg::Stanza(Box::new(st))) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(SessionMsg::Stanza(st))) => {
@@ -69,11 +115,11 @@ impl LocalRouter {
     /// clone). Returns the receiving session, or gives the stanza back when there
     /// is no such session or it could not take it.
     #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
-    fn deliver_full(&self, jid: &FullJid, st: Stanza) -> Result<SessionId, Stanza> {
+    fn deliver_full(&self, jid: &FullJid, st: Stanza, hops: u8) -> Result<SessionId, Stanza> {
         let mut st = Some(st);
         let res = self
             .table
-            .with_session(jid, |e| self.try_deliver(&e.handle, st.take().expect("taken once")).map(|()| e.handle.id));
+            .with_session(jid, |e| self.try_deliver(e, st.take().expect("taken once"), true, hops).map(|()| e.id()));
         match res {
             Some(r) => r,
             None => Err(st.take().expect("not taken when the session is absent")),
@@ -98,20 +144,26 @@ impl LocalRouter {
         }
     }
 
-    /// RFC 6121 §8.5: a stanza for a local account.
-    async fn to_local_user(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
+    /// Routes a stanza forwarded from another node whose session is gone here.
+    pub(crate) async fn route_forwarded(&self, ctx: &ServerContext, to: Jid, st: Stanza, hops: u8) {
+        self.to_local_user(ctx, to, st, hops).await
+    }
+
+    /// RFC 6121 §8.5: a stanza for a local account. `hops`: how often it was
+    /// forwarded between nodes already (its delivery hooks ran on the first).
+    async fn to_local_user(&self, ctx: &ServerContext, to: Jid, st: Stanza, hops: u8) {
         match st.kind {
-            StanzaKind::Message => self.message(ctx, to, st).await,
-            StanzaKind::Presence => self.presence(ctx, to, st).await,
-            StanzaKind::Iq => self.iq(ctx, to, st).await,
+            StanzaKind::Message => self.message(ctx, to, st, hops).await,
+            StanzaKind::Presence => self.presence(ctx, to, st, hops).await,
+            StanzaKind::Iq => self.iq(ctx, to, st, hops).await,
         }
     }
 
     /// RFC 6121 §8.5.2 / §8.5.3.1 / §8.5.3.2.1 for messages.
-    async fn message(&self, ctx: &ServerContext, to: Jid, mut st: Stanza) {
+    async fn message(&self, ctx: &ServerContext, to: Jid, mut st: Stanza, hops: u8) {
         let ty = MessageType::of(&st);
         let bare = to.to_bare();
-        if matches!(ty, MessageType::Chat | MessageType::Normal | MessageType::Headline) {
+        if hops == 0 && matches!(ty, MessageType::Chat | MessageType::Normal | MessageType::Headline) {
             self.stamp(ctx, &bare, &mut st);
         }
         // Keep a copy for hooks that want to know where chat messages went
@@ -123,7 +175,7 @@ impl LocalRouter {
             .then(|| st.clone());
         if let Ok(full) = to.try_as_full() {
             // §8.5.3.1: a connected resource that matches exactly gets it.
-            match self.deliver_full(full, st) {
+            match self.deliver_full(full, st, hops) {
                 Ok(id) => return self.delivered(ctx, &bare, copy, &[id]),
                 Err(back) => st = back,
             }
@@ -149,7 +201,11 @@ impl LocalRouter {
         let pending = self.table.with_user(bare.as_str(), |list| {
             let avail = || list.iter().filter(|e| e.presence.is_some() && e.priority >= 0);
             let top = if ty == MessageType::Headline { None } else { avail().map(|e| e.priority).max() };
-            let mut targets = avail().filter(|e| top.is_none_or(|t| e.priority == t)).peekable();
+            let targets = || avail().filter(|e| top.is_none_or(|t| e.priority == t));
+            // A copy forwarded to another node may fall back to the missing-resource
+            // rules there only when it is the one copy (else others took it).
+            let only_one = targets().nth(1).is_none();
+            let mut targets = targets().peekable();
             let mut pending = Some(st);
             while let Some(e) = targets.next() {
                 let Some(p) = pending.take() else { break };
@@ -160,11 +216,11 @@ impl LocalRouter {
                 } else {
                     p
                 };
-                match self.try_deliver(&e.handle, one) {
+                match self.try_deliver(e, one, only_one, hops) {
                     Ok(()) => {
                         took = true;
                         if want_ids {
-                            receivers.push(e.handle.id);
+                            receivers.push(e.id());
                         }
                     }
                     Err(back) => {
@@ -223,38 +279,41 @@ impl LocalRouter {
     }
 
     /// RFC 6121 §8.5.2.1.2 / §8.5.3 and §4.3 / §3 for presence.
-    async fn presence(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
+    async fn presence(&self, ctx: &ServerContext, to: Jid, st: Stanza, hops: u8) {
         let bare = to.to_bare();
         match st.type_attr() {
             Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
-                // RFC 6121 §3: subscription stanzas go to the bare JID.
-                for h in &ctx.hooks.delivery {
-                    match h.on_inbound_subscription(ctx, &bare, &st).await {
-                        Flow::Continue => {}
-                        Flow::Drop => return,
-                        Flow::Bounce(e) => return self.bounce(ctx, &st, e).await,
+                // RFC 6121 §3: subscription stanzas go to the bare JID. A copy
+                // forwarded from another node already went through these hooks.
+                if hops == 0 {
+                    for h in &ctx.hooks.delivery {
+                        match h.on_inbound_subscription(ctx, &bare, &st).await {
+                            Flow::Continue => {}
+                            Flow::Drop => return,
+                            Flow::Bounce(e) => return self.bounce(ctx, &st, e).await,
+                        }
                     }
                 }
-                self.to_available(&bare, &st);
+                self.to_available(&bare, &st, hops);
             }
             Some("probe") => self.probe(ctx, to, &st).await,
             _ => match to.try_as_full() {
                 Ok(full) => {
-                    let _ = self.deliver_full(full, st);
+                    let _ = self.deliver_full(full, st, hops);
                 }
-                Err(_) => self.to_available(&bare, &st),
+                Err(_) => self.to_available(&bare, &st, hops),
             },
         }
     }
 
-    /// Delivers a copy to every available resource of `bare`.
-    fn to_available(&self, bare: &BareJid, st: &Stanza) {
-        let targets: Vec<SessionHandle> = self.table.with_user(bare.as_str(), |l| {
-            l.iter().filter(|e| e.presence.is_some()).map(|e| e.handle.clone()).collect()
+    /// Delivers a copy to every available resource of `bare` (under the shard's
+    /// read lock: delivery never waits).
+    fn to_available(&self, bare: &BareJid, st: &Stanza, hops: u8) {
+        self.table.with_user(bare.as_str(), |l| {
+            for e in l.iter().filter(|e| e.presence.is_some()) {
+                let _ = self.try_deliver(e, st.clone(), false, hops);
+            }
         });
-        for h in targets {
-            let _ = self.try_deliver(&h, st.clone());
-        }
     }
 
     /// RFC 6121 §4.3.2: answer a probe on behalf of a local user, if the prober
@@ -303,10 +362,10 @@ impl LocalRouter {
     }
 
     /// RFC 6121 §8.5.2.1.3 / §8.5.3 for IQs.
-    async fn iq(&self, ctx: &ServerContext, to: Jid, st: Stanza) {
+    async fn iq(&self, ctx: &ServerContext, to: Jid, st: Stanza, hops: u8) {
         match to.try_as_full() {
             Ok(full) => {
-                if let Err(back) = self.deliver_full(full, st) {
+                if let Err(back) = self.deliver_full(full, st, hops) {
                     self.bounce(ctx, &back, StanzaError::service_unavailable()).await;
                 }
             }
@@ -346,18 +405,43 @@ impl Router for LocalRouter {
         if to.node().is_none() {
             return self.to_server(ctx, to, st).await;
         }
-        self.to_local_user(ctx, to, st).await
+        self.to_local_user(ctx, to, st, 0).await
     }
 
     fn register(&self, handle: SessionHandle) -> Option<SessionHandle> {
-        self.table.insert(handle)
+        let since = now_micros();
+        let (jid, id) = (handle.jid.clone(), handle.id);
+        let replaced = self.table.insert(handle, since);
+        let link = self.cluster.get();
+        if let Some(link) = link {
+            link.session_added(&jid, id, since);
+        }
+        let old = replaced?;
+        match old.at {
+            Location::Local(h) => Some(h),
+            Location::Remote { id, jid, node } => {
+                // RFC 6120 §7.7.2.2 across nodes: the older session's node closes it.
+                if let Some(link) = link {
+                    link.forward(&node, Forward::Msg { to: MsgTarget::Session(jid, id), msg: SessionMsg::Replaced });
+                }
+                None
+            }
+        }
     }
 
     fn unregister(&self, jid: &FullJid, id: SessionId) {
-        self.table.remove(jid, id)
+        let removed = self.table.remove(jid, id);
+        if let (Some(link), Some(e)) = (self.cluster.get(), removed) {
+            if e.local().is_some() {
+                link.session_removed(jid, id);
+            }
+        }
     }
 
     fn set_presence(&self, jid: &FullJid, id: SessionId, priority: i8, presence: Option<Arc<Element>>) {
+        if let Some(link) = self.cluster.get() {
+            link.presence_changed(jid, id, priority, presence.as_ref());
+        }
         self.table.set_presence(jid, id, priority, presence)
     }
 
@@ -366,26 +450,39 @@ impl Router for LocalRouter {
     }
 
     fn send(&self, jid: &FullJid, msg: SessionMsg) -> bool {
-        let Some(h) = self.table.get(jid) else { return false };
-        match h.mailbox.try_send(msg) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                h.overflow.notify_one();
-                false
-            }
-            Err(TrySendError::Closed(_)) => false,
+        let Some(e) = self.table.get(jid) else { return false };
+        match e.at {
+            Location::Local(h) => send_local(&h, msg),
+            Location::Remote { id, jid, node } => match self.cluster.get() {
+                Some(link) => {
+                    link.forward(&node, Forward::Msg { to: MsgTarget::Session(jid, id), msg });
+                    true
+                }
+                None => false,
+            },
         }
     }
 
     fn send_all(&self, bare: &BareJid, msg: &dyn Fn() -> SessionMsg) -> usize {
-        let handles: Vec<SessionHandle> =
-            self.table.with_user(bare.as_str(), |l| l.iter().map(|e| e.handle.clone()).collect());
-        let mut n = 0;
-        for h in handles {
-            match h.mailbox.try_send(msg()) {
-                Ok(()) => n += 1,
-                Err(TrySendError::Full(_)) => h.overflow.notify_one(),
-                Err(TrySendError::Closed(_)) => {}
+        let (handles, nodes) = self.table.with_user(bare.as_str(), |l| {
+            let mut nodes: Vec<(NodeName, usize)> = Vec::new();
+            let mut handles = Vec::with_capacity(l.len());
+            for e in l {
+                match &e.at {
+                    Location::Local(h) => handles.push(h.clone()),
+                    Location::Remote { node, .. } => match nodes.iter_mut().find(|(n, _)| n == node) {
+                        Some((_, count)) => *count += 1,
+                        None => nodes.push((node.clone(), 1)),
+                    },
+                }
+            }
+            (handles, nodes)
+        });
+        let mut n = handles.into_iter().filter(|h| send_local(h, msg())).count();
+        if let Some(link) = self.cluster.get() {
+            for (node, count) in nodes {
+                link.forward(&node, Forward::Msg { to: MsgTarget::User(bare.clone()), msg: msg() });
+                n += count;
             }
         }
         n
@@ -397,5 +494,17 @@ impl Router for LocalRouter {
 
     fn user_session_count(&self, bare: &BareJid) -> usize {
         self.table.with_user(bare.as_str(), |l| l.len())
+    }
+}
+
+/// Puts a session message in a local mailbox; a full mailbox tells the session to close.
+fn send_local(h: &SessionHandle, msg: SessionMsg) -> bool {
+    match h.mailbox.try_send(msg) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            h.overflow.notify_one();
+            false
+        }
+        Err(TrySendError::Closed(_)) => false,
     }
 }

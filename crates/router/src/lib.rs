@@ -11,12 +11,15 @@
 //!   bounded mailbox; a full mailbox closes that session (its client stopped
 //!   reading) and the stanza takes the offline path, so nothing is lost.
 //!
-//! A cluster transport (NATS) will wrap this router: when a user has no session in
-//! the local table it asks the cluster directory and forwards to the owning node,
-//! whose `LocalRouter` then delivers.
+//! In a cluster the table also holds the other nodes' sessions (kept current by
+//! the cluster transport, `meerkat-cluster`, through [`LocalRouter`]'s `remote_*`
+//! methods), so the same rules pick the target wherever it is; a target on
+//! another node is handed to the [`meerkat_core::cluster::ClusterLink`], and
+//! that node delivers it with [`LocalRouter::deliver_forwarded`].
 #![warn(missing_docs)]
 
 mod deliver;
+mod remote;
 pub mod table;
 
 pub use deliver::LocalRouter;

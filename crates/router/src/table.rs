@@ -1,4 +1,6 @@
-//! The session table: bare JID → that user's sessions on this node, sharded.
+//! The session table: bare JID → that user's sessions, sharded. In a cluster it
+//! also holds the sessions of the other nodes (their location and presence), so
+//! the delivery rules see all of a user's resources at once.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -6,6 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use meerkat_core::cluster::NodeName;
 use meerkat_core::router::{SessionHandle, SessionInfo};
 use meerkat_core::SessionId;
 use meerkat_stanza::{BareJid, FullJid};
@@ -14,25 +17,63 @@ use parking_lot::RwLock;
 
 const SHARDS: usize = 64;
 
+/// Where a session is connected.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// On this node: its mailbox.
+    Local(SessionHandle),
+    /// On another node of the cluster.
+    Remote {
+        /// Session id (cluster-unique).
+        id: SessionId,
+        /// Full JID.
+        jid: FullJid,
+        /// The node it is on.
+        node: NodeName,
+    },
+}
+
 /// One session's row.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// Mailbox and identity.
-    pub handle: SessionHandle,
+    /// Where the session is.
+    pub at: Location,
     /// Current priority.
     pub priority: i8,
     /// Current available presence.
     pub presence: Option<Arc<Element>>,
+    /// When it was bound (microseconds since the epoch): of two sessions of one
+    /// full JID on two nodes, the older is replaced.
+    pub since: u64,
 }
 
 impl Entry {
-    fn info(&self) -> SessionInfo {
-        SessionInfo {
-            id: self.handle.id,
-            jid: self.handle.jid.clone(),
-            priority: self.priority,
-            presence: self.presence.clone(),
+    /// Session id.
+    pub fn id(&self) -> SessionId {
+        match &self.at {
+            Location::Local(h) => h.id,
+            Location::Remote { id, .. } => *id,
         }
+    }
+
+    /// Full JID.
+    pub fn jid(&self) -> &FullJid {
+        match &self.at {
+            Location::Local(h) => &h.jid,
+            Location::Remote { jid, .. } => jid,
+        }
+    }
+
+    /// The handle of a session on this node.
+    pub fn local(&self) -> Option<&SessionHandle> {
+        match &self.at {
+            Location::Local(h) => Some(h),
+            Location::Remote { .. } => None,
+        }
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo { id: self.id(), jid: self.jid().clone(), priority: self.priority, presence: self.presence.clone() }
     }
 }
 
@@ -49,7 +90,8 @@ type Shard = RwLock<HashMap<Box<str>, Vec<Entry>>>;
 /// The sharded table.
 pub struct SessionTable {
     shards: Box<[Shard]>,
-    count: AtomicUsize,
+    /// Sessions on this node (remote rows are not counted).
+    local: AtomicUsize,
 }
 
 impl Default for SessionTable {
@@ -61,7 +103,7 @@ impl Default for SessionTable {
 impl SessionTable {
     /// An empty table.
     pub fn new() -> Self {
-        SessionTable { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(), count: AtomicUsize::new(0) }
+        SessionTable { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(), local: AtomicUsize::new(0) }
     }
 
     fn shard(&self, bare: &str) -> &Shard {
@@ -70,42 +112,117 @@ impl SessionTable {
         &self.shards[(h.finish() as usize) % SHARDS]
     }
 
-    /// Inserts a session; returns the entry it replaced (same resource).
-    pub fn insert(&self, handle: SessionHandle) -> Option<SessionHandle> {
+    /// Inserts a session of this node; returns the entry it replaced (same
+    /// resource, here or on another node).
+    pub fn insert(&self, handle: SessionHandle, since: u64) -> Option<Entry> {
         let bare = bare_str(&handle.jid);
         let mut shard = self.shard(bare).write();
         let list = shard.entry(bare.into()).or_default();
-        let entry = Entry { handle, priority: 0, presence: None };
-        if let Some(pos) = list.iter().position(|e| e.handle.jid == entry.handle.jid) {
+        let entry = Entry { at: Location::Local(handle), priority: 0, presence: None, since };
+        self.local.fetch_add(1, Ordering::Relaxed);
+        if let Some(pos) = list.iter().position(|e| e.jid() == entry.jid()) {
             let old = std::mem::replace(&mut list[pos], entry);
-            Some(old.handle)
+            if old.local().is_some() {
+                self.local.fetch_sub(1, Ordering::Relaxed);
+            }
+            Some(old)
         } else {
             list.push(entry);
-            self.count.fetch_add(1, Ordering::Relaxed);
             None
         }
     }
 
-    /// Removes a session if the row still belongs to `id`.
-    pub fn remove(&self, jid: &FullJid, id: SessionId) {
-        let bare = bare_str(jid);
-        let mut shard = self.shard(bare).write();
-        if let Some(list) = shard.get_mut(bare) {
-            if let Some(pos) = list.iter().position(|e| e.handle.id == id) {
-                list.swap_remove(pos);
-                self.count.fetch_sub(1, Ordering::Relaxed);
+    /// Inserts a session of another node. When this node holds a session of the
+    /// same full JID, the older of the two gives way: a newer local session keeps
+    /// its place (`Err(())`: the other node replaces its own), an older one is
+    /// removed and returned so the caller can tell it to close.
+    #[allow(clippy::result_unit_err)]
+    pub fn insert_remote(
+        &self,
+        id: SessionId,
+        jid: FullJid,
+        node: NodeName,
+        since: u64,
+    ) -> Result<Option<SessionHandle>, ()> {
+        let bare = bare_str(&jid).to_owned();
+        let mut shard = self.shard(&bare).write();
+        let list = shard.entry(bare.into_boxed_str()).or_default();
+        let entry = Entry { at: Location::Remote { id, jid, node }, priority: 0, presence: None, since };
+        let Some(pos) = list.iter().position(|e| e.jid() == entry.jid()) else {
+            list.push(entry);
+            return Ok(None);
+        };
+        match &list[pos].at {
+            Location::Local(_) if list[pos].since > since => Err(()),
+            Location::Local(_) => {
+                let old = std::mem::replace(&mut list[pos], entry);
+                self.local.fetch_sub(1, Ordering::Relaxed);
+                Ok(old.local().cloned())
             }
-            if list.is_empty() {
-                shard.remove(bare);
+            Location::Remote { .. } => {
+                list[pos] = entry;
+                Ok(None)
             }
         }
+    }
+
+    /// Removes a session if the row still belongs to `id`; returns it.
+    pub fn remove(&self, jid: &FullJid, id: SessionId) -> Option<Entry> {
+        let bare = bare_str(jid);
+        let mut shard = self.shard(bare).write();
+        let list = shard.get_mut(bare)?;
+        let removed = list.iter().position(|e| e.id() == id).map(|pos| list.swap_remove(pos));
+        if list.is_empty() {
+            shard.remove(bare);
+        }
+        if removed.as_ref().is_some_and(|e| e.local().is_some()) {
+            self.local.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Removes every session of a node that is gone; returns them.
+    pub fn remove_node(&self, node: &str) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            shard.retain(|_, list| {
+                let mut i = 0;
+                while i < list.len() {
+                    if matches!(&list[i].at, Location::Remote { node: n, .. } if &**n == node) {
+                        out.push(list.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                !list.is_empty()
+            });
+        }
+        out
+    }
+
+    /// The sessions the table holds for another node.
+    pub fn node_sessions(&self, node: &str) -> Vec<(FullJid, SessionId)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for list in shard.read().values() {
+                for e in list {
+                    if let Location::Remote { id, jid, node: n } = &e.at {
+                        if &**n == node {
+                            out.push((jid.clone(), *id));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Updates presence and priority.
     pub fn set_presence(&self, jid: &FullJid, id: SessionId, priority: i8, presence: Option<Arc<Element>>) {
         let bare = bare_str(jid);
         let mut shard = self.shard(bare).write();
-        if let Some(e) = shard.get_mut(bare).and_then(|l| l.iter_mut().find(|e| e.handle.id == id)) {
+        if let Some(e) = shard.get_mut(bare).and_then(|l| l.iter_mut().find(|e| e.id() == id)) {
             e.priority = priority;
             e.presence = presence;
         }
@@ -123,20 +240,20 @@ impl SessionTable {
         self.with_user(bare.as_str(), |l| l.iter().map(Entry::info).collect())
     }
 
-    /// The handle of one full JID.
-    pub fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
-        self.with_user(bare_str(jid), |l| l.iter().find(|e| &e.handle.jid == jid).map(|e| e.handle.clone()))
+    /// The row of one full JID (cloned).
+    pub fn get(&self, jid: &FullJid) -> Option<Entry> {
+        self.with_user(bare_str(jid), |l| l.iter().find(|e| e.jid() == jid).cloned())
     }
 
     /// Runs `f` on one session's row under the shard's read lock, without cloning
     /// its handle (the hot path: a message to a full JID). `None` if absent.
     pub fn with_session<R>(&self, jid: &FullJid, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        self.with_user(bare_str(jid), |l| l.iter().find(|e| &e.handle.jid == jid).map(f))
+        self.with_user(bare_str(jid), |l| l.iter().find(|e| e.jid() == jid).map(f))
     }
 
-    /// Number of sessions.
+    /// Number of sessions on this node.
     pub fn len(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+        self.local.load(Ordering::Relaxed)
     }
 
     /// Whether the table is empty.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use meerkat_config::{Config, StorageUrl, TlsMode};
 use meerkat_core::{HookRegistry, ServerContext};
+use meerkat_router::LocalRouter;
 use meerkat_storage::Stores;
 use meerkat_transport::tls::TlsMaterial;
 use meerkat_transport::{serve_c2s, serve_http, HttpRuntime, ListenerRuntime};
@@ -30,12 +31,22 @@ pub async fn open_storage(cfg: &Config) -> anyhow::Result<Stores> {
     })
 }
 
+/// A server ready to [`run`]: its context and its router (which a cluster
+/// transport keeps informed of the other nodes).
+pub struct Server {
+    /// The shared context.
+    pub ctx: Arc<ServerContext>,
+    /// The router behind `ctx.router`.
+    pub router: Arc<LocalRouter>,
+}
+
 /// Starts the modules and assembles the server context.
-pub fn build_context(cfg: Arc<Config>, stores: Stores) -> Arc<ServerContext> {
+pub fn build(cfg: Arc<Config>, stores: Stores) -> Server {
     let mut reg = HookRegistry::default();
     meerkat_modules::start(&cfg, &mut reg);
-    let router = Arc::new(meerkat_router::LocalRouter::new());
-    Arc::new(ServerContext::new(cfg, stores, reg.freeze(), router))
+    let router = Arc::new(LocalRouter::new());
+    let ctx = Arc::new(ServerContext::new(cfg, stores, reg.freeze(), router.clone()));
+    Server { ctx, router }
 }
 
 /// Bound listener sockets, in configuration order.
@@ -79,14 +90,25 @@ fn load_scram_secret(data_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Serves on already-bound listeners until `shutdown` turns true, then tells every
-/// session to close and returns.
-pub async fn run(ctx: Arc<ServerContext>, listeners: Listeners, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// session to close and returns. With `[cluster]`, joins the cluster first (the
+/// other nodes' sessions are known before the first client is accepted) and
+/// leaves it after the sessions closed.
+pub async fn run(server: Server, listeners: Listeners, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let Server { ctx, router } = server;
     let cfg = ctx.config.clone();
     if listeners.c2s.len() != cfg.listen.c2s.len() || listeners.http.len() != cfg.listen.http.len() {
         bail!("the bound listeners do not match the [[listen.*]] tables");
     }
     let data_dir = Path::new(&cfg.general.data_dir);
     load_scram_secret(data_dir)?;
+    let cluster = match &cfg.cluster {
+        Some(c) => {
+            let handle = meerkat_cluster::join(ctx.clone(), router).await?;
+            tracing::info!(node = %c.node_name.get_ref(), "cluster joined");
+            Some(handle)
+        }
+        None => None,
+    };
     let slots = Arc::new(Semaphore::new(cfg.general.max_connections));
     let mut self_signed: Option<TlsMaterial> = None;
     let mut tasks = Vec::new();
@@ -141,6 +163,10 @@ pub async fn run(ctx: Arc<ServerContext>, listeners: Listeners, shutdown: watch:
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while ctx.router.session_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The other nodes forget this one's sessions.
+    if let Some(c) = cluster {
+        c.leave().await;
     }
     // Then modules write what they still hold (the archive writer's pending rows).
     for h in &ctx.hooks.shutdown {

@@ -91,7 +91,7 @@ fn init_logging(cfg: &Config) {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let stores = meerkat::open_storage(&cfg).await?;
-    let ctx = meerkat::build_context(cfg.clone(), stores);
+    let server = meerkat::build(cfg.clone(), stores);
     let listeners = meerkat::bind(&cfg).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -99,7 +99,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = tx.send(true);
     });
-    meerkat::run(ctx, listeners, rx).await
+    meerkat::run(server, listeners, rx).await
 }
 
 async fn wait_for_signal() {

@@ -63,12 +63,13 @@ impl TestServer {
         dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<TestServer> {
         let cfg = Arc::new(cfg);
-        let ctx = crate::build_context(cfg.clone(), stores);
+        let server = crate::build(cfg.clone(), stores);
+        let ctx = server.ctx.clone();
         let listeners = crate::bind(&cfg).await?;
         let addrs = listeners.c2s.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
         let http_addrs = listeners.http.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(crate::run(ctx.clone(), listeners, rx));
+        let task = tokio::spawn(crate::run(server, listeners, rx));
         Ok(TestServer { ctx, addrs, http_addrs, shutdown: tx, task: Some(task), _dir: dir })
     }
 

@@ -255,6 +255,39 @@ impl StreamError {
         }
     }
 
+    /// The condition named `name` (the inverse of [`Self::as_str`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        use StreamError::*;
+        Some(match name {
+            "bad-format" => BadFormat,
+            "bad-namespace-prefix" => BadNamespacePrefix,
+            "conflict" => Conflict,
+            "connection-timeout" => ConnectionTimeout,
+            "host-gone" => HostGone,
+            "host-unknown" => HostUnknown,
+            "improper-addressing" => ImproperAddressing,
+            "internal-server-error" => InternalServerError,
+            "invalid-from" => InvalidFrom,
+            "invalid-namespace" => InvalidNamespace,
+            "invalid-xml" => InvalidXml,
+            "not-authorized" => NotAuthorized,
+            "not-well-formed" => NotWellFormed,
+            "policy-violation" => PolicyViolation,
+            "remote-connection-failed" => RemoteConnectionFailed,
+            "reset" => Reset,
+            "resource-constraint" => ResourceConstraint,
+            "restricted-xml" => RestrictedXml,
+            "see-other-host" => SeeOtherHost,
+            "system-shutdown" => SystemShutdown,
+            "undefined-condition" => UndefinedCondition,
+            "unsupported-encoding" => UnsupportedEncoding,
+            "unsupported-feature" => UnsupportedFeature,
+            "unsupported-stanza-type" => UnsupportedStanzaType,
+            "unsupported-version" => UnsupportedVersion,
+            _ => return None,
+        })
+    }
+
     /// The `<stream:error/>` element, with an optional text.
     pub fn to_element(self, text: Option<&str>) -> Element {
         let mut e = Element::new("error", ns::STREAM);

@@ -1,0 +1,643 @@
+//! The cluster task: one per node, owning the directory of its own sessions, what
+//! it knows of every other node, and the numbered streams of forwarded traffic.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use meerkat_config::Cluster as ClusterConfig;
+use meerkat_core::cluster::{Forward, MsgTarget, NodeName};
+use meerkat_core::{ServerContext, SessionId, SessionMsg};
+use meerkat_router::LocalRouter;
+use meerkat_stanza::{BareJid, FullJid, Stanza, StreamError};
+use meerkat_storage::Subscription;
+use meerkat_xml::{Element, Limits};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::link::Work;
+use crate::wire::{Envelope, Msg, Payload, SessionMsgWire, SnapEntry, Target};
+
+/// How often acknowledgements go out and stalled streams are checked.
+const TICK: Duration = Duration::from_millis(10);
+/// Unacknowledged traffic is sent again after this long without progress.
+const RETRANSMIT_AFTER: Duration = Duration::from_millis(1000);
+/// Sessions per snapshot message (keeps messages well under NATS's 1 MB).
+const SNAPSHOT_CHUNK: usize = 500;
+/// A sync request unanswered for this long is sent again.
+const SYNC_RETRY: Duration = Duration::from_secs(2);
+
+/// One of this node's sessions, as the directory publishes it.
+struct Mine {
+    id: u64,
+    since: u64,
+    priority: i8,
+    presence: Option<String>,
+}
+
+/// What this node knows about another.
+struct Peer {
+    inc: u64,
+    last_seen: Instant,
+    /// Its directory: applied up to `applied`, once a snapshot arrived.
+    synced: bool,
+    applied: u64,
+    /// Directory updates that arrived while a snapshot was awaited.
+    pending: Vec<Msg>,
+    /// The sync request in progress (number, sent at) and the snapshot so far.
+    sync: Option<(u64, Instant)>,
+    snapshot: Vec<SnapEntry>,
+    /// Traffic from it: its epoch and the next number expected.
+    in_epoch: u64,
+    in_next: u64,
+    ack_due: bool,
+    /// Traffic to it: our epoch, the next number, and what is unacknowledged.
+    out_epoch: u64,
+    out_next: u64,
+    inflight: VecDeque<(u64, Payload)>,
+    progress_at: Instant,
+}
+
+impl Peer {
+    fn new(inc: u64) -> Self {
+        let now = Instant::now();
+        Peer {
+            inc,
+            last_seen: now,
+            synced: false,
+            applied: 0,
+            pending: Vec::new(),
+            sync: None,
+            snapshot: Vec::new(),
+            in_epoch: 0,
+            in_next: 1,
+            ack_due: false,
+            out_epoch: random_u64(),
+            out_next: 1,
+            inflight: VecDeque::new(),
+            progress_at: now,
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    u64::from_le_bytes(b)
+}
+
+/// Limits for stanzas and events from other nodes (trusted, but bounded).
+fn peer_limits() -> Limits {
+    Limits { max_stanza_bytes: 4 << 20, max_depth: 64, ..Limits::default() }
+}
+
+pub(crate) struct Node {
+    ctx: Arc<ServerContext>,
+    router: Arc<LocalRouter>,
+    client: async_nats::Client,
+    me: NodeName,
+    inc: u64,
+    dir_subject: String,
+    node_prefix: String,
+    dir_sub: async_nats::Subscriber,
+    my_sub: async_nats::Subscriber,
+    heartbeat: Duration,
+    timeout: Duration,
+    work: mpsc::UnboundedReceiver<Work>,
+    dir_seq: u64,
+    mine: HashMap<String, Mine>,
+    peers: HashMap<NodeName, Peer>,
+    next_req: u64,
+}
+
+impl Node {
+    pub(crate) async fn new(
+        ctx: Arc<ServerContext>,
+        router: Arc<LocalRouter>,
+        client: async_nats::Client,
+        cfg: &ClusterConfig,
+        me: NodeName,
+        work: mpsc::UnboundedReceiver<Work>,
+    ) -> anyhow::Result<Self> {
+        let name = cfg.name.get_ref();
+        let dir_subject = format!("{name}.dir");
+        let node_prefix = format!("{name}.node.");
+        let dir_sub = client.subscribe(dir_subject.clone()).await?;
+        let my_sub = client.subscribe(format!("{node_prefix}{me}")).await?;
+        Ok(Node {
+            ctx,
+            router,
+            client,
+            me,
+            inc: random_u64(),
+            dir_subject,
+            node_prefix,
+            dir_sub,
+            my_sub,
+            heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
+            timeout: Duration::from_millis(cfg.node_timeout_ms),
+            work,
+            dir_seq: 0,
+            mine: HashMap::new(),
+            peers: HashMap::new(),
+            next_req: 1,
+        })
+    }
+
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>, ready: oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_heartbeat = Instant::now() - self.heartbeat;
+        tracing::info!(node = %self.me, inc = self.inc, "joined the cluster");
+        loop {
+            tokio::select! {
+                w = self.work.recv() => match w {
+                    Some(w) => self.on_work(w).await,
+                    None => break,
+                },
+                m = self.dir_sub.next() => match m {
+                    Some(m) => self.on_message(&m.payload).await,
+                    None => break,
+                },
+                m = self.my_sub.next() => match m {
+                    Some(m) => self.on_message(&m.payload).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if last_heartbeat.elapsed() >= self.heartbeat {
+                        last_heartbeat = Instant::now();
+                        let hb = Msg::Heartbeat { seq: self.dir_seq };
+                        self.publish_dir(hb).await;
+                    }
+                    self.on_tick().await;
+                    // Ready once a heartbeat interval passed (peers announced
+                    // themselves) and every peer heard of sent its snapshot.
+                    if ready.is_some()
+                        && started.elapsed() > self.heartbeat + self.heartbeat / 2
+                        && self.peers.values().all(|p| p.synced)
+                    {
+                        let _ = ready.take().map(|r| r.send(()));
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        // Orderly stop: what the sessions did while closing goes out first, then
+        // the others forget this node's sessions at once rather than after the
+        // timeout.
+        while let Ok(w) = self.work.try_recv() {
+            self.on_work(w).await;
+        }
+        self.publish_dir(Msg::Bye).await;
+        let _ = self.client.flush().await;
+        tracing::info!(node = %self.me, "left the cluster");
+    }
+
+    fn envelope(&self, msg: Msg) -> Bytes {
+        Envelope { from: self.me.to_string(), inc: self.inc, msg }.encode()
+    }
+
+    async fn publish_dir(&self, msg: Msg) {
+        let b = self.envelope(msg);
+        if let Err(e) = self.client.publish(self.dir_subject.clone(), b).await {
+            tracing::warn!(error = %e, "cannot publish to the cluster directory");
+        }
+    }
+
+    async fn publish_to(&self, node: &str, msg: Msg) {
+        let b = self.envelope(msg);
+        if let Err(e) = self.client.publish(format!("{}{node}", self.node_prefix), b).await {
+            tracing::warn!(%node, error = %e, "cannot publish to a cluster node");
+        }
+    }
+
+    /// Work from the router.
+    async fn on_work(&mut self, w: Work) {
+        match w {
+            Work::Added { jid, id, since } => {
+                self.dir_seq += 1;
+                self.mine.insert(jid.to_string(), Mine { id: id.0, since, priority: 0, presence: None });
+                let m = Msg::Added { seq: self.dir_seq, jid: jid.to_string(), id: id.0, since };
+                self.publish_dir(m).await;
+            }
+            Work::Removed { jid, id } => {
+                if self.mine.get(jid.as_str()).is_some_and(|m| m.id == id.0) {
+                    self.mine.remove(jid.as_str());
+                }
+                self.dir_seq += 1;
+                let m = Msg::Removed { seq: self.dir_seq, jid: jid.to_string(), id: id.0 };
+                self.publish_dir(m).await;
+            }
+            Work::Presence { jid, id, priority, presence } => {
+                let xml = presence.map(|p| p.to_string_with_ns());
+                if let Some(m) = self.mine.get_mut(jid.as_str()).filter(|m| m.id == id.0) {
+                    m.priority = priority;
+                    m.presence = xml.clone();
+                }
+                self.dir_seq += 1;
+                let m = Msg::Presence { seq: self.dir_seq, jid: jid.to_string(), id: id.0, priority, presence: xml };
+                self.publish_dir(m).await;
+            }
+            Work::Forward { node, what } => self.forward(node, what).await,
+        }
+    }
+
+    /// Numbers a forward for `node`, keeps it until acknowledged, and sends it.
+    async fn forward(&mut self, node: NodeName, what: Forward) {
+        let Some(payload) = encode_forward(what) else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            // The node was lost between the routing decision and now.
+            return self.reroute(payload).await;
+        };
+        let seq = peer.out_next;
+        peer.out_next += 1;
+        if peer.inflight.is_empty() {
+            peer.progress_at = Instant::now();
+        }
+        let msg = Msg::Data { to_inc: peer.inc, epoch: peer.out_epoch, seq, payload: payload.clone() };
+        peer.inflight.push_back((seq, payload));
+        if peer.inflight.len() % 10_000 == 0 {
+            tracing::warn!(%node, unacked = peer.inflight.len(), "a cluster node is slow to acknowledge");
+        }
+        self.publish_to(&node, msg).await;
+    }
+
+    /// A message from another node (or this node's own directory messages).
+    async fn on_message(&mut self, b: &[u8]) {
+        let Some(env) = Envelope::decode(b) else {
+            tracing::warn!(bytes = b.len(), "ignoring a malformed cluster message");
+            return;
+        };
+        if *env.from == *self.me {
+            if env.inc != self.inc {
+                tracing::error!(node = %self.me, "another node runs with this node's name: node names must be unique");
+            }
+            return;
+        }
+        let name: NodeName = env.from.as_str().into();
+        if matches!(env.msg, Msg::Bye) {
+            if self.peers.get(&name).is_some_and(|p| p.inc == env.inc) {
+                tracing::info!(node = %name, "cluster node left");
+                self.lost(&name, false).await;
+            }
+            return;
+        }
+        match self.peers.get(&name) {
+            Some(p) if p.inc == env.inc => {}
+            Some(_) => {
+                tracing::info!(node = %name, "cluster node restarted");
+                self.lost(&name, true).await;
+                self.peers.insert(name.clone(), Peer::new(env.inc));
+                self.request_sync(&name).await;
+            }
+            None => {
+                tracing::info!(node = %name, "cluster node joined");
+                self.peers.insert(name.clone(), Peer::new(env.inc));
+                self.request_sync(&name).await;
+            }
+        }
+        let peer = self.peers.get_mut(&name).expect("inserted above");
+        peer.last_seen = Instant::now();
+        match env.msg {
+            Msg::Heartbeat { seq } => {
+                let resync = (peer.synced && seq > peer.applied)
+                    || (!peer.synced && peer.sync.is_none_or(|(_, at)| at.elapsed() > SYNC_RETRY));
+                if resync {
+                    if peer.synced {
+                        tracing::warn!(node = %name, "missed cluster directory updates: resynchronising");
+                    }
+                    self.request_sync(&name).await;
+                }
+            }
+            m @ (Msg::Added { .. } | Msg::Removed { .. } | Msg::Presence { .. }) => {
+                if !peer.synced {
+                    peer.pending.push(m);
+                    return;
+                }
+                if !self.apply_update(&name, m) {
+                    self.request_sync(&name).await;
+                }
+            }
+            Msg::SyncRequest { req } => self.send_snapshot(&name, req).await,
+            Msg::Snapshot { req, seq, last, entries } => {
+                if peer.sync.is_none_or(|(r, _)| r != req) {
+                    return; // an answer to an older request
+                }
+                peer.snapshot.extend(entries);
+                if last {
+                    self.install_snapshot(&name, seq);
+                }
+            }
+            Msg::Data { to_inc, epoch, seq, payload } => {
+                if to_inc != self.inc {
+                    return; // for this node's former incarnation
+                }
+                if epoch != peer.in_epoch {
+                    peer.in_epoch = epoch;
+                    peer.in_next = 1;
+                }
+                peer.ack_due = true;
+                if seq != peer.in_next {
+                    return; // a duplicate, or after a gap: the sender sends again
+                }
+                peer.in_next += 1;
+                self.deliver(payload);
+            }
+            Msg::Ack { to_inc, epoch, seq } => {
+                if to_inc != self.inc || epoch != peer.out_epoch {
+                    return;
+                }
+                let before = peer.inflight.len();
+                while peer.inflight.front().is_some_and(|(s, _)| *s <= seq) {
+                    peer.inflight.pop_front();
+                }
+                if peer.inflight.len() != before {
+                    peer.progress_at = Instant::now();
+                }
+            }
+            Msg::Bye => unreachable!("handled above"),
+        }
+    }
+
+    /// Applies one numbered directory update of a synced peer; `false` on a gap.
+    fn apply_update(&mut self, name: &NodeName, m: Msg) -> bool {
+        let peer = self.peers.get_mut(name).expect("caller checked");
+        let seq = match &m {
+            Msg::Added { seq, .. } | Msg::Removed { seq, .. } | Msg::Presence { seq, .. } => *seq,
+            _ => return true,
+        };
+        if seq <= peer.applied {
+            return true;
+        }
+        if seq != peer.applied + 1 {
+            peer.synced = false;
+            return false;
+        }
+        peer.applied = seq;
+        match m {
+            Msg::Added { jid, id, since, .. } => {
+                if let Ok(jid) = FullJid::new(&jid) {
+                    self.router.remote_added(name.clone(), jid, SessionId(id), since);
+                }
+            }
+            Msg::Removed { jid, id, .. } => {
+                if let Ok(jid) = FullJid::new(&jid) {
+                    self.router.remote_removed(&jid, SessionId(id));
+                }
+            }
+            Msg::Presence { jid, id, priority, presence, .. } => {
+                if let Ok(jid) = FullJid::new(&jid) {
+                    let p = presence.and_then(|x| meerkat_xml::parse_element(&x, &peer_limits()).ok()).map(Arc::new);
+                    self.router.remote_presence(&jid, SessionId(id), priority, p);
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    async fn request_sync(&mut self, name: &NodeName) {
+        let req = self.next_req;
+        self.next_req += 1;
+        if let Some(p) = self.peers.get_mut(name) {
+            p.synced = false;
+            p.sync = Some((req, Instant::now()));
+            p.snapshot.clear();
+        }
+        self.publish_to(name, Msg::SyncRequest { req }).await;
+    }
+
+    async fn send_snapshot(&self, to: &str, req: u64) {
+        let entries: Vec<SnapEntry> = self
+            .mine
+            .iter()
+            .map(|(jid, m)| SnapEntry {
+                jid: jid.clone(),
+                id: m.id,
+                since: m.since,
+                priority: m.priority,
+                presence: m.presence.clone(),
+            })
+            .collect();
+        let mut chunks: Vec<Vec<SnapEntry>> = entries.chunks(SNAPSHOT_CHUNK).map(<[SnapEntry]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let n = chunks.len();
+        for (i, entries) in chunks.into_iter().enumerate() {
+            let m = Msg::Snapshot { req, seq: self.dir_seq, last: i + 1 == n, entries };
+            self.publish_to(to, m).await;
+        }
+    }
+
+    /// Makes the table hold exactly the peer's snapshot, then applies the updates
+    /// that came after it.
+    fn install_snapshot(&mut self, name: &NodeName, seq: u64) {
+        let peer = self.peers.get_mut(name).expect("caller checked");
+        let snapshot = std::mem::take(&mut peer.snapshot);
+        let pending = std::mem::take(&mut peer.pending);
+        peer.sync = None;
+        peer.synced = true;
+        peer.applied = seq;
+        let keep: HashMap<&str, u64> = snapshot.iter().map(|e| (e.jid.as_str(), e.id)).collect();
+        for (jid, id) in self.router.table().node_sessions(name) {
+            if keep.get(jid.as_str()) != Some(&id.0) {
+                self.router.remote_removed(&jid, id);
+            }
+        }
+        for e in &snapshot {
+            let Ok(jid) = FullJid::new(&e.jid) else { continue };
+            self.router.remote_added(name.clone(), jid.clone(), SessionId(e.id), e.since);
+            let p = e.presence.as_deref().and_then(|x| meerkat_xml::parse_element(x, &peer_limits()).ok()).map(Arc::new);
+            self.router.remote_presence(&jid, SessionId(e.id), e.priority, p);
+        }
+        tracing::info!(node = %name, sessions = snapshot.len(), "cluster node's sessions known");
+        for m in pending {
+            if !self.apply_update(name, m) {
+                break; // a gap: the next heartbeat asks again
+            }
+        }
+    }
+
+    /// Delivers forwarded traffic here.
+    fn deliver(&self, payload: Payload) {
+        let Some(what) = decode_forward(&self.ctx, payload) else { return };
+        if let Some((to, st, hops)) = self.router.deliver_forwarded(what) {
+            let (ctx, router) = (self.ctx.clone(), self.router.clone());
+            tokio::spawn(async move { router.route_fallback(&ctx, to, st, hops).await });
+        }
+    }
+
+    /// Routes again what could not reach a lost node (its sessions are gone from
+    /// the table by now: offline storage, another resource, or an error).
+    async fn reroute(&self, payload: Payload) {
+        let Payload::Stanza { to, xml, hops, .. } = payload else { return };
+        let (Ok(to), Ok(el)) = (FullJid::new(&to), meerkat_xml::parse_element(&xml, &peer_limits())) else { return };
+        let (ctx, router) = (self.ctx.clone(), self.router.clone());
+        tokio::spawn(async move { router.route_fallback(&ctx, to, Stanza::from_trusted(el), hops).await });
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let mut acks = Vec::new();
+        let mut resend = Vec::new();
+        let mut lost = Vec::new();
+        for (name, p) in &mut self.peers {
+            if now.duration_since(p.last_seen) > self.timeout {
+                lost.push(name.clone());
+                continue;
+            }
+            if p.ack_due {
+                p.ack_due = false;
+                acks.push((name.clone(), Msg::Ack { to_inc: p.inc, epoch: p.in_epoch, seq: p.in_next - 1 }));
+            }
+            if !p.inflight.is_empty() && now.duration_since(p.progress_at) > RETRANSMIT_AFTER {
+                p.progress_at = now;
+                tracing::debug!(node = %name, unacked = p.inflight.len(), "sending unacknowledged cluster traffic again");
+                for (seq, payload) in &p.inflight {
+                    let m = Msg::Data { to_inc: p.inc, epoch: p.out_epoch, seq: *seq, payload: payload.clone() };
+                    resend.push((name.clone(), m));
+                }
+            }
+        }
+        for (name, m) in acks.into_iter().chain(resend) {
+            self.publish_to(&name, m).await;
+        }
+        for name in lost {
+            tracing::warn!(node = %name, timeout_ms = self.timeout.as_millis() as u64, "cluster node lost");
+            self.lost(&name, true).await;
+        }
+    }
+
+    /// A node is gone (lost, restarted, or left): forget its sessions, route
+    /// again what it did not acknowledge, and — for a lost node, whose sessions
+    /// could not say goodbye — tell their contacts they went offline.
+    async fn lost(&mut self, name: &NodeName, crashed: bool) {
+        let Some(peer) = self.peers.remove(name) else { return };
+        let gone = self.router.remove_node(name);
+        for (_, payload) in peer.inflight {
+            self.reroute(payload).await;
+        }
+        if !crashed || gone.is_empty() {
+            return;
+        }
+        // One node does it: the surviving node whose name sorts first.
+        if self.peers.keys().any(|n| **n < *self.me) {
+            return;
+        }
+        let offline: Vec<FullJid> =
+            gone.into_iter().filter(|e| e.presence.is_some()).map(|e| e.jid().clone()).collect();
+        tracing::info!(node = %name, sessions = offline.len(), "telling a lost node's users' contacts they are offline");
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            for jid in offline {
+                broadcast_unavailable(&ctx, &jid).await;
+            }
+        });
+    }
+}
+
+/// RFC 6121 §4.5.2 on behalf of a session that cannot: unavailable presence
+/// from `jid` to the user's presence subscribers and the user's other resources.
+async fn broadcast_unavailable(ctx: &ServerContext, jid: &FullJid) {
+    let bare = jid.to_bare();
+    let Some(acc) = meerkat_core::account(&bare) else { return };
+    let roster = match ctx.stores.roster.get_roster(acc).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(user = %bare, error = %e, "storage failure loading a lost session's roster");
+            return;
+        }
+    };
+    let to = roster
+        .items
+        .iter()
+        .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
+        .map(|i| i.jid.as_str())
+        .chain(std::iter::once(bare.as_str()));
+    for contact in to {
+        let el = Element::builder("presence", meerkat_stanza::ns::CLIENT)
+            .attr("from", jid.as_str())
+            .attr("to", contact)
+            .attr("type", "unavailable")
+            .build();
+        ctx.route(Stanza::from_trusted(el)).await;
+    }
+}
+
+/// A forward in its wire form; `None` for a session event that stays on its node.
+fn encode_forward(what: Forward) -> Option<Payload> {
+    Some(match what {
+        Forward::Stanza { to, stanza, fallback, hops } => {
+            Payload::Stanza { to: to.to_string(), xml: stanza.el.to_string_with_ns(), fallback, hops }
+        }
+        Forward::Msg { to, msg } => {
+            let to = match to {
+                MsgTarget::Session(jid, id) => Target::Session { jid: jid.to_string(), id: id.0 },
+                MsgTarget::User(bare) => Target::User { bare: bare.to_string() },
+            };
+            let msg = match msg {
+                SessionMsg::Event(ev) => SessionMsgWire::Event(ev.to_element()?.to_string_with_ns()),
+                SessionMsg::Replaced => SessionMsgWire::Replaced,
+                SessionMsg::Kick(cond, text) => SessionMsgWire::Kick(cond.as_str().to_string(), text),
+                SessionMsg::Stanza(st) => {
+                    // Stanzas travel as Forward::Stanza; one sent as a session
+                    // message keeps the session's own delivery path.
+                    let Target::Session { jid, .. } = &to else { return None };
+                    return Some(Payload::Stanza {
+                        to: jid.clone(),
+                        xml: st.el.to_string_with_ns(),
+                        fallback: false,
+                        hops: 1,
+                    });
+                }
+            };
+            Payload::Msg { to, msg }
+        }
+    })
+}
+
+/// The router's form of forwarded traffic; `None` (logged) if it is malformed.
+fn decode_forward(ctx: &ServerContext, p: Payload) -> Option<Forward> {
+    let bad = |what: &str| {
+        tracing::warn!(what, "ignoring malformed forwarded cluster traffic");
+        None
+    };
+    Some(match p {
+        Payload::Stanza { to, xml, fallback, hops } => {
+            let Ok(to) = FullJid::new(&to) else { return bad("stanza address") };
+            let Ok(el) = meerkat_xml::parse_element(&xml, &peer_limits()) else { return bad("stanza") };
+            Forward::Stanza { to, stanza: Stanza::from_trusted(el), fallback, hops }
+        }
+        Payload::Msg { to, msg } => {
+            let to = match to {
+                Target::Session { jid, id } => match FullJid::new(&jid) {
+                    Ok(j) => MsgTarget::Session(j, SessionId(id)),
+                    Err(_) => return bad("session address"),
+                },
+                Target::User { bare } => match BareJid::new(&bare) {
+                    Ok(b) => MsgTarget::User(b),
+                    Err(_) => return bad("user address"),
+                },
+            };
+            let msg = match msg {
+                SessionMsgWire::Event(xml) => {
+                    let Ok(el) = meerkat_xml::parse_element(&xml, &peer_limits()) else { return bad("event") };
+                    match ctx.hooks.decode_event(&el) {
+                        Some(ev) => SessionMsg::Event(ev),
+                        None => return bad("event of no running module"),
+                    }
+                }
+                SessionMsgWire::Replaced => SessionMsg::Replaced,
+                SessionMsgWire::Kick(cond, text) => {
+                    SessionMsg::Kick(StreamError::parse(&cond).unwrap_or(StreamError::UndefinedCondition), text)
+                }
+            };
+            Forward::Msg { to, msg }
+        }
+    })
+}
+

@@ -1,0 +1,368 @@
+//! The messages nodes exchange, in a compact binary form (stanzas inside are
+//! XML text). Every message starts with the sender's name and incarnation (a
+//! random number drawn at start, so a restarted node is told from its former
+//! self).
+//!
+//! Integers are little-endian; strings and byte strings carry a `u32` length.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// One session as a snapshot lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapEntry {
+    /// Full JID.
+    pub jid: String,
+    /// Session id.
+    pub id: u64,
+    /// Bound at (µs since the epoch).
+    pub since: u64,
+    /// Priority.
+    pub priority: i8,
+    /// Available presence as XML, if available.
+    pub presence: Option<String>,
+}
+
+/// Who a forwarded session message is for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// One session.
+    Session { jid: String, id: u64 },
+    /// Every session of a bare JID.
+    User { bare: String },
+}
+
+/// A forwarded session message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionMsgWire {
+    /// A module event as XML.
+    Event(String),
+    /// Replaced by a newer session.
+    Replaced,
+    /// Close with this stream error condition and text.
+    Kick(String, Option<String>),
+}
+
+/// What travels inside a `Data` message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A stanza for a session.
+    Stanza { to: String, xml: String, fallback: bool, hops: u8 },
+    /// A session message.
+    Msg { to: Target, msg: SessionMsgWire },
+}
+
+/// A cluster message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    /// "I am alive; my directory is at `seq`" (also the first message of a node).
+    Heartbeat { seq: u64 },
+    /// A session was bound.
+    Added { seq: u64, jid: String, id: u64, since: u64 },
+    /// A session ended.
+    Removed { seq: u64, jid: String, id: u64 },
+    /// A session's presence changed.
+    Presence { seq: u64, jid: String, id: u64, priority: i8, presence: Option<String> },
+    /// The node leaves the cluster (orderly stop): forget its sessions now.
+    Bye,
+    /// "Send me your sessions" (request number `req`).
+    SyncRequest { req: u64 },
+    /// Part of the answer to `SyncRequest { req }`: the sender's sessions at `seq`.
+    Snapshot { req: u64, seq: u64, last: bool, entries: Vec<SnapEntry> },
+    /// Forwarded traffic for incarnation `to_inc` of the receiver, numbered
+    /// from 1 within `epoch` (the sender starts a new epoch whenever it starts
+    /// over with that receiver).
+    Data { to_inc: u64, epoch: u64, seq: u64, payload: Payload },
+    /// Everything up to `seq` of `epoch` sent to incarnation `to_inc` arrived.
+    Ack { to_inc: u64, epoch: u64, seq: u64 },
+}
+
+/// A message with its sender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The sending node.
+    pub from: String,
+    /// Its incarnation.
+    pub inc: u64,
+    /// The message.
+    pub msg: Msg,
+}
+
+struct W(BytesMut);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.put_u8(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.put_u64_le(v);
+    }
+    fn str(&mut self, s: &str) {
+        self.0.put_u32_le(s.len() as u32);
+        self.0.put_slice(s.as_bytes());
+    }
+    fn opt(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn opt(&mut self) -> Option<Option<String>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => Some(Some(self.str()?)),
+            _ => None,
+        }
+    }
+}
+
+impl Envelope {
+    /// Encodes the envelope.
+    pub fn encode(&self) -> Bytes {
+        let mut w = W(BytesMut::with_capacity(64));
+        w.str(&self.from);
+        w.u64(self.inc);
+        match &self.msg {
+            Msg::Heartbeat { seq } => {
+                w.u8(1);
+                w.u64(*seq);
+            }
+            Msg::Added { seq, jid, id, since } => {
+                w.u8(2);
+                w.u64(*seq);
+                w.str(jid);
+                w.u64(*id);
+                w.u64(*since);
+            }
+            Msg::Removed { seq, jid, id } => {
+                w.u8(3);
+                w.u64(*seq);
+                w.str(jid);
+                w.u64(*id);
+            }
+            Msg::Presence { seq, jid, id, priority, presence } => {
+                w.u8(4);
+                w.u64(*seq);
+                w.str(jid);
+                w.u64(*id);
+                w.u8(*priority as u8);
+                w.opt(presence.as_deref());
+            }
+            Msg::Bye => w.u8(5),
+            Msg::SyncRequest { req } => {
+                w.u8(6);
+                w.u64(*req);
+            }
+            Msg::Snapshot { req, seq, last, entries } => {
+                w.u8(7);
+                w.u64(*req);
+                w.u64(*seq);
+                w.u8(u8::from(*last));
+                w.u64(entries.len() as u64);
+                for e in entries {
+                    w.str(&e.jid);
+                    w.u64(e.id);
+                    w.u64(e.since);
+                    w.u8(e.priority as u8);
+                    w.opt(e.presence.as_deref());
+                }
+            }
+            Msg::Data { to_inc, epoch, seq, payload } => {
+                w.u8(8);
+                w.u64(*to_inc);
+                w.u64(*epoch);
+                w.u64(*seq);
+                match payload {
+                    Payload::Stanza { to, xml, fallback, hops } => {
+                        w.u8(1);
+                        w.str(to);
+                        w.str(xml);
+                        w.u8(u8::from(*fallback));
+                        w.u8(*hops);
+                    }
+                    Payload::Msg { to, msg } => {
+                        w.u8(2);
+                        match to {
+                            Target::Session { jid, id } => {
+                                w.u8(1);
+                                w.str(jid);
+                                w.u64(*id);
+                            }
+                            Target::User { bare } => {
+                                w.u8(2);
+                                w.str(bare);
+                            }
+                        }
+                        match msg {
+                            SessionMsgWire::Event(xml) => {
+                                w.u8(1);
+                                w.str(xml);
+                            }
+                            SessionMsgWire::Replaced => w.u8(2),
+                            SessionMsgWire::Kick(cond, text) => {
+                                w.u8(3);
+                                w.str(cond);
+                                w.opt(text.as_deref());
+                            }
+                        }
+                    }
+                }
+            }
+            Msg::Ack { to_inc, epoch, seq } => {
+                w.u8(9);
+                w.u64(*to_inc);
+                w.u64(*epoch);
+                w.u64(*seq);
+            }
+        }
+        w.0.freeze()
+    }
+
+    /// Decodes an envelope; `None` if it is malformed.
+    pub fn decode(b: &[u8]) -> Option<Envelope> {
+        let mut r = R(b);
+        let from = r.str()?;
+        let inc = r.u64()?;
+        let msg = match r.u8()? {
+            1 => Msg::Heartbeat { seq: r.u64()? },
+            2 => Msg::Added { seq: r.u64()?, jid: r.str()?, id: r.u64()?, since: r.u64()? },
+            3 => Msg::Removed { seq: r.u64()?, jid: r.str()?, id: r.u64()? },
+            4 => Msg::Presence { seq: r.u64()?, jid: r.str()?, id: r.u64()?, priority: r.u8()? as i8, presence: r.opt()? },
+            5 => Msg::Bye,
+            6 => Msg::SyncRequest { req: r.u64()? },
+            7 => {
+                let req = r.u64()?;
+                let seq = r.u64()?;
+                let last = r.u8()? == 1;
+                let n = r.u64()?;
+                let mut entries = Vec::with_capacity(n.min(4096) as usize);
+                for _ in 0..n {
+                    entries.push(SnapEntry {
+                        jid: r.str()?,
+                        id: r.u64()?,
+                        since: r.u64()?,
+                        priority: r.u8()? as i8,
+                        presence: r.opt()?,
+                    });
+                }
+                Msg::Snapshot { req, seq, last, entries }
+            }
+            8 => {
+                let to_inc = r.u64()?;
+                let epoch = r.u64()?;
+                let seq = r.u64()?;
+                let payload = match r.u8()? {
+                    1 => Payload::Stanza { to: r.str()?, xml: r.str()?, fallback: r.u8()? == 1, hops: r.u8()? },
+                    2 => {
+                        let to = match r.u8()? {
+                            1 => Target::Session { jid: r.str()?, id: r.u64()? },
+                            2 => Target::User { bare: r.str()? },
+                            _ => return None,
+                        };
+                        let msg = match r.u8()? {
+                            1 => SessionMsgWire::Event(r.str()?),
+                            2 => SessionMsgWire::Replaced,
+                            3 => SessionMsgWire::Kick(r.str()?, r.opt()?),
+                            _ => return None,
+                        };
+                        Payload::Msg { to, msg }
+                    }
+                    _ => return None,
+                };
+                Msg::Data { to_inc, epoch, seq, payload }
+            }
+            9 => Msg::Ack { to_inc: r.u64()?, epoch: r.u64()?, seq: r.u64()? },
+            _ => return None,
+        };
+        r.0.is_empty().then_some(Envelope { from, inc, msg })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(msg: Msg) {
+        let e = Envelope { from: "n1".into(), inc: 42, msg };
+        let b = e.encode();
+        assert_eq!(Envelope::decode(&b), Some(e.clone()));
+        // Every strict prefix is rejected, never misread.
+        for n in 0..b.len() {
+            assert_eq!(Envelope::decode(&b[..n]), None, "prefix of {n} bytes of {e:?}");
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        roundtrip(Msg::Heartbeat { seq: 7 });
+        roundtrip(Msg::Added { seq: 1, jid: "a@b/c".into(), id: 9, since: 123 });
+        roundtrip(Msg::Removed { seq: 2, jid: "a@b/c".into(), id: 9 });
+        roundtrip(Msg::Presence { seq: 3, jid: "a@b/c".into(), id: 9, priority: -5, presence: Some("<presence/>".into()) });
+        roundtrip(Msg::Presence { seq: 3, jid: "a@b/c".into(), id: 9, priority: 0, presence: None });
+        roundtrip(Msg::Bye);
+        roundtrip(Msg::SyncRequest { req: 3 });
+        roundtrip(Msg::Snapshot {
+            req: 3,
+            seq: 4,
+            last: true,
+            entries: vec![
+                SnapEntry { jid: "a@b/c".into(), id: 1, since: 2, priority: 3, presence: None },
+                SnapEntry { jid: "d@b/e".into(), id: 4, since: 5, priority: -1, presence: Some("<p/>".into()) },
+            ],
+        });
+        roundtrip(Msg::Data {
+            to_inc: 5,
+            epoch: 8,
+            seq: 6,
+            payload: Payload::Stanza { to: "a@b/c".into(), xml: "<message/>".into(), fallback: true, hops: 1 },
+        });
+        for msg in [
+            SessionMsgWire::Event("<x xmlns='y'/>".into()),
+            SessionMsgWire::Replaced,
+            SessionMsgWire::Kick("conflict".into(), Some("why".into())),
+        ] {
+            roundtrip(Msg::Data {
+                to_inc: 5,
+                epoch: 8,
+                seq: 6,
+                payload: Payload::Msg { to: Target::Session { jid: "a@b/c".into(), id: 3 }, msg: msg.clone() },
+            });
+            roundtrip(Msg::Data { to_inc: 5, epoch: 8, seq: 6, payload: Payload::Msg { to: Target::User { bare: "a@b".into() }, msg } });
+        }
+        roundtrip(Msg::Ack { to_inc: 1, epoch: 2, seq: 99 });
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        assert_eq!(Envelope::decode(b""), None);
+        assert_eq!(Envelope::decode(&[0xff; 40]), None);
+        let mut b = Envelope { from: "n".into(), inc: 1, msg: Msg::Bye }.encode().to_vec();
+        b.push(0);
+        assert_eq!(Envelope::decode(&b), None, "trailing bytes");
+    }
+}

@@ -1,0 +1,142 @@
+//! Three Meerkat nodes in one cluster: a nats-server started by the test
+//! (Debian's `nats-server`), one shared PostgreSQL schema, clients on different
+//! nodes. Messages, presence, IQs, bare-JID delivery by priority across nodes,
+//! session conflict across nodes, and an orderly leave.
+
+mod cluster_support;
+
+use std::time::Duration;
+
+use cluster_support::{node, pg_schema, Nats};
+use meerkat::testing::RawClient;
+use meerkat_config::TlsMode;
+use meerkat_stanza::ns;
+
+fn body(e: &meerkat_xml::Element) -> Option<String> {
+    e.child_text("body", ns::CLIENT)
+}
+
+/// alice subscribes to bob and bob approves, then both subscribe the other way:
+/// `both` on each side (RFC 6121 §3), across nodes.
+async fn befriend(a: &mut RawClient, b: &mut RawClient) {
+    a.send("<presence to='bob@localhost' type='subscribe'/>").await;
+    b.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
+    b.send("<presence to='alice@localhost' type='subscribed'/>").await;
+    b.send("<presence to='alice@localhost' type='subscribe'/>").await;
+    a.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
+    a.send("<presence to='bob@localhost' type='subscribed'/>").await;
+    // Both roster pushes end in `both`.
+    for (c, other) in [(&mut *a, "bob@localhost"), (&mut *b, "alice@localhost")] {
+        c.expect_where(|e| {
+            e.name() == "iq"
+                && e.get_child("query", ns::ROSTER).and_then(|q| q.children().next()).is_some_and(|i| {
+                    i.attr("jid") == Some(other) && i.attr("subscription") == Some("both")
+                })
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_serve_one_domain() {
+    let nats = Nats::start();
+    let schema = pg_schema("cluster3").await;
+    let cluster = format!("t{}", meerkat_storage::conformance::unique_tag());
+    let n1 = node("n1", &nats, &schema, &cluster).await;
+    let n2 = node("n2", &nats, &schema, &cluster).await;
+    let n3 = node("n3", &nats, &schema, &cluster).await;
+    n1.add_user("alice@localhost", "alice-pass").await;
+    n1.add_user("bob@localhost", "bob-pass").await;
+
+    let mut a = RawClient::connect(n1.addr(TlsMode::None)).await.unwrap();
+    a.login_plain("alice", "alice-pass", "laptop").await;
+    a.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
+    a.expect_where(|e| e.attr("id") == Some("r0")).await;
+    a.send("<presence/>").await;
+    let mut b = RawClient::connect(n2.addr(TlsMode::None)).await.unwrap();
+    b.login_plain("bob", "bob-pass", "phone").await;
+    b.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
+    b.expect_where(|e| e.attr("id") == Some("r0")).await;
+    b.send("<presence/>").await;
+
+    // Presence subscriptions, roster pushes and approval across nodes.
+    befriend(&mut a, &mut b).await;
+
+    // A presence update reaches the contact on the other node.
+    b.send("<presence><show>away</show></presence>").await;
+    let p = a
+        .expect_where(|e| e.name() == "presence" && e.attr("from") == Some("bob@localhost/phone") && e.has_child("show", ns::CLIENT))
+        .await;
+    assert_eq!(p.child_text("show", ns::CLIENT).as_deref(), Some("away"));
+
+    // Messages to the bare and to the full JID, both ways.
+    a.send("<message to='bob@localhost' type='chat' id='m1'><body>hi bob</body></message>").await;
+    let m = b.expect_where(|e| e.name() == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("hi bob"));
+    assert_eq!(m.attr("from"), Some("alice@localhost/laptop"));
+    assert!(m.has_child("stanza-id", ns::SID), "the stanza id is stamped once, before forwarding: {m}");
+    b.send("<message to='alice@localhost/laptop' type='chat' id='m2'><body>hi alice</body></message>").await;
+    let m = a.expect_where(|e| e.name() == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("hi alice"));
+
+    // An IQ to a full JID on another node, and its result back.
+    b.send("<iq to='alice@localhost/laptop' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>").await;
+    let iq = a.expect_where(|e| e.name() == "iq" && e.attr("id") == Some("v1")).await;
+    assert_eq!(iq.attr("from"), Some("bob@localhost/phone"));
+    a.send("<iq to='bob@localhost/phone' type='result' id='v1'><query xmlns='jabber:iq:version'><name>x</name></query></iq>")
+        .await;
+    let r = b.expect_where(|e| e.name() == "iq" && e.attr("id") == Some("v1")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    // An IQ to a resource that exists nowhere: the RFC's error, from wherever it is routed.
+    b.send("<iq to='alice@localhost/nowhere' type='get' id='v2'><query xmlns='jabber:iq:version'/></iq>").await;
+    let r = b.expect_where(|e| e.name() == "iq" && e.attr("id") == Some("v2")).await;
+    assert!(r.get_child("error", ns::CLIENT).is_some_and(|e| e.has_child("service-unavailable", ns::STANZAS)), "{r}");
+
+    // Bare-JID delivery by priority across nodes: alice's second resource on n3
+    // with a higher priority takes chat to the bare JID.
+    let mut a2 = RawClient::connect(n3.addr(TlsMode::None)).await.unwrap();
+    a2.login_plain("alice", "alice-pass", "desk").await;
+    a2.send("<presence><priority>10</priority></presence>").await;
+    // bob sees the new resource: the directory carries presence to n2 too.
+    b.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/desk")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.send("<message to='alice@localhost' type='chat' id='m3'><body>to the top</body></message>").await;
+    let m = a2.expect_where(|e| e.name() == "message" && e.attr("id") == Some("m3")).await;
+    assert_eq!(body(&m).as_deref(), Some("to the top"));
+    assert!(
+        a.next(Duration::from_millis(500))
+            .await
+            .is_none_or(|e| !(e.name() == "message" && e.attr("id") == Some("m3"))),
+        "the lower-priority resource on n1 must not get it"
+    );
+
+    // Session conflict across nodes: alice/desk logs in again on n2; the n3
+    // session is replaced (RFC 6120 §7.7.2.2).
+    let mut a3 = RawClient::connect(n2.addr(TlsMode::None)).await.unwrap();
+    a3.login_plain("alice", "alice-pass", "desk").await;
+    assert_eq!(a2.expect_stream_error().await.as_deref(), Some("conflict"));
+    a3.send("<presence><priority>5</priority></presence>").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send("<message to='alice@localhost/desk' type='chat' id='m4'><body>new desk</body></message>").await;
+    let m = a3.expect_where(|e| e.name() == "message").await;
+    assert_eq!(m.attr("id"), Some("m4"));
+
+    // An orderly stop of n2: its users' contacts get unavailable presence from
+    // their sessions, and messages to them are then stored offline.
+    n2.stop().await;
+    let p = a.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("bob@localhost/phone")).await;
+    assert_eq!(p.attr("type"), Some("unavailable"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.send("<message to='bob@localhost' type='chat' id='m5'><body>while you were out</body></message>").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b2 = RawClient::connect(n3.addr(TlsMode::None)).await.unwrap();
+    b2.login_plain("bob", "bob-pass", "phone").await;
+    b2.send("<presence/>").await;
+    let m = b2.expect_where(|e| e.name() == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("while you were out"));
+    assert!(m.has_child("delay", ns::DELAY));
+
+    n1.stop().await;
+    n3.stop().await;
+    cluster_support::drop_schema(&schema).await;
+}
