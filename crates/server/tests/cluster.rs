@@ -7,34 +7,13 @@ mod cluster_support;
 
 use std::time::Duration;
 
-use cluster_support::{node, pg_schema, Nats};
+use cluster_support::{befriend, node, pg_schema, Nats};
 use meerkat::testing::RawClient;
 use meerkat_config::TlsMode;
 use meerkat_stanza::ns;
 
 fn body(e: &meerkat_xml::Element) -> Option<String> {
     e.child_text("body", ns::CLIENT)
-}
-
-/// alice subscribes to bob and bob approves, then both subscribe the other way:
-/// `both` on each side (RFC 6121 §3), across nodes.
-async fn befriend(a: &mut RawClient, b: &mut RawClient) {
-    a.send("<presence to='bob@localhost' type='subscribe'/>").await;
-    b.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
-    b.send("<presence to='alice@localhost' type='subscribed'/>").await;
-    b.send("<presence to='alice@localhost' type='subscribe'/>").await;
-    a.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await;
-    a.send("<presence to='bob@localhost' type='subscribed'/>").await;
-    // Both roster pushes end in `both`.
-    for (c, other) in [(&mut *a, "bob@localhost"), (&mut *b, "alice@localhost")] {
-        c.expect_where(|e| {
-            e.name() == "iq"
-                && e.get_child("query", ns::ROSTER).and_then(|q| q.children().next()).is_some_and(|i| {
-                    i.attr("jid") == Some(other) && i.attr("subscription") == Some("both")
-                })
-        })
-        .await;
-    }
 }
 
 #[tokio::test]
