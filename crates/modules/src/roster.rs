@@ -52,18 +52,29 @@ struct UserGuard<'a> {
     user: String,
     lock: Arc<tokio::sync::Mutex<()>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The storage's lock, when several processes share it (a cluster).
+    _shared: Option<meerkat_storage::RosterLock>,
 }
 
 impl UserLocks {
-    async fn lock(&self, user: &BareJid) -> UserGuard<'_> {
+    /// This node's lock on `user`'s roster, then the storage's (which serialises
+    /// the change against the other nodes of a cluster).
+    async fn lock(&self, ctx: &ServerContext, user: &BareJid) -> Result<UserGuard<'_>, StanzaError> {
         let lock = self.0.lock().entry(user.as_str().to_string()).or_default().clone();
         let guard = lock.clone().lock_owned().await;
-        UserGuard { locks: self, user: user.as_str().to_string(), lock, guard: Some(guard) }
+        let mut g = UserGuard { locks: self, user: user.as_str().to_string(), lock, guard: Some(guard), _shared: None };
+        let acc = account(user).ok_or_else(StanzaError::internal)?;
+        g._shared = ctx.stores.roster.lock_roster(acc).await.map_err(|e| {
+            tracing::error!(user = %user, error = %e, "storage failure locking a roster");
+            StanzaError::internal()
+        })?;
+        Ok(g)
     }
 }
 
 impl Drop for UserGuard<'_> {
     fn drop(&mut self) {
+        self._shared = None;
         self.guard = None;
         let mut map = self.locks.0.lock();
         // Clones are made only under the map's lock: the map's and ours are the
@@ -276,7 +287,7 @@ impl Roster {
             if !roster.items.contains_key(contact.as_str()) {
                 return Err(StanzaError::item_not_found());
             }
-            let _guard = self.locks.lock(&user).await;
+            let _guard = self.locks.lock(ctx, &user).await?;
             remove_from(ctx, &user, contact.as_str(), Some(s)).await?;
             return Ok(None);
         }
@@ -296,7 +307,7 @@ impl Roster {
             return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("name too long"));
         }
         let visible = ensure_roster(ctx, s).await?.items.values().filter(|i| i.visible).count();
-        let _guard = self.locks.lock(&user).await;
+        let _guard = self.locks.lock(ctx, &user).await?;
         let mut it = load(ctx, &user, contact.as_str()).await?;
         if !it.visible && visible >= self.cfg.max_roster_size {
             return Err(StanzaError::new(StanzaErrorCondition::NotAllowed).with_text("roster is full"));
@@ -316,7 +327,10 @@ impl Roster {
             return Flow::Drop;
         }
         let user = s.bare.clone();
-        let guard = self.locks.lock(&user).await;
+        let guard = match self.locks.lock(ctx, &user).await {
+            Ok(g) => g,
+            Err(e) => return Flow::Bounce(e),
+        };
         let mut it = match load(ctx, &user, contact.as_str()).await {
             Ok(i) => i,
             Err(e) => return Flow::Bounce(e),
@@ -408,7 +422,7 @@ impl Roster {
             // RFC 6121 §8.5.1: no such account; presence is silently dropped.
             return Ok(Flow::Drop);
         }
-        let guard = self.locks.lock(user).await;
+        let guard = self.locks.lock(ctx, user).await?;
         let mut it = load(ctx, user, contact.as_str()).await?;
         let before = it.clone();
         let mut unavailable_after = false;

@@ -50,6 +50,8 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 const MIGRATION_LOCK_CLASS: i32 = 0x4d4b_0001;
 /// Advisory lock class of the per-account offline push locks.
 pub(crate) const OFFLINE_LOCK_CLASS: i32 = 0x4d4b_0002;
+/// The advisory-lock class of per-user roster locks (held across statements).
+pub(crate) const ROSTER_LOCK_CLASS: i32 = 0x4d4b_0003;
 
 /// Connects to the database at `url` (e.g.
 /// `postgres://meerkat:secret@db.example/meerkat?pool_size=32`), applies pending
@@ -104,7 +106,7 @@ async fn open_inner(url: &str, schema: Option<&str>) -> Result<Stores> {
         .map_err(|e| Error::Backend(format!("cannot connect to PostgreSQL at {target}: {}", describe(&e))))?;
     migrate(&mut client, schema, &target).await?;
     drop(client);
-    Ok(Stores::from_backend("postgres", Arc::new(store::PgStore::new(pool, target))))
+    Ok(Stores::from_backend("postgres", Arc::new(store::PgStore::new(pool, target, pool_size))))
 }
 
 /// Removes the `pool_size=N` query parameter from a `postgres://` / `postgresql://`

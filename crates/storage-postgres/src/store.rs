@@ -7,17 +7,44 @@
 use deadpool_postgres::{Object, Pool};
 use meerkat_storage::{
     Account, AuthStore, BlockingStore, Error, LastActivity, LastStore, OfflineMessage, OfflineStore, Result, Roster,
-    RosterItem, RosterStore, StoredCredentials, Subscription, XmlStore,
+    RosterItem, RosterLock, RosterStore, StoredCredentials, Subscription, XmlStore,
 };
 use tokio_postgres::Row;
 
-use crate::{describe, OFFLINE_LOCK_CLASS};
+use std::sync::Arc;
+
+use crate::{describe, OFFLINE_LOCK_CLASS, ROSTER_LOCK_CLASS};
 
 /// The PostgreSQL backend; implements every storage trait.
 pub(crate) struct PgStore {
     pool: Pool,
     /// `host:port/db`, for error messages.
     pub(crate) target: String,
+    /// Roster locks each hold a connection while the change itself needs
+    /// others: at most half the pool holds locks, so changes cannot starve.
+    lock_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A session-level advisory lock on a pooled connection; released (or, if that
+/// fails, the connection discarded, which releases it) when dropped.
+struct PgRosterLock {
+    conn: Option<Object>,
+    key: (String, String),
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for PgRosterLock {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let (domain, user) = std::mem::take(&mut self.key);
+        tokio::spawn(async move {
+            let unlock = "SELECT pg_advisory_unlock($1, hashtext($2::TEXT || '/' || $3::TEXT))";
+            if conn.execute(unlock, &[&ROSTER_LOCK_CLASS, &domain, &user]).await.is_err() {
+                // A session that ends releases its locks.
+                drop(Object::take(conn));
+            }
+        });
+    }
 }
 
 /// A count or limit as a PostgreSQL BIGINT.
@@ -26,8 +53,8 @@ fn to_i64(n: usize) -> i64 {
 }
 
 impl PgStore {
-    pub(crate) fn new(pool: Pool, target: String) -> Self {
-        PgStore { pool, target }
+    pub(crate) fn new(pool: Pool, target: String, pool_size: usize) -> Self {
+        PgStore { pool, target, lock_slots: Arc::new(tokio::sync::Semaphore::new((pool_size / 2).max(1))) }
     }
 
     /// A pooled connection.
@@ -197,6 +224,19 @@ async fn bump_version(
 
 #[async_trait::async_trait]
 impl RosterStore for PgStore {
+    async fn lock_roster(&self, acc: Account<'_>) -> Result<Option<RosterLock>> {
+        let slot = self.lock_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let c = self.conn("roster lock").await?;
+        let err = self.err("roster lock");
+        let st = c
+            .prepare_cached("SELECT pg_advisory_lock($1, hashtext($2::TEXT || '/' || $3::TEXT))")
+            .await
+            .map_err(&err)?;
+        c.execute(&st, &[&ROSTER_LOCK_CLASS, &acc.domain, &acc.user]).await.map_err(&err)?;
+        let key = (acc.domain.to_string(), acc.user.to_string());
+        Ok(Some(Box::new(PgRosterLock { conn: Some(c), key, _slot: slot })))
+    }
+
     async fn get_roster(&self, acc: Account<'_>) -> Result<Roster> {
         let c = self.conn("get_roster").await?;
         let err = self.err("get_roster");

@@ -141,3 +141,40 @@ async fn unreachable_database_names_the_host_but_not_the_password() {
 async fn invalid_schema_names_are_refused() {
     assert!(matches!(open_with_schema(&pg_url(), "x; DROP TABLE users").await, Err(Error::Backend(_))));
 }
+
+/// The roster lock serialises one account's changes across processes sharing the
+/// database (two separately opened stores stand for two cluster nodes), and does
+/// not hold up other accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_lock_is_shared_by_every_store_on_the_database() {
+    use std::time::Duration;
+    with_schema(|schema| async move {
+        let node1 = open_schema(&schema).await;
+        let node2 = open_schema(&schema).await;
+        let alice = Account::new("alice", "localhost");
+        let held = node1.roster.lock_roster(alice).await.unwrap();
+        assert!(held.is_some(), "PostgreSQL locks across processes");
+        let n2 = node2.clone();
+        let waiter = tokio::spawn(async move {
+            let g = n2.roster.lock_roster(Account::new("alice", "localhost")).await.unwrap();
+            drop(g);
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished(), "a second holder of alice's lock must wait");
+        // Another account is not held up.
+        let bob = tokio::time::timeout(Duration::from_secs(5), node2.roster.lock_roster(Account::new("bob", "localhost")))
+            .await
+            .expect("bob's lock is free")
+            .unwrap();
+        drop(bob);
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("released on drop").unwrap();
+        // Released locks leave the pool usable: lock and release many times.
+        for _ in 0..40 {
+            drop(node1.roster.lock_roster(alice).await.unwrap());
+        }
+        let again = tokio::time::timeout(Duration::from_secs(5), node2.roster.lock_roster(alice)).await;
+        assert!(again.expect("not leaked").unwrap().is_some());
+    })
+    .await;
+}

@@ -159,7 +159,17 @@ pub trait RosterStore: Send + Sync {
     async fn put_item(&self, acc: Account<'_>, item: &RosterItem) -> Result<u64>;
     /// Removes the item; bumps and returns the roster version (`None` if there was no item).
     async fn delete_item(&self, acc: Account<'_>, jid: &str) -> Result<Option<u64>>;
+    /// Serialises read-modify-write changes of one user's roster across every
+    /// server process sharing this storage (a cluster's nodes), until the
+    /// returned guard is dropped. `None`: the storage belongs to one process,
+    /// whose own per-user lock is enough (the in-memory and SQLite backends).
+    async fn lock_roster(&self, _acc: Account<'_>) -> Result<Option<RosterLock>> {
+        Ok(None)
+    }
 }
+
+/// Holds a storage-level roster lock; dropping it releases the lock.
+pub type RosterLock = Box<dyn std::any::Any + Send + Sync>;
 
 /// A message kept for an offline user (XEP-0160).
 #[derive(Debug, Clone, PartialEq, Eq)]
