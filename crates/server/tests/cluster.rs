@@ -7,7 +7,8 @@ mod cluster_support;
 
 use std::time::Duration;
 
-use cluster_support::{befriend, node, pg_schema, Nats};
+use cluster_support::{befriend, node, node_at, pg_schema, wait_sessions, Nats, TwoDatacenters};
+use meerkat_config::NatsUrls;
 use meerkat::testing::RawClient;
 use meerkat_config::TlsMode;
 use meerkat_stanza::ns;
@@ -117,5 +118,50 @@ async fn three_nodes_serve_one_domain() {
 
     n1.stop().await;
     n3.stop().await;
+    cluster_support::drop_schema(&schema).await;
+}
+
+/// Multi-datacenter: two NATS clusters of two servers joined by a gateway, a
+/// Meerkat node in each, one domain and one (global) PostgreSQL. A user in dc1
+/// and a user in dc2 subscribe to each other and chat.
+#[tokio::test]
+async fn two_datacenters_joined_by_a_nats_gateway() {
+    let dcs = TwoDatacenters::start();
+    let schema = pg_schema("dc").await;
+    let cluster = format!("t{}", meerkat_storage::conformance::unique_tag());
+    let eu = node_at("eu1", NatsUrls::Many(dcs.dc1.clone()), &schema, &cluster).await;
+    let us = node_at("us1", NatsUrls::Many(dcs.dc2.clone()), &schema, &cluster).await;
+    eu.add_user("alice@localhost", "alice-pass").await;
+    eu.add_user("bob@localhost", "bob-pass").await;
+
+    let mut a = RawClient::connect(eu.addr(TlsMode::None)).await.unwrap();
+    a.login_plain("alice", "alice-pass", "berlin").await;
+    a.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
+    a.expect_where(|e| e.attr("id") == Some("r0")).await;
+    a.send("<presence/>").await;
+    let mut b = RawClient::connect(us.addr(TlsMode::None)).await.unwrap();
+    b.login_plain("bob", "bob-pass", "boston").await;
+    b.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
+    b.expect_where(|e| e.attr("id") == Some("r0")).await;
+    b.send("<presence/>").await;
+    // The gateway forms within a few seconds; then each node knows the other's sessions.
+    wait_sessions(&eu, "bob@localhost", 1).await;
+    wait_sessions(&us, "alice@localhost", 1).await;
+
+    befriend(&mut a, &mut b).await;
+    a.send("<message to='bob@localhost' type='chat' id='x1'><body>hello from Berlin</body></message>").await;
+    let m = b.expect_where(|e| e.name() == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("hello from Berlin"));
+    b.send("<message to='alice@localhost/berlin' type='chat' id='x2'><body>hi from Boston</body></message>").await;
+    let m = a.expect_where(|e| e.name() == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("hi from Boston"));
+    b.send("<presence><status>at lunch</status></presence>").await;
+    let p = a
+        .expect_where(|e| e.name() == "presence" && e.child_text("status", ns::CLIENT).as_deref() == Some("at lunch"))
+        .await;
+    assert_eq!(p.attr("from"), Some("bob@localhost/boston"));
+
+    eu.stop().await;
+    us.stop().await;
     cluster_support::drop_schema(&schema).await;
 }

@@ -54,6 +54,78 @@ impl Drop for Nats {
     }
 }
 
+/// Two "datacenters" of two nats-servers each (routes inside a datacenter, a
+/// NATS gateway between them), all on loopback.
+pub struct TwoDatacenters {
+    servers: Vec<Child>,
+    _dir: tempfile::TempDir,
+    /// Client URLs of dc1's servers.
+    pub dc1: Vec<String>,
+    /// Client URLs of dc2's servers.
+    pub dc2: Vec<String>,
+}
+
+impl TwoDatacenters {
+    /// Starts the four servers.
+    pub fn start() -> TwoDatacenters {
+        let dir = tempfile::tempdir().unwrap();
+        // Per server: client, route and gateway ports.
+        let ports: Vec<[u16; 3]> = (0..4).map(|_| [free_port(), free_port(), free_port()]).collect();
+        let dcs = [("dc1", [0usize, 1]), ("dc2", [2, 3])];
+        let gw_urls = |dc: usize| -> String {
+            dcs[dc].1.iter().map(|&i| format!("\"nats://127.0.0.1:{}\"", ports[i][2])).collect::<Vec<_>>().join(", ")
+        };
+        let mut servers = Vec::new();
+        for (d, (dc, members)) in dcs.iter().enumerate() {
+            for &i in members {
+                let routes = members
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| format!("\"nats://127.0.0.1:{}\"", ports[j][1]))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let other = 1 - d;
+                let conf = format!(
+                    "server_name: s{i}\nhost: 127.0.0.1\nport: {client}\n\
+                     cluster {{ name: {dc}, listen: \"127.0.0.1:{route}\", routes: [{routes}] }}\n\
+                     gateway {{ name: {dc}, listen: \"127.0.0.1:{gw}\", gateways: [\
+                       {{ name: {odc}, urls: [{ourls}] }} ] }}\n",
+                    client = ports[i][0],
+                    route = ports[i][1],
+                    gw = ports[i][2],
+                    odc = dcs[other].0,
+                    ourls = gw_urls(other),
+                );
+                let file = dir.path().join(format!("s{i}.conf"));
+                std::fs::write(&file, conf).unwrap();
+                servers.push(
+                    Command::new("nats-server")
+                        .arg("-c")
+                        .arg(&file)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("nats-server must be installed (apt-get install nats-server)"),
+                );
+            }
+        }
+        for p in &ports {
+            wait_port(p[0]);
+        }
+        let url = |i: usize| format!("nats://127.0.0.1:{}", ports[i][0]);
+        TwoDatacenters { servers, _dir: dir, dc1: vec![url(0), url(1)], dc2: vec![url(2), url(3)] }
+    }
+}
+
+impl Drop for TwoDatacenters {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Waits until something listens on the port (at most 10 s).
 pub fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -93,9 +165,16 @@ pub fn cluster_config(name: &str, nats: &str, cluster: &str) -> Cluster {
 
 /// A node in-process.
 pub async fn node(name: &str, nats: &Nats, schema: &str, cluster: &str) -> TestServer {
+    node_at(name, NatsUrls::One(nats.url()), schema, cluster).await
+}
+
+/// A node in-process, connected to the NATS servers at `urls`.
+pub async fn node_at(name: &str, urls: NatsUrls, schema: &str, cluster: &str) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
-    cfg.cluster = Some(cluster_config(name, &nats.url(), cluster));
+    let mut c = cluster_config(name, "", cluster);
+    c.nats_url = toml::Spanned::new(0..0, urls);
+    cfg.cluster = Some(c);
     let stores = meerkat_storage_postgres::open_with_schema(&pg_url(), schema)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {}: {e}", pg_url()));
@@ -218,5 +297,15 @@ pub async fn befriend(a: &mut meerkat::testing::RawClient, b: &mut meerkat::test
                 })
         })
         .await;
+    }
+}
+
+/// Waits until `server`'s router sees `n` sessions of `bare` (at most 10 s).
+pub async fn wait_sessions(server: &TestServer, bare: &str, n: usize) {
+    let bare = meerkat_stanza::BareJid::new(bare).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.ctx.router.user_session_count(&bare) != n {
+        assert!(Instant::now() < deadline, "{bare} never had {n} sessions in this node's table");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
