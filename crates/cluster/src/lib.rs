@@ -18,13 +18,19 @@
 //!   and the surviving node with the smallest name tells the lost users'
 //!   contacts they went offline. An orderly stop says `Bye`.
 //!
+//! - **Singletons.** Cluster-wide singletons (MUC rooms) have one owner at a
+//!   time, claimed on demand by compare-and-set in the shared storage and
+//!   handed over when the owner is lost (`singletons`, behind
+//!   [`meerkat_core::cluster::Singletons`]).
+//!
 //! One task per node (`node::Node`) owns all of this state; the router hands it
 //! work through a channel ([`link::NatsLink`]) and never waits for the network.
 #![warn(missing_docs)]
 
 mod link;
 mod node;
-mod wire;
+mod singletons;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +46,14 @@ pub use link::NatsLink;
 pub struct ClusterHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    singletons: Arc<singletons::StoredSingletons>,
 }
 
 impl ClusterHandle {
     /// Tells the other nodes this one is leaving (they forget its sessions at
     /// once) and stops the cluster task. Call after the sessions closed.
     pub async fn leave(self) {
+        self.singletons.release_all().await;
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
@@ -74,12 +82,24 @@ pub async fn join(ctx: Arc<ServerContext>, router: Arc<LocalRouter>) -> anyhow::
     router.set_cluster(link);
     let (stop, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let node = node::Node::new(ctx, router, client, &cfg, node_name, rx).await?;
+    let node = node::Node::new(ctx.clone(), router, client.clone(), &cfg, node_name.clone(), rx).await?;
+    let singletons = Arc::new(singletons::StoredSingletons::new(
+        ctx.stores.singletons.clone(),
+        client,
+        cfg.name.get_ref(),
+        node_name,
+        node.incarnation(),
+        node.alive(),
+        node.held(),
+    ));
+    if ctx.cluster_singletons.set(singletons.clone()).is_err() {
+        anyhow::bail!("this server joined a cluster twice");
+    }
     let task = tokio::spawn(node.run(stop_rx, ready_tx));
     // Learning the others takes a heartbeat interval plus their snapshots.
     let wait = Duration::from_millis(cfg.heartbeat_interval_ms * 2 + 5000);
     if tokio::time::timeout(wait, ready_rx).await.is_err() {
         tracing::warn!("the other cluster nodes did not all answer in time: serving with what is known");
     }
-    Ok(ClusterHandle { stop, task })
+    Ok(ClusterHandle { stop, task, singletons })
 }

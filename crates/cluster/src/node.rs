@@ -17,6 +17,7 @@ use meerkat_xml::{Element, Limits};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::link::Work;
+use crate::singletons::{owner_value, Alive, Held};
 use crate::wire::{Envelope, Msg, Payload, SessionMsgWire, SnapEntry, Target};
 
 /// How often acknowledgements go out and stalled streams are checked.
@@ -109,6 +110,10 @@ pub(crate) struct Node {
     mine: HashMap<String, Mine>,
     peers: HashMap<NodeName, Peer>,
     next_req: u64,
+    /// Live members (this node included), for singleton ownership.
+    alive: Alive,
+    /// Singletons this node owns.
+    held: Held,
 }
 
 impl Node {
@@ -125,12 +130,15 @@ impl Node {
         let node_prefix = format!("{name}.node.");
         let dir_sub = client.subscribe(dir_subject.clone()).await?;
         let my_sub = client.subscribe(format!("{node_prefix}{me}")).await?;
+        let inc = random_u64();
+        let alive: Alive = Default::default();
+        alive.write().insert(me.clone(), inc);
         Ok(Node {
             ctx,
             router,
             client,
             me,
-            inc: random_u64(),
+            inc,
             dir_subject,
             node_prefix,
             dir_sub,
@@ -142,7 +150,24 @@ impl Node {
             mine: HashMap::new(),
             peers: HashMap::new(),
             next_req: 1,
+            alive,
+            held: Default::default(),
         })
+    }
+
+    /// This node's incarnation.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.inc
+    }
+
+    /// The live-member map the cluster task keeps current.
+    pub(crate) fn alive(&self) -> Alive {
+        self.alive.clone()
+    }
+
+    /// The singletons this node owns (their leases hear of takeovers here).
+    pub(crate) fn held(&self) -> Held {
+        self.held.clone()
     }
 
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>, ready: oneshot::Sender<()>) {
@@ -278,6 +303,15 @@ impl Node {
             return;
         }
         let name: NodeName = env.from.as_str().into();
+        if let Msg::Took { key, from } = &env.msg {
+            if *from == owner_value(&self.me, self.inc) {
+                if let Some(tx) = self.held.lock().remove(key) {
+                    tracing::warn!(%key, by = %name, "another cluster node took over a singleton of this node");
+                    let _ = tx.send(true);
+                }
+            }
+            return;
+        }
         if matches!(env.msg, Msg::Bye) {
             if self.peers.get(&name).is_some_and(|p| p.inc == env.inc) {
                 tracing::info!(node = %name, "cluster node left");
@@ -291,11 +325,13 @@ impl Node {
                 tracing::info!(node = %name, "cluster node restarted");
                 self.lost(&name, true).await;
                 self.peers.insert(name.clone(), Peer::new(env.inc));
+                self.alive.write().insert(name.clone(), env.inc);
                 self.request_sync(&name).await;
             }
             None => {
                 tracing::info!(node = %name, "cluster node joined");
                 self.peers.insert(name.clone(), Peer::new(env.inc));
+                self.alive.write().insert(name.clone(), env.inc);
                 self.request_sync(&name).await;
             }
         }
@@ -358,7 +394,7 @@ impl Node {
                     peer.progress_at = Instant::now();
                 }
             }
-            Msg::Bye => unreachable!("handled above"),
+            Msg::Bye | Msg::Took { .. } => unreachable!("handled above"),
         }
     }
 
@@ -517,6 +553,7 @@ impl Node {
     /// could not say goodbye — tell their contacts they went offline.
     async fn lost(&mut self, name: &NodeName, crashed: bool) {
         let Some(peer) = self.peers.remove(name) else { return };
+        self.alive.write().remove(name);
         let gone = self.router.remove_node(name);
         for (_, payload) in peer.inflight {
             self.reroute(payload).await;

@@ -4,6 +4,9 @@
 //! self).
 //!
 //! Integers are little-endian; strings and byte strings carry a `u32` length.
+//! Public for tools and tests that speak to a cluster; the fields follow the
+//! variant docs.
+#![allow(missing_docs)]
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -74,6 +77,8 @@ pub enum Msg {
     Data { to_inc: u64, epoch: u64, seq: u64, payload: Payload },
     /// Everything up to `seq` of `epoch` sent to incarnation `to_inc` arrived.
     Ack { to_inc: u64, epoch: u64, seq: u64 },
+    /// The sender took singleton `key` over from owner `from` (`node inc`).
+    Took { key: String, from: String },
 }
 
 /// A message with its sender.
@@ -239,6 +244,11 @@ impl Envelope {
                 w.u64(*epoch);
                 w.u64(*seq);
             }
+            Msg::Took { key, from } => {
+                w.u8(10);
+                w.str(key);
+                w.str(from);
+            }
         }
         w.0.freeze()
     }
@@ -297,6 +307,7 @@ impl Envelope {
                 Msg::Data { to_inc, epoch, seq, payload }
             }
             9 => Msg::Ack { to_inc: r.u64()?, epoch: r.u64()?, seq: r.u64()? },
+            10 => Msg::Took { key: r.str()?, from: r.str()? },
             _ => return None,
         };
         r.0.is_empty().then_some(Envelope { from, inc, msg })
@@ -355,6 +366,7 @@ mod tests {
             roundtrip(Msg::Data { to_inc: 5, epoch: 8, seq: 6, payload: Payload::Msg { to: Target::User { bare: "a@b".into() }, msg } });
         }
         roundtrip(Msg::Ack { to_inc: 1, epoch: 2, seq: 99 });
+        roundtrip(Msg::Took { key: "room@conference.example".into(), from: "n1 5".into() });
     }
 
     #[test]

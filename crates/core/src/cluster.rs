@@ -67,3 +67,77 @@ pub trait ClusterLink: Send + Sync + 'static {
     /// Sends something to a session (or user) on another node. Never blocks.
     fn forward(&self, node: &NodeName, what: Forward);
 }
+
+/// Who owns a cluster-wide singleton.
+#[derive(Debug)]
+pub enum Owner {
+    /// This node: run it here. The lease resolves [`Lease::lost`] if another
+    /// node takes the singleton over (this node was taken for lost, e.g. during a
+    /// network partition): stop running it then.
+    Me(Lease),
+    /// Another node, alive: send it there.
+    Node(NodeName),
+}
+
+/// This node's ownership of one singleton.
+#[derive(Debug)]
+pub struct Lease {
+    lost: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Lease {
+    /// A lease that `lost` turns to `true` when another node takes over.
+    pub fn new(lost: tokio::sync::watch::Receiver<bool>) -> Self {
+        Lease { lost: Some(lost) }
+    }
+
+    /// A lease no one can take over (a single node).
+    pub fn never_lost() -> Self {
+        Lease { lost: None }
+    }
+
+    /// Resolves when another node took the singleton over (never, for a
+    /// single node's lease).
+    pub async fn lost(&mut self) {
+        match &mut self.lost {
+            Some(rx) => {
+                if rx.wait_for(|l| *l).await.is_err() {
+                    // The cluster task ended (shutdown): nobody takes over now.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether another node took the singleton over.
+    pub fn is_lost(&self) -> bool {
+        self.lost.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+}
+
+/// Cluster-wide singletons (MUC rooms): one owner at a time, by key. Ownership
+/// is claimed on demand: the first node to claim a free key owns it; a key whose
+/// owner node is lost (or restarted) goes to the next node that claims it, which
+/// then rebuilds the singleton's state from storage.
+#[async_trait::async_trait]
+pub trait Singletons: Send + Sync + 'static {
+    /// The owner of `key`, claiming it for this node if it is free or its owner
+    /// is gone.
+    async fn claim(&self, key: &str) -> Result<Owner, String>;
+    /// Gives up this node's ownership of `key` (the singleton stopped here).
+    async fn release(&self, key: &str);
+}
+
+/// The single-node [`Singletons`]: this node owns everything.
+#[derive(Debug, Default)]
+pub struct LocalSingletons;
+
+#[async_trait::async_trait]
+impl Singletons for LocalSingletons {
+    async fn claim(&self, _key: &str) -> Result<Owner, String> {
+        Ok(Owner::Me(Lease::never_lost()))
+    }
+
+    async fn release(&self, _key: &str) {}
+}

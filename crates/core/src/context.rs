@@ -28,6 +28,8 @@ pub struct ServerContext {
     pub started: Instant,
     /// Resumable sessions (XEP-0198).
     pub resumptions: crate::resumption::Resumptions,
+    /// Cluster-wide singletons, once a cluster is joined (see [`Self::singletons`]).
+    pub cluster_singletons: std::sync::OnceLock<Arc<dyn crate::cluster::Singletons>>,
     next_session: AtomicU64,
 }
 
@@ -43,6 +45,7 @@ impl ServerContext {
             router,
             started: Instant::now(),
             resumptions: Default::default(),
+            cluster_singletons: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(first | 1),
         }
     }
@@ -50,6 +53,15 @@ impl ServerContext {
     /// Whether `domain` is served here.
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.config.hosts().iter().any(|h| h == domain)
+    }
+
+    /// Who owns cluster-wide singletons (MUC rooms): the cluster's placement, or
+    /// this node for everything on a single node.
+    pub fn singletons(&self) -> &dyn crate::cluster::Singletons {
+        match self.cluster_singletons.get() {
+            Some(s) => s.as_ref(),
+            None => &crate::cluster::LocalSingletons,
+        }
     }
 
     /// A new process-unique session id.

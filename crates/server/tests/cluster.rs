@@ -165,3 +165,64 @@ async fn two_datacenters_joined_by_a_nats_gateway() {
     us.stop().await;
     cluster_support::drop_schema(&schema).await;
 }
+
+/// Cluster-wide singletons (the mechanism MUC rooms use): one owner per key,
+/// a lost owner's key goes to the next claimer, an owner learns when another
+/// node took its key over, and an orderly stop releases what a node owned.
+#[tokio::test]
+async fn singletons_have_one_owner_and_move_when_the_owner_is_gone() {
+    use meerkat_core::cluster::Owner;
+    let nats = Nats::start();
+    let schema = pg_schema("single").await;
+    let cluster = format!("t{}", meerkat_storage::conformance::unique_tag());
+    let n1 = node("n1", &nats, &schema, &cluster).await;
+    let n2 = node("n2", &nats, &schema, &cluster).await;
+    let n3 = node("n3", &nats, &schema, &cluster).await;
+
+    let Owner::Me(mut lease) = n1.ctx.singletons().claim("room1").await.unwrap() else {
+        panic!("a free key goes to its first claimer")
+    };
+    match n2.ctx.singletons().claim("room1").await.unwrap() {
+        Owner::Node(n) => assert_eq!(&*n, "n1"),
+        Owner::Me(_) => panic!("room1 has an owner already"),
+    }
+    assert!(matches!(n1.ctx.singletons().claim("room1").await.unwrap(), Owner::Me(_)), "still n1's");
+
+    // A key held by a node that is not a live member (a lost node's) is taken over.
+    let store = &n1.ctx.stores.singletons;
+    assert!(store.create_singleton("room2", "ghost 1").await.unwrap());
+    assert!(matches!(n2.ctx.singletons().claim("room2").await.unwrap(), Owner::Me(_)));
+    match n1.ctx.singletons().claim("room2").await.unwrap() {
+        Owner::Node(n) => assert_eq!(&*n, "n2"),
+        Owner::Me(_) => panic!("room2 went to n2"),
+    }
+
+    // An owner taken for lost (a partition) hears of the takeover when the
+    // taker announces it on the directory subject; an announcement about another
+    // incarnation of the node is not its loss.
+    assert!(!lease.is_lost());
+    let (owner, _) = store.singleton_owner("room1").await.unwrap().unwrap();
+    let (_, inc) = owner.split_once(' ').unwrap();
+    let inc: u64 = inc.parse().unwrap();
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let took = |from: String| {
+        let msg = meerkat_cluster::wire::Msg::Took { key: "room1".into(), from };
+        meerkat_cluster::wire::Envelope { from: "n9".into(), inc: 9, msg }.encode()
+    };
+    raw.publish(format!("{cluster}.dir"), took(format!("n1 {}", inc ^ 1))).await.unwrap();
+    raw.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), lease.lost()).await.is_err(), "not this incarnation");
+    raw.publish(format!("{cluster}.dir"), took(owner.clone())).await.unwrap();
+    raw.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), lease.lost()).await.expect("the owner hears of the takeover");
+    assert!(lease.is_lost());
+
+    // An orderly stop releases: the key is free for the other node at once.
+    assert!(matches!(n1.ctx.singletons().claim("room3").await.unwrap(), Owner::Me(_)));
+    n1.stop().await;
+    assert!(matches!(n2.ctx.singletons().claim("room3").await.unwrap(), Owner::Me(_)));
+
+    n2.stop().await;
+    n3.stop().await;
+    cluster_support::drop_schema(&schema).await;
+}

@@ -41,7 +41,11 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// The embedded migrations, in order: `(version, SQL)`.
 const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_archive.sql"))];
+    &[
+        (1, include_str!("../migrations/0001_init.sql")),
+        (2, include_str!("../migrations/0002_archive.sql")),
+        (3, include_str!("../migrations/0003_singletons.sql")),
+    ];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

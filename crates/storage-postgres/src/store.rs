@@ -533,3 +533,46 @@ impl LastStore for PgStore {
         row.map(|r| Ok(LastActivity { at_secs: col(&r, 0, "get_last")?, status: col(&r, 1, "get_last")? })).transpose()
     }
 }
+
+#[async_trait::async_trait]
+impl meerkat_storage::SingletonStore for PgStore {
+    async fn singleton_owner(&self, key: &str) -> Result<Option<(String, i64)>> {
+        let c = self.conn("singleton_owner").await?;
+        let err = self.err("singleton_owner");
+        let st = c.prepare_cached("SELECT owner, revision FROM cluster_singletons WHERE key = $1").await.map_err(&err)?;
+        let row = c.query_opt(&st, &[&key]).await.map_err(&err)?;
+        row.map(|r| Ok((col(&r, 0, "singleton_owner")?, col(&r, 1, "singleton_owner")?))).transpose()
+    }
+
+    async fn create_singleton(&self, key: &str, owner: &str) -> Result<bool> {
+        let c = self.conn("create_singleton").await?;
+        let err = self.err("create_singleton");
+        let st = c
+            .prepare_cached(
+                "INSERT INTO cluster_singletons (key, owner, revision) VALUES ($1, $2, 1) ON CONFLICT (key) DO NOTHING",
+            )
+            .await
+            .map_err(&err)?;
+        Ok(c.execute(&st, &[&key, &owner]).await.map_err(&err)? == 1)
+    }
+
+    async fn replace_singleton(&self, key: &str, owner: &str, revision: i64) -> Result<bool> {
+        let c = self.conn("replace_singleton").await?;
+        let err = self.err("replace_singleton");
+        let st = c
+            .prepare_cached(
+                "UPDATE cluster_singletons SET owner = $2, revision = revision + 1 WHERE key = $1 AND revision = $3",
+            )
+            .await
+            .map_err(&err)?;
+        Ok(c.execute(&st, &[&key, &owner, &revision]).await.map_err(&err)? == 1)
+    }
+
+    async fn delete_singleton(&self, key: &str, owner: &str) -> Result<()> {
+        let c = self.conn("delete_singleton").await?;
+        let err = self.err("delete_singleton");
+        let st = c.prepare_cached("DELETE FROM cluster_singletons WHERE key = $1 AND owner = $2").await.map_err(&err)?;
+        c.execute(&st, &[&key, &owner]).await.map_err(&err)?;
+        Ok(())
+    }
+}

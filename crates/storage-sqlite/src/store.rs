@@ -555,3 +555,53 @@ impl LastStore for SqliteStore {
         .await
     }
 }
+
+#[async_trait::async_trait]
+impl meerkat_storage::SingletonStore for SqliteStore {
+    async fn singleton_owner(&self, key: &str) -> Result<Option<(String, i64)>> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT owner, revision FROM cluster_singletons WHERE key = ?1")
+                .and_then(|mut st| st.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(db_err("singleton_owner"))
+        })
+        .await
+    }
+
+    async fn create_singleton(&self, key: &str, owner: &str) -> Result<bool> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO cluster_singletons (key, owner, revision) VALUES (?1, ?2, 1) ON CONFLICT (key) DO NOTHING",
+            )
+            .and_then(|mut st| st.execute(params![key, owner]))
+            .map(|n| n == 1)
+            .map_err(db_err("create_singleton"))
+        })
+        .await
+    }
+
+    async fn replace_singleton(&self, key: &str, owner: &str, revision: i64) -> Result<bool> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE cluster_singletons SET owner = ?2, revision = revision + 1 WHERE key = ?1 AND revision = ?3",
+            )
+            .and_then(|mut st| st.execute(params![key, owner, revision]))
+            .map(|n| n == 1)
+            .map_err(db_err("replace_singleton"))
+        })
+        .await
+    }
+
+    async fn delete_singleton(&self, key: &str, owner: &str) -> Result<()> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM cluster_singletons WHERE key = ?1 AND owner = ?2")
+                .and_then(|mut st| st.execute(params![key, owner]))
+                .map(|_| ())
+                .map_err(db_err("delete_singleton"))
+        })
+        .await
+    }
+}

@@ -45,6 +45,48 @@ pub async fn run(stores: &Stores) {
     hostile_strings(stores, &domain).await;
     archive::archive(stores, &domain).await;
     archive::delete_user_removes_archive(stores, &domain).await;
+    singletons(stores, &tag).await;
+}
+
+/// Singleton ownership: create only when free, compare-and-set on the
+/// revision, delete only by the owner; concurrent creators: exactly one wins.
+async fn singletons(stores: &Stores, tag: &str) {
+    let s = &stores.singletons;
+    let key = format!("room-{tag}@conference.example");
+    assert_eq!(s.singleton_owner(&key).await.unwrap(), None);
+    assert!(s.create_singleton(&key, "n1 1").await.unwrap());
+    assert!(!s.create_singleton(&key, "n2 1").await.unwrap(), "a key has one owner");
+    let (owner, rev) = s.singleton_owner(&key).await.unwrap().unwrap();
+    assert_eq!(owner, "n1 1");
+    assert!(s.replace_singleton(&key, "n2 1", rev).await.unwrap());
+    assert!(!s.replace_singleton(&key, "n3 1", rev).await.unwrap(), "a stale revision loses");
+    let (owner, rev2) = s.singleton_owner(&key).await.unwrap().unwrap();
+    assert_eq!(owner, "n2 1");
+    assert!(rev2 > rev);
+    s.delete_singleton(&key, "n1 1").await.unwrap();
+    assert!(s.singleton_owner(&key).await.unwrap().is_some(), "only the owner frees a key");
+    s.delete_singleton(&key, "n2 1").await.unwrap();
+    assert_eq!(s.singleton_owner(&key).await.unwrap(), None);
+    // Racing creators.
+    let race = format!("race-{tag}");
+    let tries = (0..8).map(|i| {
+        let (s, race) = (s.clone(), race.clone());
+        async move { s.create_singleton(&race, &format!("n{i} 1")).await.unwrap() }
+    });
+    let wins = futures_join_all(tries).await.into_iter().filter(|w| *w).count();
+    assert_eq!(wins, 1, "exactly one of the racing creators owns the key");
+}
+
+/// Runs futures concurrently (the crate has no futures dependency).
+async fn futures_join_all<F: std::future::Future<Output = bool> + Send + 'static>(
+    fs: impl Iterator<Item = F>,
+) -> Vec<bool> {
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("no panic"));
+    }
+    out
 }
 
 /// Credentials with a cheap iteration count (the suite checks storage, not hashing).

@@ -236,6 +236,20 @@ pub trait LastStore: Send + Sync {
     async fn get_last(&self, acc: Account<'_>) -> Result<Option<LastActivity>>;
 }
 
+/// Ownership of cluster-wide singletons (MUC rooms): key → owner, with a
+/// revision for compare-and-set, so two nodes racing for one key cannot both win.
+#[async_trait::async_trait]
+pub trait SingletonStore: Send + Sync {
+    /// The owner of `key` and the row's revision.
+    async fn singleton_owner(&self, key: &str) -> Result<Option<(String, i64)>>;
+    /// Makes `owner` the owner of a free `key`; `false` if it has one.
+    async fn create_singleton(&self, key: &str, owner: &str) -> Result<bool>;
+    /// Makes `owner` the owner of `key` if the row is still at `revision`.
+    async fn replace_singleton(&self, key: &str, owner: &str, revision: i64) -> Result<bool>;
+    /// Frees `key` if `owner` owns it.
+    async fn delete_singleton(&self, key: &str, owner: &str) -> Result<()>;
+}
+
 /// Every store of one backend, shared by the whole server.
 #[derive(Clone)]
 pub struct Stores {
@@ -255,13 +269,23 @@ pub struct Stores {
     pub last: Arc<dyn LastStore>,
     /// Message archive.
     pub archive: Arc<dyn ArchiveStore>,
+    /// Cluster-wide singleton ownership.
+    pub singletons: Arc<dyn SingletonStore>,
 }
 
 impl Stores {
     /// Bundles one backend object that implements every trait.
     pub fn from_backend<B>(backend: &'static str, b: Arc<B>) -> Self
     where
-        B: AuthStore + RosterStore + OfflineStore + XmlStore + BlockingStore + LastStore + ArchiveStore + 'static,
+        B: AuthStore
+            + RosterStore
+            + OfflineStore
+            + XmlStore
+            + BlockingStore
+            + LastStore
+            + ArchiveStore
+            + SingletonStore
+            + 'static,
     {
         Stores {
             backend,
@@ -271,7 +295,8 @@ impl Stores {
             xml: b.clone(),
             blocking: b.clone(),
             last: b.clone(),
-            archive: b,
+            archive: b.clone(),
+            singletons: b,
         }
     }
 }

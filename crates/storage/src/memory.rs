@@ -48,6 +48,7 @@ struct Inner {
     last: HashMap<Key, LastActivity>,
     archive: HashMap<Key, BTreeMap<i64, ArchivedMessage>>,
     archive_prefs: HashMap<Key, ArchivePrefs>,
+    singletons: HashMap<String, (String, i64)>,
 }
 
 /// The in-memory backend; implements every storage trait.
@@ -361,5 +362,40 @@ mod tests {
         crate::conformance::run(&stores).await;
         // A second run against the same store must not collide with the first.
         crate::conformance::run(&stores).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::SingletonStore for MemoryStore {
+    async fn singleton_owner(&self, key: &str) -> Result<Option<(String, i64)>> {
+        Ok(self.inner.lock().singletons.get(key).cloned())
+    }
+
+    async fn create_singleton(&self, key: &str, owner: &str) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        if inner.singletons.contains_key(key) {
+            return Ok(false);
+        }
+        inner.singletons.insert(key.to_string(), (owner.to_string(), 1));
+        Ok(true)
+    }
+
+    async fn replace_singleton(&self, key: &str, owner: &str, revision: i64) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        match inner.singletons.get_mut(key) {
+            Some(row) if row.1 == revision => {
+                *row = (owner.to_string(), revision + 1);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_singleton(&self, key: &str, owner: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        if inner.singletons.get(key).is_some_and(|(o, _)| o == owner) {
+            inner.singletons.remove(key);
+        }
+        Ok(())
     }
 }
