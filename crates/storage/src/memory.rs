@@ -354,17 +354,6 @@ impl ArchiveStore for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn conformance() {
-        let stores = super::stores();
-        crate::conformance::run(&stores).await;
-        // A second run against the same store must not collide with the first.
-        crate::conformance::run(&stores).await;
-    }
-}
-
 #[async_trait::async_trait]
 impl crate::SingletonStore for MemoryStore {
     async fn singleton_owner(&self, key: &str) -> Result<Option<(String, i64)>> {
@@ -397,5 +386,16 @@ impl crate::SingletonStore for MemoryStore {
             inner.singletons.remove(key);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let stores = super::stores();
+        crate::conformance::run(&stores).await;
+        // A second run against the same store must not collide with the first.
+        crate::conformance::run(&stores).await;
     }
 }
