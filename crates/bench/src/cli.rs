@@ -113,8 +113,10 @@ pub struct Args {
     /// The scenario to run.
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// The server's address.
-    #[arg(long, default_value = "127.0.0.1:5222", value_name = "HOST:PORT")]
+    /// The server's address; for a cluster, the nodes' addresses separated by
+    /// commas: user N connects to node (N-1) mod count, so with k nodes a
+    /// one-to-one bucket's messages cross nodes (k-1)/k of the time.
+    #[arg(long, default_value = "127.0.0.1:5222", value_name = "HOST:PORT[,HOST:PORT…]")]
     pub server: String,
     /// The XMPP domain of the accounts (the stream's `to`).
     #[arg(long, default_value = "localhost")]
@@ -279,28 +281,34 @@ impl Args {
             }
             crate::ws::WsUrl::parse(&self.ws_url())?;
         }
-        self.server_addr()?;
+        self.server_addrs()?;
         self.source_addrs()?;
         Ok(())
     }
 
-    /// The address to connect to (the first one the name resolves to): --server, or
-    /// the host of the WebSocket URL.
-    pub fn server_addr(&self) -> anyhow::Result<SocketAddr> {
-        let target = match self.transport {
-            Transport::Tcp => self.server.clone(),
-            Transport::Websocket => crate::ws::WsUrl::parse(&self.ws_url())?.authority,
+    /// The addresses to connect to (the first one each name resolves to): the
+    /// --server list, or the host of the WebSocket URL.
+    pub fn server_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let targets = match self.transport {
+            Transport::Tcp => self.server.split(',').map(|s| s.trim().to_string()).collect(),
+            Transport::Websocket => vec![crate::ws::WsUrl::parse(&self.ws_url())?.authority],
         };
-        target
-            .to_socket_addrs()
-            .with_context(|| format!("resolving {target}"))?
-            .next()
-            .with_context(|| format!("{target} resolves to no address"))
+        targets
+            .iter()
+            .map(|target| {
+                target
+                    .to_socket_addrs()
+                    .with_context(|| format!("resolving {target}"))?
+                    .next()
+                    .with_context(|| format!("{target} resolves to no address"))
+            })
+            .collect()
     }
 
-    /// The WebSocket endpoint: --ws-url, else `ws://SERVER/ws-xmpp`.
+    /// The WebSocket endpoint: --ws-url, else `ws://SERVER/ws-xmpp` (the first server).
     pub fn ws_url(&self) -> String {
-        self.ws_url.clone().unwrap_or_else(|| format!("ws://{}/ws-xmpp", self.server))
+        let first = self.server.split(',').next().unwrap_or_default();
+        self.ws_url.clone().unwrap_or_else(|| format!("ws://{first}/ws-xmpp"))
     }
 
     /// presence: seconds of the (unmeasured) subscription setup phase.
@@ -337,7 +345,7 @@ impl Args {
         match &self.source_ips {
             Some(spec) => parse_source_ips(spec),
             None => {
-                let loopback = self.server_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+                let loopback = self.server_addrs().map(|a| a.iter().all(|a| a.ip().is_loopback())).unwrap_or(false);
                 if loopback && self.users > 20_000 {
                     let n = self.users.div_ceil(20_000).min(250) as u8;
                     Ok((0..n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i))).collect())

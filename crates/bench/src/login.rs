@@ -32,8 +32,8 @@ pub const NS_SM: &str = "urn:xmpp:sm:3";
 
 /// What every login of a worker shares.
 pub struct Setup {
-    /// The server's address.
-    pub server: SocketAddr,
+    /// The server's address (a cluster: its nodes').
+    pub servers: Vec<SocketAddr>,
     /// Account name prefix.
     pub prefix: String,
     /// The shared password.
@@ -55,6 +55,13 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The node user `PREFIX<n>` connects to: node (n-1) mod count.
+    pub fn server_for(&self, user: &str) -> SocketAddr {
+        let digits = user.len() - user.bytes().rev().take_while(u8::is_ascii_digit).count();
+        let n: usize = user[digits..].parse().unwrap_or(1);
+        self.servers[n.saturating_sub(1) % self.servers.len()]
+    }
+
     /// Builds the stream header from the domain: `<stream:stream>` over TCP, the
     /// RFC 7395 `<open/>` element over WebSocket.
     pub fn header_for(domain: &str, ws: bool) -> Vec<u8> {
@@ -288,11 +295,11 @@ impl Login<'_> {
 
 impl Login<'_> {
     /// Opens the TCP (or WebSocket) connection.
-    async fn connect(&mut self, source: Option<IpAddr>, seed: u64) -> Result<(), LoginError> {
+    async fn connect(&mut self, server: SocketAddr, source: Option<IpAddr>, seed: u64) -> Result<(), LoginError> {
         let s = self.s;
         let conn = match &s.ws {
-            Some(url) => Conn::connect_ws(s.server, source, url, seed, self.deadline).await,
-            None => match tokio::time::timeout_at(self.deadline, Conn::connect(s.server, source)).await {
+            Some(url) => Conn::connect_ws(server, source, url, seed, self.deadline).await,
+            None => match tokio::time::timeout_at(self.deadline, Conn::connect(server, source)).await {
                 Err(_) => Err(ConnError::Timeout),
                 Ok(r) => r.map_err(ConnError::Io),
             },
@@ -316,7 +323,7 @@ impl Login<'_> {
             times.phases[p as usize] = (now - mark).as_micros() as u64;
             mark = now;
         };
-        self.connect(source, nonce_seed(&nonce)).await?;
+        self.connect(s.server_for(user), source, nonce_seed(&nonce)).await?;
         lap(times, Phase::Connect);
 
         self.phase = if s.tls.is_some() { Phase::Tls } else { Phase::Auth };
@@ -439,7 +446,7 @@ pub enum Registered {
 pub async fn register(s: &Setup, user: &str, source: Option<IpAddr>) -> Result<Registered, LoginError> {
     let t0 = Instant::now();
     let mut l = Login { s, conn: None, phase: Phase::Connect, deadline: t0 + s.timeout };
-    l.connect(source, u64::from(t0.elapsed().subsec_nanos()) ^ user.len() as u64).await?;
+    l.connect(s.server_for(user), source, u64::from(t0.elapsed().subsec_nanos()) ^ user.len() as u64).await?;
     l.phase = if s.tls.is_some() { Phase::Tls } else { Phase::Auth };
     let features = l.open().await?;
     if s.tls.is_some() {

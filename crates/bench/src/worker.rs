@@ -132,7 +132,7 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
         }
     };
     let setup = Setup {
-        server: args.server_addr()?,
+        servers: args.server_addrs()?,
         prefix: args.user_prefix.clone(),
         password: args.password.clone(),
         mechanism: args.mechanism,

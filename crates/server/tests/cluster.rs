@@ -7,7 +7,7 @@ mod cluster_support;
 
 use std::time::Duration;
 
-use cluster_support::{befriend, node, node_at, pg_schema, wait_sessions, Nats, TwoDatacenters};
+use cluster_support::{befriend, cluster_name, node, node_at, pg_schema, wait_sessions, Nats, TwoDatacenters};
 use meerkat_config::NatsUrls;
 use meerkat::testing::RawClient;
 use meerkat_config::TlsMode;
@@ -20,8 +20,8 @@ fn body(e: &meerkat_xml::Element) -> Option<String> {
 #[tokio::test]
 async fn three_nodes_serve_one_domain() {
     let nats = Nats::start();
-    let schema = pg_schema("cluster3").await;
-    let cluster = format!("t{}", meerkat_storage::conformance::unique_tag());
+    let schema = pg_schema("cluster3");
+    let cluster = cluster_name();
     let n1 = node("n1", &nats, &schema, &cluster).await;
     let n2 = node("n2", &nats, &schema, &cluster).await;
     let n3 = node("n3", &nats, &schema, &cluster).await;
@@ -127,8 +127,8 @@ async fn three_nodes_serve_one_domain() {
 #[tokio::test]
 async fn two_datacenters_joined_by_a_nats_gateway() {
     let dcs = TwoDatacenters::start();
-    let schema = pg_schema("dc").await;
-    let cluster = format!("t{}", meerkat_storage::conformance::unique_tag());
+    let schema = pg_schema("dc");
+    let cluster = cluster_name();
     let eu = node_at("eu1", NatsUrls::Many(dcs.dc1.clone()), &schema, &cluster).await;
     let us = node_at("us1", NatsUrls::Many(dcs.dc2.clone()), &schema, &cluster).await;
     eu.add_user("alice@localhost", "alice-pass").await;
@@ -173,8 +173,8 @@ async fn two_datacenters_joined_by_a_nats_gateway() {
 async fn singletons_have_one_owner_and_move_when_the_owner_is_gone() {
     use meerkat_core::cluster::Owner;
     let nats = Nats::start();
-    let schema = pg_schema("single").await;
-    let cluster = format!("t{}", meerkat_storage::conformance::unique_tag());
+    let schema = pg_schema("single");
+    let cluster = cluster_name();
     let n1 = node("n1", &nats, &schema, &cluster).await;
     let n2 = node("n2", &nats, &schema, &cluster).await;
     let n3 = node("n3", &nats, &schema, &cluster).await;

@@ -8,16 +8,16 @@ mod cluster_support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{add_users, befriend, create_schema, drop_schema, pg_schema, Nats, NodeProcess};
+use cluster_support::{add_users, befriend, cluster_name, create_schema, drop_schema, pg_schema, Nats, NodeProcess};
 use meerkat::testing::RawClient;
 use meerkat_stanza::ns;
 
 #[tokio::test]
 async fn a_killed_node_is_noticed_and_nothing_is_lost() {
     let nats = Nats::start();
-    let schema = pg_schema("loss").await;
+    let schema = pg_schema("loss");
     create_schema(&schema).await;
-    let cluster = format!("t{}", meerkat_storage::conformance::unique_tag());
+    let cluster = cluster_name();
     let n1 = NodeProcess::start("n1", &nats.url(), &schema, &cluster);
     let mut n2 = NodeProcess::start("n2", &nats.url(), &schema, &cluster);
     let n3 = NodeProcess::start("n3", &nats.url(), &schema, &cluster);

@@ -76,6 +76,20 @@ pub async fn open_with_schema(url: &str, schema: &str) -> Result<Stores> {
     open_inner(url, Some(schema)).await
 }
 
+/// Drops the PostgreSQL schema `schema` and everything in it (test clean-up).
+pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    check_schema_name(schema)?;
+    let (url, _) = split_pool_size(url)?;
+    let (client, conn) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .map_err(|e| Error::Backend(format!("cannot connect to PostgreSQL: {}", describe(&e))))?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .map_err(|e| Error::Backend(format!("dropping schema {schema}: {}", describe(&e))))
+}
+
 async fn open_inner(url: &str, schema: Option<&str>) -> Result<Stores> {
     if let Some(s) = schema {
         check_schema_name(s)?;

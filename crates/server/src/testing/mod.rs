@@ -2,6 +2,8 @@
 //! protocol-level tests (send raw XML, expect elements), in the style of Stalwart's
 //! `assert_read`. Used by this crate's integration tests and by other crates' tests.
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
