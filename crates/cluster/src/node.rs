@@ -56,12 +56,14 @@ struct Peer {
     /// Traffic to it: our epoch, the next number, and what is unacknowledged.
     out_epoch: u64,
     out_next: u64,
-    inflight: VecDeque<(u64, Payload)>,
+    inflight: VecDeque<(u64, Bytes)>,
     progress_at: Instant,
+    /// Its subject (`<cluster>.node.<name>`).
+    subject: async_nats::Subject,
 }
 
 impl Peer {
-    fn new(inc: u64) -> Self {
+    fn new(inc: u64, subject: async_nats::Subject) -> Self {
         let now = Instant::now();
         Peer {
             inc,
@@ -78,6 +80,7 @@ impl Peer {
             out_next: 1,
             inflight: VecDeque::new(),
             progress_at: now,
+            subject,
         }
     }
 }
@@ -232,10 +235,22 @@ impl Node {
         }
     }
 
+    fn subject_of(&self, node: &str) -> async_nats::Subject {
+        format!("{}{node}", self.node_prefix).into()
+    }
+
     async fn publish_to(&self, node: &str, msg: Msg) {
         let b = self.envelope(msg);
-        if let Err(e) = self.client.publish(format!("{}{node}", self.node_prefix), b).await {
-            tracing::warn!(%node, error = %e, "cannot publish to a cluster node");
+        let subject = match self.peers.get(node) {
+            Some(p) => p.subject.clone(),
+            None => self.subject_of(node),
+        };
+        self.publish_bytes(subject, b).await;
+    }
+
+    async fn publish_bytes(&self, subject: async_nats::Subject, b: Bytes) {
+        if let Err(e) = self.client.publish(subject, b).await {
+            tracing::warn!(error = %e, "cannot publish to a cluster node");
         }
     }
 
@@ -271,23 +286,37 @@ impl Node {
     }
 
     /// Numbers a forward for `node`, keeps it until acknowledged, and sends it.
+    /// The message is encoded once: a retransmission sends the same bytes.
     async fn forward(&mut self, node: NodeName, what: Forward) {
-        let Some(payload) = encode_forward(what) else { return };
         let Some(peer) = self.peers.get_mut(&node) else {
             // The node was lost between the routing decision and now.
-            return self.reroute(payload).await;
+            if let Forward::Stanza { to, stanza, hops, fallback: true } = what {
+                let (ctx, router) = (self.ctx.clone(), self.router.clone());
+                tokio::spawn(async move { router.route_fallback(&ctx, to, stanza, hops).await });
+            }
+            return;
         };
         let seq = peer.out_next;
+        let (from, inc, to_inc, epoch) = (&*self.me, self.inc, peer.inc, peer.out_epoch);
+        let bytes = match what {
+            Forward::Stanza { to, stanza, fallback, hops } => {
+                Envelope::encode_stanza(from, inc, to_inc, epoch, seq, to.as_str(), &stanza.el, fallback, hops)
+            }
+            other => {
+                let Some(payload) = encode_forward(other) else { return };
+                Envelope { from: from.to_string(), inc, msg: Msg::Data { to_inc, epoch, seq, payload } }.encode()
+            }
+        };
         peer.out_next += 1;
         if peer.inflight.is_empty() {
             peer.progress_at = Instant::now();
         }
-        let msg = Msg::Data { to_inc: peer.inc, epoch: peer.out_epoch, seq, payload: payload.clone() };
-        peer.inflight.push_back((seq, payload));
+        peer.inflight.push_back((seq, bytes.clone()));
         if peer.inflight.len() % 10_000 == 0 {
             tracing::warn!(%node, unacked = peer.inflight.len(), "a cluster node is slow to acknowledge");
         }
-        self.publish_to(&node, msg).await;
+        let subject = peer.subject.clone();
+        self.publish_bytes(subject, bytes).await;
     }
 
     /// A message from another node (or this node's own directory messages).
@@ -324,13 +353,13 @@ impl Node {
             Some(_) => {
                 tracing::info!(node = %name, "cluster node restarted");
                 self.lost(&name, true).await;
-                self.peers.insert(name.clone(), Peer::new(env.inc));
+                self.peers.insert(name.clone(), Peer::new(env.inc, self.subject_of(&name)));
                 self.alive.write().insert(name.clone(), env.inc);
                 self.request_sync(&name).await;
             }
             None => {
                 tracing::info!(node = %name, "cluster node joined");
-                self.peers.insert(name.clone(), Peer::new(env.inc));
+                self.peers.insert(name.clone(), Peer::new(env.inc, self.subject_of(&name)));
                 self.alive.write().insert(name.clone(), env.inc);
                 self.request_sync(&name).await;
             }
@@ -509,8 +538,10 @@ impl Node {
 
     /// Routes again what could not reach a lost node (its sessions are gone from
     /// the table by now: offline storage, another resource, or an error).
-    async fn reroute(&self, payload: Payload) {
-        let Payload::Stanza { to, xml, hops, .. } = payload else { return };
+    async fn reroute(&self, data: Bytes) {
+        let Some(Envelope { msg: Msg::Data { payload, .. }, .. }) = Envelope::decode(&data) else { return };
+        // A copy without fallback was one of several whose others were taken.
+        let Payload::Stanza { to, xml, hops, fallback: true } = payload else { return };
         let (Ok(to), Ok(el)) = (FullJid::new(&to), meerkat_xml::parse_element(&xml, &peer_limits())) else { return };
         let (ctx, router) = (self.ctx.clone(), self.router.clone());
         tokio::spawn(async move { router.route_fallback(&ctx, to, Stanza::from_trusted(el), hops).await });
@@ -519,7 +550,7 @@ impl Node {
     async fn on_tick(&mut self) {
         let now = Instant::now();
         let mut acks = Vec::new();
-        let mut resend = Vec::new();
+        let mut resend: Vec<(async_nats::Subject, Bytes)> = Vec::new();
         let mut lost = Vec::new();
         for (name, p) in &mut self.peers {
             if now.duration_since(p.last_seen) > self.timeout {
@@ -533,14 +564,14 @@ impl Node {
             if !p.inflight.is_empty() && now.duration_since(p.progress_at) > RETRANSMIT_AFTER {
                 p.progress_at = now;
                 tracing::debug!(node = %name, unacked = p.inflight.len(), "sending unacknowledged cluster traffic again");
-                for (seq, payload) in &p.inflight {
-                    let m = Msg::Data { to_inc: p.inc, epoch: p.out_epoch, seq: *seq, payload: payload.clone() };
-                    resend.push((name.clone(), m));
-                }
+                resend.extend(p.inflight.iter().map(|(_, b)| (p.subject.clone(), b.clone())));
             }
         }
-        for (name, m) in acks.into_iter().chain(resend) {
+        for (name, m) in acks {
             self.publish_to(&name, m).await;
+        }
+        for (subject, b) in resend {
+            self.publish_bytes(subject, b).await;
         }
         for name in lost {
             tracing::warn!(node = %name, timeout_ms = self.timeout.as_millis() as u64, "cluster node lost");
@@ -555,8 +586,8 @@ impl Node {
         let Some(peer) = self.peers.remove(name) else { return };
         self.alive.write().remove(name);
         let gone = self.router.remove_node(name);
-        for (_, payload) in peer.inflight {
-            self.reroute(payload).await;
+        for (_, data) in peer.inflight {
+            self.reroute(data).await;
         }
         if !crashed || gone.is_empty() {
             return;

@@ -8,7 +8,8 @@
 //! variant docs.
 #![allow(missing_docs)]
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use meerkat_xml::Element;
 
 /// One session as a snapshot lists it.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,18 +93,27 @@ pub struct Envelope {
     pub msg: Msg,
 }
 
-struct W(BytesMut);
+struct W(Vec<u8>);
 
 impl W {
     fn u8(&mut self, v: u8) {
-        self.0.put_u8(v);
+        self.0.push(v);
     }
     fn u64(&mut self, v: u64) {
-        self.0.put_u64_le(v);
+        self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn str(&mut self, s: &str) {
-        self.0.put_u32_le(s.len() as u32);
-        self.0.put_slice(s.as_bytes());
+        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    /// An element serialised in place as a length-prefixed string (no
+    /// intermediate string).
+    fn xml(&mut self, el: &Element) {
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        el.write_to(&mut self.0, "");
+        let n = (self.0.len() - at - 4) as u32;
+        self.0[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
     fn opt(&mut self, s: Option<&str>) {
         match s {
@@ -147,9 +157,39 @@ impl<'a> R<'a> {
 }
 
 impl Envelope {
+    /// Encodes a `Data` message carrying a stanza, serialising the element
+    /// straight into the message (the hot path of cross-node delivery); decodes
+    /// as `Msg::Data { payload: Payload::Stanza { .. } }`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_stanza(
+        from: &str,
+        inc: u64,
+        to_inc: u64,
+        epoch: u64,
+        seq: u64,
+        to: &str,
+        stanza: &Element,
+        fallback: bool,
+        hops: u8,
+    ) -> Bytes {
+        let mut w = W(Vec::with_capacity(128 + from.len() + to.len()));
+        w.str(from);
+        w.u64(inc);
+        w.u8(8);
+        w.u64(to_inc);
+        w.u64(epoch);
+        w.u64(seq);
+        w.u8(1);
+        w.str(to);
+        w.xml(stanza);
+        w.u8(u8::from(fallback));
+        w.u8(hops);
+        w.0.into()
+    }
+
     /// Encodes the envelope.
     pub fn encode(&self) -> Bytes {
-        let mut w = W(BytesMut::with_capacity(64));
+        let mut w = W(Vec::with_capacity(64));
         w.str(&self.from);
         w.u64(self.inc);
         match &self.msg {
@@ -250,7 +290,7 @@ impl Envelope {
                 w.str(from);
             }
         }
-        w.0.freeze()
+        w.0.into()
     }
 
     /// Decodes an envelope; `None` if it is malformed.
@@ -367,6 +407,23 @@ mod tests {
         }
         roundtrip(Msg::Ack { to_inc: 1, epoch: 2, seq: 99 });
         roundtrip(Msg::Took { key: "room@conference.example".into(), from: "n1 5".into() });
+    }
+
+    #[test]
+    fn a_stanza_encoded_in_place_decodes_as_data() {
+        let el = meerkat_xml::parse_element(
+            "<message xmlns='jabber:client' to='a@b/c' type='chat'><body>x &amp; y</body></message>",
+            &meerkat_xml::Limits::default(),
+        )
+        .unwrap();
+        let b = Envelope::encode_stanza("n1", 1, 2, 3, 4, "a@b/c", &el, true, 1);
+        let e = Envelope::decode(&b).unwrap();
+        let Msg::Data { to_inc: 2, epoch: 3, seq: 4, payload: Payload::Stanza { to, xml, fallback: true, hops: 1 } } = e.msg
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(to, "a@b/c");
+        assert_eq!(meerkat_xml::parse_element(&xml, &meerkat_xml::Limits::default()).unwrap(), el);
     }
 
     #[test]

@@ -106,3 +106,39 @@ default_result_limit = 100
     assert_eq!(e.errors.len(), 2, "{e}");
     assert!(e.to_string().contains("default_mode") && e.to_string().contains("default_result_limit"), "{e}");
 }
+
+#[test]
+fn cluster_section() {
+    let pg = "[storage]\nurl = \"postgres://u@h/db\"\n";
+    // Absent: a single node.
+    assert!(Config::parse("", "m.toml").unwrap().cluster.is_none());
+    // One URL or a list; defaults for the rest.
+    let c = Config::parse(&format!("{pg}[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode_name = \"n1\"\n"), "m.toml")
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.nats_url.get_ref().list(), ["nats://127.0.0.1:4222"]);
+    assert_eq!((c.name.get_ref().as_str(), c.heartbeat_interval_ms, c.node_timeout_ms), ("meerkat", 1000, 3000));
+    let c = Config::parse(
+        &format!("{pg}[cluster]\nnats_url = [\"nats://a:4222\", \"tls://b:4222\"]\nnode_name = \"eu-1\"\n"),
+        "m.toml",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(c.nats_url.get_ref().list().len(), 2);
+    // Unknown keys name the key and line; bad values are all reported.
+    let e = Config::parse(&format!("{pg}[cluster]\nnats_url = \"nats://a\"\nnode_name = \"n1\"\nnodes = 3\n"), "m.toml")
+        .unwrap_err();
+    assert!(e.to_string().contains("nodes") && e.errors[0].line == 6, "{e}");
+    let e = Config::parse(
+        "[cluster]\nnats_url = \"http://a\"\nnode_name = \"n 1\"\nheartbeat_interval_ms = 1000\nnode_timeout_ms = 1500\n",
+        "m.toml",
+    )
+    .unwrap_err();
+    let keys: Vec<_> = e.errors.iter().filter_map(|e| e.key.as_deref()).collect();
+    for k in ["cluster.nats_url", "cluster.node_name", "cluster.node_timeout_ms", "storage.url"] {
+        assert!(keys.contains(&k), "{k} missing in {e}");
+    }
+    assert!(e.to_string().contains("PostgreSQL"), "a cluster shares PostgreSQL: {e}");
+}

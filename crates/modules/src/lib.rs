@@ -63,6 +63,11 @@ pub fn start(cfg: &Config, reg: &mut HookRegistry) {
     if let Some(c) = &m.mod_register {
         add(Arc::new(register::Register::new(c.clone(), cfg.auth.scram_iterations)), reg);
     }
+    // A cluster node's archive ids carry a node part from its name, so two
+    // nodes' ids differ even when made in the same microsecond.
+    if let Some(c) = &cfg.cluster {
+        stanza_id::set_node_part(meerkat_core::context::node_tag(c.node_name.get_ref()) as u8);
+    }
     if m.mod_stanza_id.is_some() {
         add(Arc::new(stanza_id::StanzaId), reg);
     }

@@ -38,6 +38,12 @@ const ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
 /// Characters of an encoded id (13 × 5 bits ≥ 64 bits).
 const ID_LEN: usize = 13;
 
+/// Sets this process's node part of archive ids (a cluster node: from its name);
+/// without it a random byte is used. The first call wins (one process, one node).
+pub fn set_node_part(b: u8) {
+    let _ = NODE.set(b);
+}
+
 /// A new archive id: increasing within the process, unique across processes with
 /// different node parts, and at most `i64::MAX` (the databases store it signed).
 pub fn new_archive_id() -> i64 {
