@@ -79,10 +79,15 @@ def main():
     any_r = next(iter(res.values()))
     print(f"\nscenario {any_r.get('scenario')}  users {any_r.get('users')}  commit {any_r.get('commit')}  "
           f"transport {any_r.get('transport', 'tcp')}")
-    print("settings: STARTTLS/TLS 1.3 (websocket: plain ws://), ECDSA P-256 certs; "
-          "SCRAM-SHA-256 (Prosody: SCRAM-SHA-1); "
-          "storage: Meerkat SQLite, ejabberd Mnesia, Prosody files; machine: "
-          f"{os.cpu_count()} cores")
+    settings = os.path.join(out, "settings.txt")
+    if os.path.exists(settings):
+        with open(settings) as f:
+            print(f.read().rstrip())
+    else:
+        print("settings: STARTTLS/TLS 1.3 (websocket: plain ws://), ECDSA P-256 certs; "
+              "SCRAM-SHA-256 (Prosody: SCRAM-SHA-1); "
+              "storage: Meerkat SQLite, ejabberd Mnesia, Prosody files; machine: "
+              f"{os.cpu_count()} cores")
     peers = [s for s in servers if s != "meerkat" and s in res]
     head = f"{'figure':32}" + "".join(f"{s:>14}" for s in res) + "".join(f"{'meerkat/' + p:>18}" for p in peers)
     print(head)
