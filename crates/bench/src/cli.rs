@@ -409,7 +409,9 @@ mod tests {
         assert_eq!(args(&["--rate", "1000"]).interval_us(), 100_000);
         let big = Args::try_parse_from(["b", "connect", "--users", "30001"]).unwrap();
         assert_eq!(big.worker_count(), 3);
-        assert_eq!(big.source_addrs().unwrap().len(), 2);
+        assert_eq!(big.source_addrs().unwrap().len(), 7, "one source address per 5,000 users");
+        let nodes = args(&["--server", "127.0.0.1:5222, 127.0.0.1:5223"]);
+        assert_eq!(nodes.server_addrs().unwrap().len(), 2);
         assert_eq!(args(&["--mechanism", "PLAIN"]).mechanism, Mechanism::Plain);
         assert_eq!(a.transport, Transport::Tcp);
         let ws = args(&["--transport", "websocket", "--server", "127.0.0.1:5280"]);

@@ -7,9 +7,9 @@ mod cluster_support;
 
 use std::time::Duration;
 
-use cluster_support::{befriend, cluster_name, node, node_at, pg_schema, wait_sessions, Nats, TwoDatacenters};
-use meerkat_config::NatsUrls;
+use cluster_support::{befriend, cluster_name, node, node_at, online, pg_schema, wait_sessions, Nats, TwoDatacenters};
 use meerkat::testing::RawClient;
+use meerkat_config::NatsUrls;
 use meerkat_config::TlsMode;
 use meerkat_stanza::ns;
 
@@ -28,16 +28,8 @@ async fn three_nodes_serve_one_domain() {
     n1.add_user("alice@localhost", "alice-pass").await;
     n1.add_user("bob@localhost", "bob-pass").await;
 
-    let mut a = RawClient::connect(n1.addr(TlsMode::None)).await.unwrap();
-    a.login_plain("alice", "alice-pass", "laptop").await;
-    a.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
-    a.expect_where(|e| e.attr("id") == Some("r0")).await;
-    a.send("<presence/>").await;
-    let mut b = RawClient::connect(n2.addr(TlsMode::None)).await.unwrap();
-    b.login_plain("bob", "bob-pass", "phone").await;
-    b.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
-    b.expect_where(|e| e.attr("id") == Some("r0")).await;
-    b.send("<presence/>").await;
+    let mut a = online(n1.addr(TlsMode::None), "alice", "alice-pass", "laptop").await;
+    let mut b = online(n2.addr(TlsMode::None), "bob", "bob-pass", "phone").await;
 
     // Presence subscriptions, roster pushes and approval across nodes.
     befriend(&mut a, &mut b).await;
@@ -45,7 +37,9 @@ async fn three_nodes_serve_one_domain() {
     // A presence update reaches the contact on the other node.
     b.send("<presence><show>away</show></presence>").await;
     let p = a
-        .expect_where(|e| e.name() == "presence" && e.attr("from") == Some("bob@localhost/phone") && e.has_child("show", ns::CLIENT))
+        .expect_where(|e| {
+            e.name() == "presence" && e.attr("from") == Some("bob@localhost/phone") && e.has_child("show", ns::CLIENT)
+        })
         .await;
     assert_eq!(p.child_text("show", ns::CLIENT).as_deref(), Some("away"));
 
@@ -84,9 +78,7 @@ async fn three_nodes_serve_one_domain() {
     let m = a2.expect_where(|e| e.name() == "message" && e.attr("id") == Some("m3")).await;
     assert_eq!(body(&m).as_deref(), Some("to the top"));
     assert!(
-        a.next(Duration::from_millis(500))
-            .await
-            .is_none_or(|e| !(e.name() == "message" && e.attr("id") == Some("m3"))),
+        a.next(Duration::from_millis(500)).await.is_none_or(|e| !(e.name() == "message" && e.attr("id") == Some("m3"))),
         "the lower-priority resource on n1 must not get it"
     );
 
@@ -134,16 +126,8 @@ async fn two_datacenters_joined_by_a_nats_gateway() {
     eu.add_user("alice@localhost", "alice-pass").await;
     eu.add_user("bob@localhost", "bob-pass").await;
 
-    let mut a = RawClient::connect(eu.addr(TlsMode::None)).await.unwrap();
-    a.login_plain("alice", "alice-pass", "berlin").await;
-    a.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
-    a.expect_where(|e| e.attr("id") == Some("r0")).await;
-    a.send("<presence/>").await;
-    let mut b = RawClient::connect(us.addr(TlsMode::None)).await.unwrap();
-    b.login_plain("bob", "bob-pass", "boston").await;
-    b.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
-    b.expect_where(|e| e.attr("id") == Some("r0")).await;
-    b.send("<presence/>").await;
+    let mut a = online(eu.addr(TlsMode::None), "alice", "alice-pass", "berlin").await;
+    let mut b = online(us.addr(TlsMode::None), "bob", "bob-pass", "boston").await;
     // The gateway forms within a few seconds; then each node knows the other's sessions.
     wait_sessions(&eu, "bob@localhost", 1).await;
     wait_sessions(&us, "alice@localhost", 1).await;

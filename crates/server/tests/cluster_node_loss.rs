@@ -8,7 +8,9 @@ mod cluster_support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{add_users, befriend, cluster_name, create_schema, drop_schema, pg_schema, Nats, NodeProcess};
+use cluster_support::{
+    add_users, befriend, cluster_name, create_schema, drop_schema, online, pg_schema, Nats, NodeProcess,
+};
 use meerkat::testing::RawClient;
 use meerkat_stanza::ns;
 
@@ -25,16 +27,8 @@ async fn a_killed_node_is_noticed_and_nothing_is_lost() {
     // The nodes serve once they learnt each other.
     tokio::time::sleep(Duration::from_millis(800)).await;
 
-    let mut a = RawClient::connect(n1.addr()).await.unwrap();
-    a.login_plain("alice", "alice-pass", "laptop").await;
-    a.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
-    a.expect_where(|e| e.attr("id") == Some("r0")).await;
-    a.send("<presence/>").await;
-    let mut b = RawClient::connect(n2.addr()).await.unwrap();
-    b.login_plain("bob", "bob-pass", "phone").await;
-    b.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
-    b.expect_where(|e| e.attr("id") == Some("r0")).await;
-    b.send("<presence/>").await;
+    let mut a = online(n1.addr(), "alice", "alice-pass", "laptop").await;
+    let mut b = online(n2.addr(), "bob", "bob-pass", "phone").await;
     befriend(&mut a, &mut b).await;
     a.send("<message to='bob@localhost' type='chat' id='m0'><body>before</body></message>").await;
     let m = b.expect_where(|e| e.name() == "message").await;
@@ -48,9 +42,7 @@ async fn a_killed_node_is_noticed_and_nothing_is_lost() {
     let killed = Instant::now();
     // Sent before the cluster noticed: forwarded to the dead node, unacknowledged.
     a.send("<message to='bob@localhost' type='chat' id='m1'><body>into the void?</body></message>").await;
-    let p = a
-        .expect_where(|e| e.name() == "presence" && e.attr("from") == Some("bob@localhost/phone"))
-        .await;
+    let p = a.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("bob@localhost/phone")).await;
     let noticed = killed.elapsed();
     assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
     assert!(noticed <= Duration::from_secs(5), "the node's loss took {noticed:?} to notice");

@@ -185,10 +185,26 @@ pub async fn befriend(a: &mut meerkat::testing::RawClient, b: &mut meerkat::test
     for (c, other) in [(&mut *a, "bob@localhost"), (&mut *b, "alice@localhost")] {
         c.expect_where(|e| {
             e.name() == "iq"
-                && e.get_child("query", ns::ROSTER).and_then(|q| q.children().next()).is_some_and(|i| {
-                    i.attr("jid") == Some(other) && i.attr("subscription") == Some("both")
-                })
+                && e.get_child("query", ns::ROSTER)
+                    .and_then(|q| q.children().next())
+                    .is_some_and(|i| i.attr("jid") == Some(other) && i.attr("subscription") == Some("both"))
         })
         .await;
     }
+}
+
+/// Connects to `addr`, logs `user` in with `resource`, asks for the roster (so
+/// roster pushes come) and becomes available.
+pub async fn online(
+    addr: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+    resource: &str,
+) -> meerkat::testing::RawClient {
+    let mut c = meerkat::testing::RawClient::connect(addr).await.unwrap();
+    c.login_plain(user, password, resource).await;
+    c.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
+    c.expect_where(|e| e.attr("id") == Some("r0")).await;
+    c.send("<presence/>").await;
+    c
 }
