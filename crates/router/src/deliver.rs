@@ -430,11 +430,12 @@ impl Router for LocalRouter {
     }
 
     fn unregister(&self, jid: &FullJid, id: SessionId) {
-        let removed = self.table.remove(jid, id);
-        if let (Some(link), Some(e)) = (self.cluster.get(), removed) {
-            if e.local().is_some() {
-                link.session_removed(jid, id);
-            }
+        self.table.remove(jid, id);
+        // Only this node's sessions unregister. Tell the others even when the row
+        // was already taken by a newer session of the same JID (here or on
+        // another node): the directory must drop this session id either way.
+        if let Some(link) = self.cluster.get() {
+            link.session_removed(jid, id);
         }
     }
 
