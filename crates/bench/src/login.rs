@@ -54,12 +54,18 @@ pub struct Setup {
     pub ws: Option<WsUrl>,
 }
 
+/// The node user `PREFIX<n>` connects to: node (n-1) mod count (a name
+/// without a number: the first).
+pub fn node_for(servers: &[SocketAddr], user: &str) -> SocketAddr {
+    let digits = user.len() - user.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let n: usize = user[digits..].parse().unwrap_or(1);
+    servers[n.saturating_sub(1) % servers.len()]
+}
+
 impl Setup {
-    /// The node user `PREFIX<n>` connects to: node (n-1) mod count.
+    /// The node user `PREFIX<n>` connects to (see [`node_for`]).
     pub fn server_for(&self, user: &str) -> SocketAddr {
-        let digits = user.len() - user.bytes().rev().take_while(u8::is_ascii_digit).count();
-        let n: usize = user[digits..].parse().unwrap_or(1);
-        self.servers[n.saturating_sub(1) % self.servers.len()]
+        node_for(&self.servers, user)
     }
 
     /// Builds the stream header from the domain: `<stream:stream>` over TCP, the
@@ -484,4 +490,17 @@ fn iq_condition(iq: &Element) -> String {
         .find(|c| c.name() == "error")
         .map(|e| condition(e, NS_STANZAS))
         .unwrap_or_else(|| format!("type={}", iq.attr("type").unwrap_or("?")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_spread_over_the_nodes_in_order() {
+        let servers: Vec<SocketAddr> = (0..3).map(|i| SocketAddr::from(([127, 0, 0, 1], 5222 + i))).collect();
+        let on = |u: &str| servers.iter().position(|a| *a == node_for(&servers, u)).unwrap();
+        assert_eq!([on("user1"), on("user2"), on("user3"), on("user4"), on("user30")], [0, 1, 2, 0, 2]);
+        assert_eq!(on("nodigits"), 0);
+    }
 }

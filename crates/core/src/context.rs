@@ -69,6 +69,26 @@ impl ServerContext {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Runs the send hooks on a stanza a session sent: every synchronous
+    /// `on_user_send`, then, for subscription presence, every asynchronous
+    /// `on_outbound_subscription`. `false`: a hook consumed it (dropped, or
+    /// bounced with the error queued for the sender, never for an error).
+    pub async fn run_send_hooks(&self, s: &mut crate::session::SessionState, st: &mut Stanza) -> bool {
+        for h in &self.hooks.session {
+            if !flow_continues(h.on_user_send(self, s, st), s, st) {
+                return false;
+            }
+        }
+        if st.is_subscription() {
+            for h in &self.hooks.session {
+                if !flow_continues(h.on_outbound_subscription(self, s, st).await, s, st) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Routes a stanza (shorthand for `self.router.route(self, st)`).
     pub async fn route(&self, st: Stanza) {
         self.router.route(self, st).await
@@ -136,5 +156,22 @@ impl ServerContext {
         reply.set_attr("from", to.as_str());
         reply.set_attr("to", from.as_str());
         Some(reply)
+    }
+}
+
+/// Applies a send hook's verdict: `true` to go on; on a bounce, the error goes
+/// back to the sender (never for an error).
+fn flow_continues(flow: crate::hooks::Flow, s: &mut crate::session::SessionState, st: &Stanza) -> bool {
+    match flow {
+        crate::hooks::Flow::Continue => true,
+        crate::hooks::Flow::Drop => false,
+        crate::hooks::Flow::Bounce(e) => {
+            if !st.is_error() {
+                let mut reply = meerkat_stanza::make_error_reply(&st.el, &e);
+                reply.remove_attr("to");
+                s.send(reply);
+            }
+            false
+        }
     }
 }

@@ -39,7 +39,7 @@ pub fn event_as<T: Any>(ev: &SessionEvent) -> Option<&T> {
 pub type EventDecoder = fn(&Element) -> Option<SessionEvent>;
 
 /// What other tasks send to a session's mailbox.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SessionMsg {
     /// A stanza for the client; receive hooks run before it is written. Boxed so
     /// a mailbox slot stays small (tokio allocates slots in blocks of 32, and an

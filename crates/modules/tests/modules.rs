@@ -185,7 +185,7 @@ impl Client {
                         }
                         s.send(reply);
                     }
-                } else if run_send_hooks(&ctx, s, &mut st).await {
+                } else if ctx.run_send_hooks(s, &mut st).await {
                     ctx.route(st).await;
                 }
             }
@@ -193,13 +193,13 @@ impl Client {
                 if st.to.is_none() {
                     st.set_to(Jid::from(s.bare.clone()));
                 }
-                if run_send_hooks(&ctx, s, &mut st).await {
+                if ctx.run_send_hooks(s, &mut st).await {
                     ctx.route(st).await;
                 }
             }
             StanzaKind::Presence => {
                 assert!(st.to.is_some(), "use available() for broadcast presence");
-                if run_send_hooks(&ctx, s, &mut st).await {
+                if ctx.run_send_hooks(s, &mut st).await {
                     ctx.route(st).await;
                 }
             }
@@ -302,38 +302,6 @@ impl Client {
     }
 }
 
-/// Mirrors `meerkat_stream`'s order: every synchronous send hook, then, for
-/// subscription presence, every asynchronous one.
-async fn run_send_hooks(ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> bool {
-    for h in &ctx.hooks.session {
-        if !flow_continues(h.on_user_send(ctx, s, st), s, st) {
-            return false;
-        }
-    }
-    if st.is_subscription() {
-        for h in &ctx.hooks.session {
-            if !flow_continues(h.on_outbound_subscription(ctx, s, st).await, s, st) {
-                return false;
-            }
-        }
-    }
-    true
-}
-
-fn flow_continues(flow: Flow, s: &mut SessionState, st: &Stanza) -> bool {
-    match flow {
-        Flow::Continue => true,
-        Flow::Drop => false,
-        Flow::Bounce(e) => {
-            if !st.is_error() {
-                let mut reply = meerkat_stanza::make_error_reply(&st.el, &e);
-                reply.remove_attr("to");
-                s.send(reply);
-            }
-            false
-        }
-    }
-}
 
 /// The defined condition of an error stanza.
 fn condition(el: &Element) -> Option<String> {

@@ -410,13 +410,11 @@ impl Router for LocalRouter {
 
     fn register(&self, handle: SessionHandle) -> Option<SessionHandle> {
         let since = now_micros();
-        let (jid, id) = (handle.jid.clone(), handle.id);
-        let replaced = self.table.insert(handle, since);
         let link = self.cluster.get();
         if let Some(link) = link {
-            link.session_added(&jid, id, since);
+            link.session_added(&handle.jid, handle.id, since);
         }
-        let old = replaced?;
+        let old = self.table.insert(handle, since)?;
         match old.at {
             Location::Local(h) => Some(h),
             Location::Remote { id, jid, node } => {

@@ -10,7 +10,7 @@ use meerkat_stanza::{FullJid, Jid, Stanza};
 use meerkat_xml::Element;
 
 use crate::deliver::LocalRouter;
-use crate::table::{Entry, Location};
+use crate::table::Entry;
 
 impl LocalRouter {
     /// Another node bound a session. If this node holds an older session of the
@@ -68,7 +68,7 @@ impl LocalRouter {
                 let mut msg = Some(msg);
                 let n = handles.len();
                 for (i, h) in handles.into_iter().enumerate() {
-                    let m = if i + 1 == n { msg.take() } else { msg.as_ref().map(clone_msg) };
+                    let m = if i + 1 == n { msg.take() } else { msg.clone() };
                     if let Some(m) = m {
                         let _ = h.mailbox.try_send(m);
                     }
@@ -85,18 +85,4 @@ impl LocalRouter {
         self.route_forwarded(ctx, Jid::from(to), st, hops).await;
     }
 
-    /// Whether a session entry is on another node.
-    pub fn is_remote(e: &Entry) -> bool {
-        matches!(e.at, Location::Remote { .. })
-    }
-}
-
-/// A copy of a session message for one more local session (events are shared).
-fn clone_msg(m: &SessionMsg) -> SessionMsg {
-    match m {
-        SessionMsg::Stanza(st) => SessionMsg::Stanza(st.clone()),
-        SessionMsg::Event(ev) => SessionMsg::Event(ev.clone()),
-        SessionMsg::Replaced => SessionMsg::Replaced,
-        SessionMsg::Kick(c, t) => SessionMsg::Kick(*c, t.clone()),
-    }
 }

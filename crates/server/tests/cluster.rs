@@ -210,3 +210,15 @@ async fn singletons_have_one_owner_and_move_when_the_owner_is_gone() {
     n3.stop().await;
     cluster_support::drop_schema(&schema).await;
 }
+
+/// A node whose NATS cannot be reached does not start, and says where it tried.
+#[tokio::test]
+async fn an_unreachable_nats_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = meerkat::testing::test_config(dir.path());
+    let url = format!("nats://127.0.0.1:{}", cluster_support::free_port());
+    cfg.cluster = Some(cluster_support::cluster_config("n1", NatsUrls::One(url.clone()), "t"));
+    let server = meerkat::build(std::sync::Arc::new(cfg), meerkat_storage::memory::stores());
+    let err = meerkat_cluster::join(server.ctx.clone(), server.router.clone()).await.err().expect("no NATS, no node");
+    assert!(format!("{err:#}").contains(&format!("connecting to NATS at {url}")), "{err:#}");
+}

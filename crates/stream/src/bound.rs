@@ -179,7 +179,7 @@ impl C2s {
                     }
                     return;
                 }
-                if !self.run_send_hooks(s, &mut st).await {
+                if !self.ctx.run_send_hooks(s, &mut st).await {
                     return;
                 }
                 ctx.route(st).await;
@@ -191,7 +191,7 @@ impl C2s {
                     }
                     return;
                 }
-                if !self.run_send_hooks(s, &mut st).await {
+                if !self.ctx.run_send_hooks(s, &mut st).await {
                     return;
                 }
                 crate::presence::directed(&ctx, s, st).await;
@@ -201,29 +201,12 @@ impl C2s {
                     // RFC 6121 §8.1.1.1: a message without 'to' is for the sender's bare JID.
                     st.set_to(Jid::from(s.bare.clone()));
                 }
-                if !self.run_send_hooks(s, &mut st).await {
+                if !self.ctx.run_send_hooks(s, &mut st).await {
                     return;
                 }
                 ctx.route(st).await;
             }
         }
-    }
-
-    /// Outgoing filters; `false` = the stanza was consumed.
-    async fn run_send_hooks(&mut self, s: &mut SessionState, st: &mut Stanza) -> bool {
-        for h in &self.ctx.hooks.session {
-            if !flow_continues(h.on_user_send(&self.ctx, s, st), s, st) {
-                return false;
-            }
-        }
-        if st.is_subscription() {
-            for h in &self.ctx.hooks.session {
-                if !flow_continues(h.on_outbound_subscription(&self.ctx, s, st).await, s, st) {
-                    return false;
-                }
-            }
-        }
-        true
     }
 
     /// A message from the session's mailbox.
@@ -327,19 +310,3 @@ pub(crate) async fn reroute_undelivered(ctx: &ServerContext, s: &SessionState, s
     }
 }
 
-/// Applies a send hook's verdict: `true` to go on; on a bounce, the error goes
-/// back to the sender (never for an error).
-fn flow_continues(flow: Flow, s: &mut SessionState, st: &Stanza) -> bool {
-    match flow {
-        Flow::Continue => true,
-        Flow::Drop => false,
-        Flow::Bounce(e) => {
-            if !st.is_error() {
-                let mut reply = make_error_reply(&st.el, &e);
-                reply.remove_attr("to");
-                s.send(reply);
-            }
-            false
-        }
-    }
-}

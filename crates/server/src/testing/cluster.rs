@@ -31,17 +31,11 @@ pub fn wait_port(port: u16) {
 }
 
 impl Nats {
-    /// Starts `nats-server` (Debian's package; .ci/run installs it).
+    /// Starts `nats-server` (Debian's package; scripts/test installs it).
     pub fn start() -> Nats {
-        Self::start_with(&[])
-    }
-
-    /// Starts `nats-server` with extra arguments.
-    pub fn start_with(extra: &[&str]) -> Nats {
         let port = free_port();
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
