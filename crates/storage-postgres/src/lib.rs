@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] =
         (1, include_str!("../migrations/0001_init.sql")),
         (2, include_str!("../migrations/0002_archive.sql")),
         (3, include_str!("../migrations/0003_singletons.sql")),
+        (4, include_str!("../migrations/0004_muc.sql")),
     ];
 
 /// The schema version this build creates and understands.

@@ -576,3 +576,167 @@ impl meerkat_storage::SingletonStore for PgStore {
         Ok(())
     }
 }
+
+/// Inserts or removes affiliation rows (`none` removes) inside a transaction.
+async fn write_affiliations(
+    tx: &deadpool_postgres::Transaction<'_>,
+    service: &str,
+    room: &str,
+    changes: &[meerkat_storage::RoomAffiliation],
+    err: &impl Fn(tokio_postgres::Error) -> Error,
+) -> Result<()> {
+    for c in changes {
+        if c.affiliation == "none" {
+            let st = tx
+                .prepare_cached("DELETE FROM muc_affiliations WHERE service = $1 AND room = $2 AND jid = $3")
+                .await
+                .map_err(err)?;
+            tx.execute(&st, &[&service, &room, &c.jid]).await.map_err(err)?;
+        } else {
+            let st = tx
+                .prepare_cached(
+                    "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (service, room, jid) DO UPDATE SET affiliation = excluded.affiliation, reason = excluded.reason",
+                )
+                .await
+                .map_err(err)?;
+            tx.execute(&st, &[&service, &room, &c.jid, &c.affiliation, &c.reason]).await.map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl meerkat_storage::MucStore for PgStore {
+    async fn create_room(
+        &self,
+        service: &str,
+        room: &str,
+        config: &str,
+        affs: &[meerkat_storage::RoomAffiliation],
+    ) -> Result<()> {
+        let mut c = self.conn("create_room").await?;
+        let err = self.err("create_room");
+        let tx = c.transaction().await.map_err(&err)?;
+        let st = tx
+            .prepare_cached("INSERT INTO muc_rooms (service, room, config) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .await
+            .map_err(&err)?;
+        if tx.execute(&st, &[&service, &room, &config]).await.map_err(&err)? == 0 {
+            return Err(Error::AlreadyExists);
+        }
+        write_affiliations(&tx, service, room, affs, &err).await?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn update_room(&self, service: &str, room: &str, config: &str) -> Result<()> {
+        let c = self.conn("update_room").await?;
+        let err = self.err("update_room");
+        let st = c
+            .prepare_cached("UPDATE muc_rooms SET config = $3 WHERE service = $1 AND room = $2")
+            .await
+            .map_err(&err)?;
+        match c.execute(&st, &[&service, &room, &config]).await.map_err(&err)? {
+            0 => Err(Error::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    async fn set_affiliations(
+        &self,
+        service: &str,
+        room: &str,
+        changes: &[meerkat_storage::RoomAffiliation],
+    ) -> Result<()> {
+        let mut c = self.conn("set_affiliations").await?;
+        let err = self.err("set_affiliations");
+        let tx = c.transaction().await.map_err(&err)?;
+        // The room row is locked, so a concurrent delete cannot leave orphan rows.
+        let st = tx
+            .prepare_cached("SELECT 1 FROM muc_rooms WHERE service = $1 AND room = $2 FOR UPDATE")
+            .await
+            .map_err(&err)?;
+        if tx.query_opt(&st, &[&service, &room]).await.map_err(&err)?.is_none() {
+            return Err(Error::NotFound);
+        }
+        write_affiliations(&tx, service, room, changes, &err).await?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn load_room(&self, service: &str, room: &str) -> Result<Option<meerkat_storage::StoredRoom>> {
+        let c = self.conn("load_room").await?;
+        let err = self.err("load_room");
+        let st = c.prepare_cached("SELECT config FROM muc_rooms WHERE service = $1 AND room = $2").await.map_err(&err)?;
+        let Some(row) = c.query_opt(&st, &[&service, &room]).await.map_err(&err)? else { return Ok(None) };
+        let config: String = col(&row, 0, "load_room")?;
+        let st = c
+            .prepare_cached(
+                "SELECT jid, affiliation, reason FROM muc_affiliations WHERE service = $1 AND room = $2 ORDER BY jid",
+            )
+            .await
+            .map_err(&err)?;
+        let affiliations = c
+            .query(&st, &[&service, &room])
+            .await
+            .map_err(&err)?
+            .iter()
+            .map(|r| {
+                Ok(meerkat_storage::RoomAffiliation {
+                    jid: col(r, 0, "load_room")?,
+                    affiliation: col(r, 1, "load_room")?,
+                    reason: col(r, 2, "load_room")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(meerkat_storage::StoredRoom { config, affiliations }))
+    }
+
+    async fn delete_room(&self, service: &str, room: &str) -> Result<bool> {
+        let mut c = self.conn("delete_room").await?;
+        let err = self.err("delete_room");
+        let tx = c.transaction().await.map_err(&err)?;
+        let st = tx.prepare_cached("DELETE FROM muc_rooms WHERE service = $1 AND room = $2").await.map_err(&err)?;
+        let n = tx.execute(&st, &[&service, &room]).await.map_err(&err)?;
+        for sql in [
+            "DELETE FROM muc_affiliations WHERE service = $1 AND room = $2",
+            "DELETE FROM mam_messages WHERE domain = $1 AND username = $2",
+        ] {
+            let st = tx.prepare_cached(sql).await.map_err(&err)?;
+            tx.execute(&st, &[&service, &room]).await.map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        Ok(n > 0)
+    }
+
+    async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>> {
+        let c = self.conn("list_rooms").await?;
+        let err = self.err("list_rooms");
+        let st = c
+            .prepare_cached("SELECT room, config FROM muc_rooms WHERE service = $1 ORDER BY room")
+            .await
+            .map_err(&err)?;
+        c.query(&st, &[&service])
+            .await
+            .map_err(&err)?
+            .iter()
+            .map(|r| Ok((col(r, 0, "list_rooms")?, col(r, 1, "list_rooms")?)))
+            .collect()
+    }
+
+    async fn rooms_of(&self, service: &str, jid: &str) -> Result<Vec<(String, String)>> {
+        let c = self.conn("rooms_of").await?;
+        let err = self.err("rooms_of");
+        let st = c
+            .prepare_cached(
+                "SELECT room, affiliation FROM muc_affiliations WHERE service = $1 AND jid = $2 ORDER BY room",
+            )
+            .await
+            .map_err(&err)?;
+        c.query(&st, &[&service, &jid])
+            .await
+            .map_err(&err)?
+            .iter()
+            .map(|r| Ok((col(r, 0, "rooms_of")?, col(r, 1, "rooms_of")?)))
+            .collect()
+    }
+}

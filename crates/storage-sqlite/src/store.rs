@@ -605,3 +605,171 @@ impl meerkat_storage::SingletonStore for SqliteStore {
         .await
     }
 }
+
+/// Inserts or removes affiliation rows (`none` removes) inside a transaction.
+fn write_affiliations(
+    tx: &rusqlite::Transaction<'_>,
+    service: &str,
+    room: &str,
+    changes: &[meerkat_storage::RoomAffiliation],
+    what: &'static str,
+) -> Result<()> {
+    for c in changes {
+        if c.affiliation == "none" {
+            tx.prepare_cached("DELETE FROM muc_affiliations WHERE service = ?1 AND room = ?2 AND jid = ?3")
+                .and_then(|mut st| st.execute(params![service, room, c.jid]))
+                .map_err(db_err(what))?;
+        } else {
+            tx.prepare_cached(
+                "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (service, room, jid) DO UPDATE SET affiliation = excluded.affiliation, reason = excluded.reason",
+            )
+            .and_then(|mut st| st.execute(params![service, room, c.jid, c.affiliation, c.reason]))
+            .map_err(db_err(what))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a room row exists (inside a transaction).
+fn room_exists(conn: &Connection, service: &str, room: &str, what: &'static str) -> Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM muc_rooms WHERE service = ?1 AND room = ?2")
+        .and_then(|mut st| st.exists(params![service, room]))
+        .map_err(db_err(what))
+}
+
+#[async_trait::async_trait]
+impl meerkat_storage::MucStore for SqliteStore {
+    async fn create_room(
+        &self,
+        service: &str,
+        room: &str,
+        config: &str,
+        affs: &[meerkat_storage::RoomAffiliation],
+    ) -> Result<()> {
+        let (service, room, config, affs) = (service.to_owned(), room.to_owned(), config.to_owned(), affs.to_vec());
+        self.write(move |conn| {
+            let tx = write_tx(conn, "create_room")?;
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO muc_rooms (service, room, config) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )
+                .and_then(|mut st| st.execute(params![service, room, config]))
+                .map_err(db_err("create_room"))?;
+            if n == 0 {
+                return Err(Error::AlreadyExists);
+            }
+            write_affiliations(&tx, &service, &room, &affs, "create_room")?;
+            tx.commit().map_err(db_err("create_room"))
+        })
+        .await
+    }
+
+    async fn update_room(&self, service: &str, room: &str, config: &str) -> Result<()> {
+        let (service, room, config) = (service.to_owned(), room.to_owned(), config.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("UPDATE muc_rooms SET config = ?3 WHERE service = ?1 AND room = ?2")
+                .and_then(|mut st| st.execute(params![service, room, config]))
+                .map_err(db_err("update_room"))?;
+            if n == 0 {
+                Err(Error::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn set_affiliations(
+        &self,
+        service: &str,
+        room: &str,
+        changes: &[meerkat_storage::RoomAffiliation],
+    ) -> Result<()> {
+        let (service, room, changes) = (service.to_owned(), room.to_owned(), changes.to_vec());
+        self.write(move |conn| {
+            let tx = write_tx(conn, "set_affiliations")?;
+            if !room_exists(&tx, &service, &room, "set_affiliations")? {
+                return Err(Error::NotFound);
+            }
+            write_affiliations(&tx, &service, &room, &changes, "set_affiliations")?;
+            tx.commit().map_err(db_err("set_affiliations"))
+        })
+        .await
+    }
+
+    async fn load_room(&self, service: &str, room: &str) -> Result<Option<meerkat_storage::StoredRoom>> {
+        let (service, room) = (service.to_owned(), room.to_owned());
+        self.read(move |conn| {
+            let err = db_err("load_room");
+            let config: Option<String> = conn
+                .prepare_cached("SELECT config FROM muc_rooms WHERE service = ?1 AND room = ?2")
+                .and_then(|mut st| st.query_row(params![service, room], |r| r.get(0)).optional())
+                .map_err(&err)?;
+            let Some(config) = config else { return Ok(None) };
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT jid, affiliation, reason FROM muc_affiliations WHERE service = ?1 AND room = ?2 ORDER BY jid",
+                )
+                .map_err(&err)?;
+            let affiliations = st
+                .query_map(params![service, room], |r| {
+                    Ok(meerkat_storage::RoomAffiliation { jid: r.get(0)?, affiliation: r.get(1)?, reason: r.get(2)? })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(&err)?;
+            Ok(Some(meerkat_storage::StoredRoom { config, affiliations }))
+        })
+        .await
+    }
+
+    async fn delete_room(&self, service: &str, room: &str) -> Result<bool> {
+        let (service, room) = (service.to_owned(), room.to_owned());
+        self.write(move |conn| {
+            let err = db_err("delete_room");
+            let tx = write_tx(conn, "delete_room")?;
+            let n = tx
+                .prepare_cached("DELETE FROM muc_rooms WHERE service = ?1 AND room = ?2")
+                .and_then(|mut st| st.execute(params![service, room]))
+                .map_err(&err)?;
+            for sql in [
+                "DELETE FROM muc_affiliations WHERE service = ?1 AND room = ?2",
+                "DELETE FROM mam_messages WHERE domain = ?1 AND username = ?2",
+            ] {
+                tx.prepare_cached(sql).and_then(|mut st| st.execute(params![service, room])).map_err(&err)?;
+            }
+            tx.commit().map_err(&err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>> {
+        let service = service.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT room, config FROM muc_rooms WHERE service = ?1 ORDER BY room")
+                .and_then(|mut st| {
+                    st.query_map(params![service], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                })
+                .map_err(db_err("list_rooms"))
+        })
+        .await
+    }
+
+    async fn rooms_of(&self, service: &str, jid: &str) -> Result<Vec<(String, String)>> {
+        let (service, jid) = (service.to_owned(), jid.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT room, affiliation FROM muc_affiliations WHERE service = ?1 AND jid = ?2 ORDER BY room",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![service, jid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            })
+            .map_err(db_err("rooms_of"))
+        })
+        .await
+    }
+}

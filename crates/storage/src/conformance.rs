@@ -46,6 +46,7 @@ pub async fn run(stores: &Stores) {
     archive::archive(stores, &domain).await;
     archive::delete_user_removes_archive(stores, &domain).await;
     singletons(stores, &tag).await;
+    rooms(stores, &tag).await;
 }
 
 /// Singleton ownership: create only when free, compare-and-set on the
@@ -75,6 +76,56 @@ async fn singletons(stores: &Stores, tag: &str) {
     });
     let wins = futures_join_all(tries).await.into_iter().filter(|w| *w).count();
     assert_eq!(wins, 1, "exactly one of the racing creators owns the key");
+}
+
+/// Rooms: create once, configuration and affiliation changes, a user's rooms
+/// by index, deletion with the room's archive.
+async fn rooms(stores: &Stores, tag: &str) {
+    use crate::{ArchiveEntry, ArchiveQuery, ArchivedMessage, Direction, RoomAffiliation};
+    let m = &stores.muc;
+    let service = format!("conference.{tag}.example");
+    let aff = |jid: &str, a: &str| RoomAffiliation { jid: jid.into(), affiliation: a.into(), reason: String::new() };
+    assert_eq!(m.load_room(&service, "lobby").await.unwrap(), None);
+    assert!(matches!(m.update_room(&service, "lobby", "x").await, Err(Error::NotFound)));
+    assert!(matches!(m.set_affiliations(&service, "lobby", &[aff("a@x", "member")]).await, Err(Error::NotFound)));
+    m.create_room(&service, "lobby", "<config v='1'/>", &[aff("owner@x", "owner"), aff("bob@x", "member")])
+        .await
+        .unwrap();
+    assert!(matches!(m.create_room(&service, "lobby", "other", &[]).await, Err(Error::AlreadyExists)));
+    m.create_room(&service, "attic", "<config v='a'/>", &[aff("bob@x", "admin")]).await.unwrap();
+    m.update_room(&service, "lobby", "<config v='2'/>").await.unwrap();
+    let banned = RoomAffiliation { jid: "troll@x".into(), affiliation: "outcast".into(), reason: "spam".into() };
+    m.set_affiliations(&service, "lobby", &[aff("bob@x", "none"), banned.clone(), aff("carol@x", "admin")])
+        .await
+        .unwrap();
+    let r = m.load_room(&service, "lobby").await.unwrap().unwrap();
+    assert_eq!(r.config, "<config v='2'/>");
+    assert_eq!(r.affiliations, vec![aff("carol@x", "admin"), aff("owner@x", "owner"), banned]);
+    let listed = m.list_rooms(&service).await.unwrap();
+    assert_eq!(listed, vec![("attic".into(), "<config v='a'/>".into()), ("lobby".into(), "<config v='2'/>".into())]);
+    assert_eq!(m.rooms_of(&service, "bob@x").await.unwrap(), vec![("attic".into(), "admin".into())]);
+    assert_eq!(m.rooms_of(&service, "nobody@x").await.unwrap(), vec![]);
+    // A room's history is in the archive with the room as owner; deleting the room deletes it.
+    let row = ArchivedMessage {
+        id: 77,
+        with_jid: String::new(),
+        with_resource: String::new(),
+        direction: Direction::Incoming,
+        sender: "owner@x/phone".into(),
+        origin_id: None,
+        stanza: "<message type='groupchat'><body>hi</body></message>".into(),
+    };
+    let entry = ArchiveEntry { user: "lobby".into(), domain: service.clone(), msg: row };
+    stores.archive.append(&[entry]).await.unwrap();
+    let acc = Account::new("lobby", &service);
+    assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 1);
+    assert!(m.delete_room(&service, "lobby").await.unwrap());
+    assert!(!m.delete_room(&service, "lobby").await.unwrap());
+    assert_eq!(m.load_room(&service, "lobby").await.unwrap(), None);
+    assert!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.is_empty());
+    assert_eq!(m.list_rooms(&service).await.unwrap().len(), 1);
+    assert!(m.delete_room(&service, "attic").await.unwrap());
+    assert_eq!(m.rooms_of(&service, "bob@x").await.unwrap(), vec![]);
 }
 
 /// Runs futures concurrently (the crate has no futures dependency).

@@ -250,6 +250,53 @@ pub trait SingletonStore: Send + Sync {
     async fn delete_singleton(&self, key: &str, owner: &str) -> Result<()>;
 }
 
+/// A room's affiliation of one user (XEP-0045 §5.2, MUC Light): the user's bare
+/// JID and the affiliation as the module names it (`owner`, `admin`, `member`,
+/// `outcast`), with a reason. Storage never interprets either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomAffiliation {
+    /// The user's bare JID.
+    pub jid: String,
+    /// The affiliation; `none` removes the row in [`MucStore::set_affiliations`].
+    pub affiliation: String,
+    /// Why it was given (may be empty).
+    pub reason: String,
+}
+
+/// A stored room: its configuration (opaque text the module writes and reads)
+/// and its affiliations.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredRoom {
+    /// The configuration, as the module serialised it.
+    pub config: String,
+    /// Every affiliation other than `none`, sorted by JID.
+    pub affiliations: Vec<RoomAffiliation>,
+}
+
+/// Group chat rooms (XEP-0045 persistent rooms, MUC Light rooms), keyed by the
+/// service's domain and the room's localpart. A room's message history lives in
+/// the [`ArchiveStore`] with the room as owner.
+#[async_trait::async_trait]
+pub trait MucStore: Send + Sync {
+    /// Creates a room with its first affiliations, in one transaction;
+    /// [`Error::AlreadyExists`] when the room exists.
+    async fn create_room(&self, service: &str, room: &str, config: &str, affs: &[RoomAffiliation]) -> Result<()>;
+    /// Replaces a room's configuration; [`Error::NotFound`] when it does not exist.
+    async fn update_room(&self, service: &str, room: &str, config: &str) -> Result<()>;
+    /// Applies affiliation changes in one transaction (`none` removes a row);
+    /// [`Error::NotFound`] when the room does not exist.
+    async fn set_affiliations(&self, service: &str, room: &str, changes: &[RoomAffiliation]) -> Result<()>;
+    /// A room, or `None`.
+    async fn load_room(&self, service: &str, room: &str) -> Result<Option<StoredRoom>>;
+    /// Deletes a room, its affiliations and its message archive; `false` when it
+    /// did not exist.
+    async fn delete_room(&self, service: &str, room: &str) -> Result<bool>;
+    /// Every room of a service with its configuration, sorted by name.
+    async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>>;
+    /// The rooms of a service where `jid` has an affiliation, with it, sorted by name.
+    async fn rooms_of(&self, service: &str, jid: &str) -> Result<Vec<(String, String)>>;
+}
+
 /// Every store of one backend, shared by the whole server.
 #[derive(Clone)]
 pub struct Stores {
@@ -271,6 +318,8 @@ pub struct Stores {
     pub archive: Arc<dyn ArchiveStore>,
     /// Cluster-wide singleton ownership.
     pub singletons: Arc<dyn SingletonStore>,
+    /// Group chat rooms.
+    pub muc: Arc<dyn MucStore>,
 }
 
 impl Stores {
@@ -285,6 +334,7 @@ impl Stores {
             + LastStore
             + ArchiveStore
             + SingletonStore
+            + MucStore
             + 'static,
     {
         Stores {
@@ -296,7 +346,8 @@ impl Stores {
             blocking: b.clone(),
             last: b.clone(),
             archive: b.clone(),
-            singletons: b,
+            singletons: b.clone(),
+            muc: b,
         }
     }
 }

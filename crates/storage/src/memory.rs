@@ -17,6 +17,7 @@ use crate::{
     BlockingStore, Error, LastActivity, LastStore, OfflineMessage, OfflineStore, Result, Roster, RosterItem,
     RosterStore, StoredCredentials, Stores, XmlStore,
 };
+use crate::{MucStore, RoomAffiliation, StoredRoom};
 use crate::{Direction, PageFrom};
 
 /// Map key of an account: `(domain, user)`, so that one domain's users form a
@@ -49,6 +50,8 @@ struct Inner {
     archive: HashMap<Key, BTreeMap<i64, ArchivedMessage>>,
     archive_prefs: HashMap<Key, ArchivePrefs>,
     singletons: HashMap<String, (String, i64)>,
+    /// `(service, room)` → configuration and affiliations by JID.
+    rooms: BTreeMap<Key, (String, BTreeMap<String, (String, String)>)>,
 }
 
 /// The in-memory backend; implements every storage trait.
@@ -397,5 +400,82 @@ mod tests {
         crate::conformance::run(&stores).await;
         // A second run against the same store must not collide with the first.
         crate::conformance::run(&stores).await;
+    }
+}
+
+/// A room's affiliations as rows, sorted by JID.
+fn affiliation_rows(affs: &BTreeMap<String, (String, String)>) -> Vec<RoomAffiliation> {
+    affs.iter()
+        .map(|(jid, (a, r))| RoomAffiliation { jid: jid.clone(), affiliation: a.clone(), reason: r.clone() })
+        .collect()
+}
+
+/// Applies affiliation changes (`none` removes).
+fn apply_affiliations(affs: &mut BTreeMap<String, (String, String)>, changes: &[RoomAffiliation]) {
+    for c in changes {
+        if c.affiliation == "none" {
+            affs.remove(&c.jid);
+        } else {
+            affs.insert(c.jid.clone(), (c.affiliation.clone(), c.reason.clone()));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl MucStore for MemoryStore {
+    async fn create_room(&self, service: &str, room: &str, config: &str, affs: &[RoomAffiliation]) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let k = (service.to_owned(), room.to_owned());
+        if inner.rooms.contains_key(&k) {
+            return Err(Error::AlreadyExists);
+        }
+        let mut map = BTreeMap::new();
+        apply_affiliations(&mut map, affs);
+        inner.rooms.insert(k, (config.to_owned(), map));
+        Ok(())
+    }
+
+    async fn update_room(&self, service: &str, room: &str, config: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let r = inner.rooms.get_mut(&(service.to_owned(), room.to_owned())).ok_or(Error::NotFound)?;
+        r.0 = config.to_owned();
+        Ok(())
+    }
+
+    async fn set_affiliations(&self, service: &str, room: &str, changes: &[RoomAffiliation]) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let r = inner.rooms.get_mut(&(service.to_owned(), room.to_owned())).ok_or(Error::NotFound)?;
+        apply_affiliations(&mut r.1, changes);
+        Ok(())
+    }
+
+    async fn load_room(&self, service: &str, room: &str) -> Result<Option<StoredRoom>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .rooms
+            .get(&(service.to_owned(), room.to_owned()))
+            .map(|(c, a)| StoredRoom { config: c.clone(), affiliations: affiliation_rows(a) }))
+    }
+
+    async fn delete_room(&self, service: &str, room: &str) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        let k = (service.to_owned(), room.to_owned());
+        inner.archive.remove(&k);
+        Ok(inner.rooms.remove(&k).is_some())
+    }
+
+    async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>> {
+        let inner = self.inner.lock();
+        Ok(inner.rooms.iter().filter(|((s, _), _)| s == service).map(|((_, r), (c, _))| (r.clone(), c.clone())).collect())
+    }
+
+    async fn rooms_of(&self, service: &str, jid: &str) -> Result<Vec<(String, String)>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .rooms
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .filter_map(|((_, r), (_, a))| a.get(jid).map(|(aff, _)| (r.clone(), aff.clone())))
+            .collect())
     }
 }
