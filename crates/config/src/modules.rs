@@ -42,6 +42,135 @@ pub struct Modules {
     pub mod_stream_management: Option<SmCfg>,
     /// Message archive (XEP-0313) with preferences (XEP-0441) and retraction (XEP-0424).
     pub mod_mam: Option<MamCfg>,
+    /// Multi-user chat (XEP-0045) on `conference.<host>`.
+    pub mod_muc: Option<MucCfg>,
+}
+
+/// `[modules.mod_muc]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MucCfg {
+    /// The service's domain; `@HOST@` stands for each served host.
+    #[serde(default = "default_muc_host")]
+    pub host: String,
+    /// Most occupants of any room (a room's own `max_users` is capped by it).
+    #[serde(default = "default_muc_max_users")]
+    pub max_users: usize,
+    /// Most messages a room keeps for history on join (a room's own history
+    /// length is capped by it).
+    #[serde(default = "default_muc_history")]
+    pub history_length: usize,
+    /// Stanzas that may wait for one room; more get `resource-constraint`.
+    #[serde(default = "default_muc_queue")]
+    pub room_queue: usize,
+    /// Milliseconds an empty persistent room stays in memory before it is
+    /// stopped (it starts again from storage on the next stanza).
+    #[serde(default = "default_muc_hibernate")]
+    pub hibernate_timeout: u64,
+    /// Rooms are archived (XEP-0313 on the room JID) when mod_mam is enabled too.
+    #[serde(default = "default_true")]
+    pub archive: bool,
+    /// The configuration new rooms start with.
+    #[serde(default)]
+    pub default_room: DefaultRoomCfg,
+}
+
+/// `[modules.mod_muc.default_room]`: the configuration a new room starts with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultRoomCfg {
+    /// Natural-language name.
+    #[serde(default)]
+    pub title: String,
+    /// Short description.
+    #[serde(default)]
+    pub description: String,
+    /// Occupants may change the subject (else moderators only).
+    #[serde(default = "default_true")]
+    pub allow_change_subj: bool,
+    /// Occupants may send private messages (else moderators only).
+    #[serde(default = "default_true")]
+    pub allow_private_messages: bool,
+    /// Listed in the service's disco#items.
+    #[serde(default = "default_true")]
+    pub public: bool,
+    /// Kept in storage when empty and across restarts.
+    #[serde(default)]
+    pub persistent: bool,
+    /// Only participants (not visitors) may speak.
+    #[serde(default)]
+    pub moderated: bool,
+    /// New occupants of a moderated room are participants.
+    #[serde(default = "default_true")]
+    pub members_by_default: bool,
+    /// Only members may enter.
+    #[serde(default)]
+    pub members_only: bool,
+    /// Occupants may invite others (else admins and owners only).
+    #[serde(default)]
+    pub allow_user_invites: bool,
+    /// Real JIDs are shown to every occupant (else to moderators only).
+    #[serde(default)]
+    pub non_anonymous: bool,
+    /// Most occupants.
+    #[serde(default = "default_muc_max_users")]
+    pub max_users: usize,
+    /// Messages kept for history on join.
+    #[serde(default = "default_muc_history")]
+    pub history_length: usize,
+}
+
+fn default_muc_host() -> String {
+    "conference.@HOST@".into()
+}
+fn default_muc_max_users() -> usize {
+    200
+}
+fn default_muc_history() -> usize {
+    20
+}
+fn default_muc_queue() -> usize {
+    1000
+}
+fn default_muc_hibernate() -> u64 {
+    90_000
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DefaultRoomCfg {
+    fn default() -> Self {
+        DefaultRoomCfg {
+            title: String::new(),
+            description: String::new(),
+            allow_change_subj: true,
+            allow_private_messages: true,
+            public: true,
+            persistent: false,
+            moderated: false,
+            members_by_default: true,
+            members_only: false,
+            allow_user_invites: false,
+            non_anonymous: false,
+            max_users: default_muc_max_users(),
+            history_length: default_muc_history(),
+        }
+    }
+}
+
+impl Default for MucCfg {
+    fn default() -> Self {
+        MucCfg {
+            host: default_muc_host(),
+            max_users: default_muc_max_users(),
+            history_length: default_muc_history(),
+            room_queue: default_muc_queue(),
+            hibernate_timeout: default_muc_hibernate(),
+            archive: true,
+            default_room: DefaultRoomCfg::default(),
+        }
+    }
 }
 
 /// `[modules.mod_mam]`
@@ -189,10 +318,26 @@ impl Modules {
             mod_csi: Some(CsiCfg::default()),
             mod_stream_management: Some(SmCfg::default()),
             mod_mam: Some(MamCfg::default()),
+            mod_muc: Some(MucCfg::default()),
         }
     }
 
     pub(crate) fn validate(&self, report: &mut Report<'_>) {
+        if let Some(m) = &self.mod_muc {
+            let host = m.host.replace("@HOST@", "example.org");
+            if host.is_empty() || host.contains(['@', '/', ' ']) || !host.contains('.') {
+                report(None, "modules.mod_muc.host".into(), "must be a domain such as \"conference.@HOST@\"".into());
+            }
+            for (key, v) in [
+                ("max_users", m.max_users),
+                ("room_queue", m.room_queue),
+                ("default_room.max_users", m.default_room.max_users),
+            ] {
+                if v == 0 {
+                    report(None, format!("modules.mod_muc.{key}"), "must be at least 1".into());
+                }
+            }
+        }
         if let Some(p) = &self.mod_ping {
             if p.ping_interval == 0 {
                 report(None, "modules.mod_ping.ping_interval".into(), "must be at least 1 second".into());

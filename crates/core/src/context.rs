@@ -31,14 +31,15 @@ pub struct ServerContext {
     /// Cluster-wide singletons, once a cluster is joined (see [`Self::singletons`]).
     pub cluster_singletons: std::sync::OnceLock<Arc<dyn crate::cluster::Singletons>>,
     next_session: AtomicU64,
+    me: std::sync::Weak<ServerContext>,
 }
 
 impl ServerContext {
     /// Assembles a context. In a cluster, session ids start with 24 bits taken
     /// from the node name, so they are unique across the cluster's nodes.
-    pub fn new(config: Arc<Config>, stores: Stores, hooks: Hooks, router: Arc<dyn Router>) -> Self {
+    pub fn new(config: Arc<Config>, stores: Stores, hooks: Hooks, router: Arc<dyn Router>) -> Arc<Self> {
         let first = config.cluster.as_ref().map_or(0, |c| node_tag(c.node_name.get_ref()) << 40);
-        ServerContext {
+        Arc::new_cyclic(|me| ServerContext {
             config,
             stores,
             hooks,
@@ -47,7 +48,13 @@ impl ServerContext {
             resumptions: Default::default(),
             cluster_singletons: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(first | 1),
-        }
+            me: me.clone(),
+        })
+    }
+
+    /// The context as an `Arc`, for tasks a module starts (e.g. a MUC room).
+    pub fn arc(&self) -> Arc<ServerContext> {
+        self.me.upgrade().expect("a ServerContext lives in the Arc ServerContext::new made")
     }
 
     /// Whether `domain` is served here.

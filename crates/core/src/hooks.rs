@@ -176,6 +176,17 @@ pub trait AccountHooks: Send + Sync + 'static {
     async fn before_remove(&self, ctx: &ServerContext, user: &BareJid);
 }
 
+/// A service with a domain of its own (XEP-0045's `conference.<host>`): the
+/// router hands it every stanza addressed to that domain or to a JID in it.
+#[async_trait::async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// A stanza for the service's domain (`from` and `to` are set). `hops`: how
+    /// often another node forwarded it here already (0 when it was sent on this
+    /// node), so a service that places its entities on cluster nodes forwards a
+    /// stanza a bounded number of times.
+    async fn route(&self, ctx: &ServerContext, st: Stanza, hops: u8);
+}
+
 /// A feature module.
 pub trait Module: Send + Sync + 'static {
     /// The `[modules.NAME]` name.
@@ -199,9 +210,16 @@ pub struct HookRegistry {
     server_info_forms: Vec<Element>,
     modules: Vec<&'static str>,
     event_decoders: Vec<(&'static str, EventDecoder)>,
+    services: Vec<(String, String, Arc<dyn Service>)>,
 }
 
 impl HookRegistry {
+    /// Serves the domain `domain` with `h`; `name` is its disco#items name. A
+    /// domain served twice is a configuration error caught at start.
+    pub fn service(&mut self, domain: String, name: String, h: Arc<dyn Service>) {
+        assert!(self.services.iter().all(|(d, _, _)| *d != domain), "two services for {domain}");
+        self.services.push((domain, name, h));
+    }
     /// Decodes session events that arrive from other cluster nodes as elements in
     /// namespace `ns` (see [`crate::session::Event::to_element`]).
     pub fn event_decoder(&mut self, ns: &'static str, f: EventDecoder) {
@@ -276,6 +294,7 @@ impl HookRegistry {
             server_info_forms: self.server_info_forms,
             modules: self.modules,
             event_decoders: self.event_decoders,
+            services: self.services,
         }
     }
 }
@@ -304,9 +323,20 @@ pub struct Hooks {
     /// Names of running modules.
     pub modules: Vec<&'static str>,
     event_decoders: Vec<(&'static str, EventDecoder)>,
+    services: Vec<(String, String, Arc<dyn Service>)>,
 }
 
 impl Hooks {
+    /// The service serving `domain`, if any.
+    pub fn service(&self, domain: &str) -> Option<&Arc<dyn Service>> {
+        self.services.iter().find(|(d, _, _)| d == domain).map(|(_, _, h)| h)
+    }
+
+    /// Every service's domain and name (the server's disco#items).
+    pub fn services(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.services.iter().map(|(d, n, _)| (d.as_str(), n.as_str()))
+    }
+
     /// The handler for (scope, ns).
     pub fn iq_handler(&self, scope: IqScope, ns: &str) -> Option<&Arc<dyn IqHandler>> {
         self.iq[scope as usize].get(ns)

@@ -6,7 +6,8 @@
 //!   a running module registered with [`HookRegistry::server_feature`], and the
 //!   XEP-0128 forms of [`HookRegistry::server_info_form`] (this module adds the
 //!   XEP-0157 `serverinfo` form when `server_info` is configured).
-//! - `disco#items` to the server: empty (Meerkat hosts no components yet).
+//! - `disco#items` to the server: the services with domains of their own
+//!   ([`HookRegistry::service`], e.g. the MUC service `conference.<host>`).
 //! - `disco#info` to an account's bare JID: identity `account/registered` and the
 //!   features of [`HookRegistry::account_feature`], answered by the server on the
 //!   user's behalf (RFC 6121 §8.5.2.1.3). Answered for existing accounts only
@@ -126,7 +127,7 @@ impl IqHandler for Handler {
         match (self.scope, self.info) {
             (IqScope::Account, info) => account_query(ctx, &req, info).await,
             (_, true) => Ok(Some(server_info(ctx))),
-            (_, false) => Ok(Some(Element::new("query", ns::DISCO_ITEMS))),
+            (_, false) => Ok(Some(server_items(ctx, req.to.domain().as_str()))),
         }
     }
 }
@@ -140,6 +141,18 @@ fn server_info(ctx: &ServerContext) -> Element {
     }
     for form in &ctx.hooks.server_info_forms {
         q.append_child(form.clone());
+    }
+    q
+}
+
+/// XEP-0030 §4.1: the services of this host (their domain is a subdomain of the
+/// host, or a domain served on its behalf).
+fn server_items(ctx: &ServerContext, host: &str) -> Element {
+    let mut q = Element::new("query", ns::DISCO_ITEMS);
+    for (domain, name) in ctx.hooks.services() {
+        if domain.strip_suffix(host).is_some_and(|p| p.ends_with('.')) || ctx.config.hosts().len() == 1 {
+            q.append_child(Element::builder("item", ns::DISCO_ITEMS).attr("jid", domain).attr("name", name).build());
+        }
     }
     q
 }

@@ -14,6 +14,7 @@ pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod private;
@@ -74,8 +75,12 @@ pub fn start(cfg: &Config, reg: &mut HookRegistry) {
     if m.mod_carboncopy.is_some() {
         add(Arc::new(carbons::Carbons), reg);
     }
-    if let Some(c) = &m.mod_mam {
-        add(Arc::new(mam::Mam::new(c.clone())), reg);
+    let mam = m.mod_mam.as_ref().map(|c| Arc::new(mam::Mam::new(c.clone())));
+    if let Some(mam) = &mam {
+        add(mam.clone(), reg);
+    }
+    if let Some(c) = &m.mod_muc {
+        muc::Muc::new(c.clone(), mam.clone()).register_services(cfg, reg);
     }
     if let Some(c) = &m.mod_csi {
         add(Arc::new(csi::Csi::new(c.clone())), reg);

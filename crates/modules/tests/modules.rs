@@ -62,7 +62,7 @@ fn server_with(c: Config) -> Server {
         reg.freeze(),
         Arc::new(meerkat_router::LocalRouter::new()),
     );
-    Server { ctx: Arc::new(ctx) }
+    Server { ctx }
 }
 
 fn xml(s: &str) -> Element {

@@ -399,6 +399,9 @@ impl Router for LocalRouter {
             return;
         };
         if !ctx.is_local_domain(to.domain().as_str()) {
+            if let Some(svc) = ctx.hooks.service(to.domain().as_str()) {
+                return svc.route(ctx, st, 0).await;
+            }
             // No server-to-server yet: RFC 6120 §10.4.
             return self.bounce(ctx, &st, StanzaError::new(StanzaErrorCondition::RemoteServerNotFound)).await;
         }

@@ -45,7 +45,7 @@ pub fn build(cfg: Arc<Config>, stores: Stores) -> Server {
     let mut reg = HookRegistry::default();
     meerkat_modules::start(&cfg, &mut reg);
     let router = Arc::new(LocalRouter::new());
-    let ctx = Arc::new(ServerContext::new(cfg, stores, reg.freeze(), router.clone()));
+    let ctx = ServerContext::new(cfg, stores, reg.freeze(), router.clone());
     Server { ctx, router }
 }
 

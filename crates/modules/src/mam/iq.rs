@@ -132,9 +132,31 @@ impl Mam {
         ns: &'static str,
         owner: &BareJid,
     ) -> IqResult {
+        let (results, fin) = self.query(ctx, owner, req.from, req.payload, ns).await?;
+        if let Some(s) = req.session {
+            for el in results {
+                s.send(el);
+            }
+        }
+        Ok(Some(fin))
+    }
+
+    /// Runs the query `payload` (in `ns`) on `owner`'s archive (a user's or a
+    /// room's) for `requester`, whose right to read it the caller checked.
+    /// Returns the result messages (from `owner` to `requester`, to be sent
+    /// before the IQ result) and the `<fin/>` payload of the IQ result.
+    pub(crate) async fn query(
+        &self,
+        ctx: &ServerContext,
+        owner: &BareJid,
+        requester: &Jid,
+        payload: &Element,
+        ns: &'static str,
+    ) -> Result<(Vec<Element>, Element), StanzaError> {
         let acc = account(owner).ok_or_else(StanzaError::forbidden)?;
-        let mut parsed = parse_query(req.payload, ns, self.cfg.default_result_limit, self.cfg.max_result_limit)?;
+        let mut parsed = parse_query(payload, ns, self.cfg.default_result_limit, self.cfg.max_result_limit)?;
         self.flush(owner).await?;
+        let queryid = payload.attr("queryid");
         let mut wanted: Vec<i64> = parsed.referenced.clone();
         wanted.extend(parsed.ids.iter().flatten());
         if !wanted.is_empty() {
@@ -143,71 +165,72 @@ impl Mam {
             if wanted.iter().any(|id| !found.iter().any(|m| m.id == *id)) {
                 return Err(StanzaError::item_not_found());
             }
-            if let Some(ids) = parsed.ids.take() {
-                let _ = ids;
+            if parsed.ids.take().is_some() {
                 let rows: Vec<ArchivedMessage> = found.into_iter().filter(|m| matches(&parsed.q, m)).collect();
-                return Ok(Some(self.send_page(req, ns, page_of(rows, &parsed.q), parsed.flip)));
+                return Ok(page_messages(owner, requester, queryid, ns, page_of(rows, &parsed.q), parsed.flip));
             }
         }
         let page = ctx.stores.archive.query(acc, &parsed.q).await.map_err(storage_error)?;
-        Ok(Some(self.send_page(req, ns, page, parsed.flip)))
+        Ok(page_messages(owner, requester, queryid, ns, page, parsed.flip))
     }
+}
 
-    /// Queues the result messages for the requester and returns the `<fin/>`.
-    fn send_page(&self, req: IqRequest<'_>, ns: &'static str, page: ArchivePage, flip: bool) -> Element {
-        let queryid = req.payload.attr("queryid").map(str::to_owned);
-        let limits = Limits::default();
-        let mut out = Vec::with_capacity(page.rows.len());
-        for m in &page.rows {
-            let inner = match meerkat_xml::parse_element(&m.stanza, &limits) {
-                Ok(mut el) => {
-                    el.set_ns(ns::CLIENT);
-                    el
-                }
-                Err(e) => {
-                    tracing::error!(id = m.id, error = %e, "archived message does not parse; skipped");
-                    continue;
-                }
-            };
-            let mut result = Element::builder("result", ns).attr("id", encode_id(m.id));
-            if let Some(q) = &queryid {
-                result = result.attr("queryid", q.as_str());
+/// The result messages of a page (from the archive's owner to the requester)
+/// and the `<fin/>`.
+fn page_messages(
+    owner: &BareJid,
+    requester: &Jid,
+    queryid: Option<&str>,
+    ns: &'static str,
+    page: ArchivePage,
+    flip: bool,
+) -> (Vec<Element>, Element) {
+    let limits = Limits::default();
+    let mut out = Vec::with_capacity(page.rows.len());
+    for m in &page.rows {
+        let inner = match meerkat_xml::parse_element(&m.stanza, &limits) {
+            Ok(mut el) => {
+                el.set_ns(ns::CLIENT);
+                el
             }
-            let forwarded = Element::builder("forwarded", ns::FORWARD)
-                .append(Element::builder("delay", ns::DELAY).attr("stamp", stamp(m.id)).build())
-                .append(inner)
-                .build();
-            out.push(
-                Element::builder("message", ns::CLIENT)
-                    .attr("to", req.from.as_str())
-                    .attr("from", req.to.to_bare().as_str())
-                    .attr("id", random_id(12))
-                    .append(result.append(forwarded).build())
-                    .build(),
-            );
-        }
-        if flip {
-            out.reverse();
-        }
-        if let Some(s) = req.session {
-            for el in out {
-                s.send(el);
+            Err(e) => {
+                tracing::error!(id = m.id, error = %e, "archived message does not parse; skipped");
+                continue;
             }
+        };
+        let mut result = Element::builder("result", ns).attr("id", encode_id(m.id));
+        if let Some(q) = queryid {
+            result = result.attr("queryid", q);
         }
-        let mut set = Element::builder("set", NS_RSM);
-        if let (Some(f), Some(l)) = (page.rows.first(), page.rows.last()) {
-            set = set
-                .append(Element::builder("first", NS_RSM).text(encode_id(f.id)).build())
-                .append(Element::builder("last", NS_RSM).text(encode_id(l.id)).build());
-        }
-        let mut fin = Element::builder("fin", ns).attr("complete", if page.complete { "true" } else { "false" });
-        if ns == NS_MAM1 {
-            if let Some(q) = &queryid {
-                fin = fin.attr("queryid", q.as_str());
-            }
-        }
-        fin.append(set.build()).build()
+        let forwarded = Element::builder("forwarded", ns::FORWARD)
+            .append(Element::builder("delay", ns::DELAY).attr("stamp", stamp(m.id)).build())
+            .append(inner)
+            .build();
+        out.push(
+            Element::builder("message", ns::CLIENT)
+                .attr("to", requester.as_str())
+                .attr("from", owner.as_str())
+                .attr("id", random_id(12))
+                .append(result.append(forwarded).build())
+                .build(),
+        );
     }
+    if flip {
+        out.reverse();
+    }
+    let mut set = Element::builder("set", NS_RSM);
+    if let (Some(f), Some(l)) = (page.rows.first(), page.rows.last()) {
+        set = set
+            .append(Element::builder("first", NS_RSM).text(encode_id(f.id)).build())
+            .append(Element::builder("last", NS_RSM).text(encode_id(l.id)).build());
+    }
+    let mut fin = Element::builder("fin", ns).attr("complete", if page.complete { "true" } else { "false" });
+    if ns == NS_MAM1 {
+        if let Some(q) = queryid {
+            fin = fin.attr("queryid", q);
+        }
+    }
+    (out, fin.append(set.build()).build())
 }
 
 /// The delay stamp of an archive id.
@@ -357,7 +380,7 @@ fn parse_rsm(
 }
 
 /// XEP-0082 DateTime (`CCYY-MM-DDThh:mm:ss[.sss]TZD`) in microseconds since the epoch.
-fn parse_datetime(s: &str) -> Option<i64> {
+pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
@@ -413,7 +436,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// §4.1.1: the query form with every supported field.
-fn form(ns: &str) -> Element {
+pub(crate) fn form(ns: &str) -> Element {
     let field =
         |var: &str, ty: &str| Element::builder("field", ns::DATA_FORMS).attr("var", var).attr("type", ty).build();
     let form_type = Element::builder("field", ns::DATA_FORMS)

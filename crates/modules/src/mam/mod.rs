@@ -38,6 +38,7 @@ use parking_lot::RwLock;
 
 use crate::stanza_id::{decode_id, encode_id, new_archive_id};
 use writer::{Check, Op, Writer};
+pub(crate) use iq::{form, parse_datetime};
 
 /// XEP-0313 namespace, version 2.
 pub const NS_MAM2: &str = "urn:xmpp:mam:2";
@@ -151,6 +152,49 @@ impl Mam {
             tombstone: tomb.append(retracted.build()).build().to_string_with_ns(),
         };
         self.writer.push(&ctx.stores, op);
+    }
+}
+
+impl Mam {
+    /// Queues a row of a room's archive (XEP-0313 §6: the room is the owner;
+    /// `msg.sender` is the occupant, `msg.origin_id` the room's stanza id, which
+    /// XEP-0425 moderation refers to).
+    pub(crate) fn archive_room(&self, ctx: &ServerContext, room: &BareJid, msg: ArchivedMessage) {
+        let (Some(user), domain) = (room.node(), room.domain()) else { return };
+        let entry = ArchiveEntry { user: user.as_str().to_owned(), domain: domain.as_str().to_owned(), msg };
+        self.writer.push(&ctx.stores, Op::Append(entry, Check::None));
+    }
+
+    /// Queues the replacement of a room message (by the room's stanza id) with
+    /// a tombstone (XEP-0425).
+    pub(crate) fn tombstone_room(&self, ctx: &ServerContext, room: &BareJid, stanza_id: &str, tombstone: String) {
+        let (Some(user), domain) = (room.node(), room.domain()) else { return };
+        let op = Op::Retract {
+            user: user.as_str().to_owned(),
+            domain: domain.as_str().to_owned(),
+            with: String::new(),
+            direction: Direction::Incoming,
+            origin_id: stanza_id.to_owned(),
+            tombstone,
+        };
+        self.writer.push(&ctx.stores, op);
+    }
+
+    /// The room's newest archived messages, oldest first (history for a room
+    /// that starts again from storage).
+    pub(crate) async fn room_tail(&self, ctx: &ServerContext, room: &BareJid, n: usize) -> Vec<ArchivedMessage> {
+        let Some(acc) = meerkat_core::account(room) else { return Vec::new() };
+        if n == 0 || !self.writer.flush_user(room.as_str(), Duration::from_secs(10)).await {
+            return Vec::new();
+        }
+        let q = meerkat_storage::ArchiveQuery { limit: n, from: meerkat_storage::PageFrom::End, ..Default::default() };
+        match ctx.stores.archive.query(acc, &q).await {
+            Ok(p) => p.rows,
+            Err(e) => {
+                tracing::error!(room = %room, error = %e, "loading a room's history from its archive");
+                Vec::new()
+            }
+        }
     }
 }
 
