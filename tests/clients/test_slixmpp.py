@@ -232,3 +232,69 @@ async def test_message_archive_paged_with_slixmpp_mam(server):
     assert mine == sent
     await a.close()
     await b.close()
+
+
+async def test_group_chat_with_slixmpp_muc(server):
+    """XEP-0045 through slixmpp's xep_0045 plugin: create and configure a room,
+    join, chat, history, affiliations, a kick, and the room's archive."""
+    room = "tea@conference.localhost"
+    owner = Client("alice@localhost/muc", "alice-secret")
+    guest = Client("bob@localhost/muc", "bob-secret")
+    late = Client("carol@localhost/muc", "carol-secret")
+    for c in (owner, guest, late):
+        for p in ("xep_0030", "xep_0045", "xep_0004", "xep_0059", "xep_0313"):
+            c.register_plugin(p)
+    assert await owner.login(server) and await guest.login(server) and await late.login(server)
+    items = await owner.plugin["xep_0030"].get_items(jid="localhost")
+    assert "conference.localhost" in [i[0] for i in items["disco_items"]["items"]]
+
+    # Create: the room is locked (201) until the owner submits the form.
+    muc = owner.plugin["xep_0045"]
+    presence, subject, occupants, history = await muc.join_muc_wait(room, "Alice", timeout=10)
+    assert "201" in [str(s) for s in presence["muc"]["status_codes"]]
+    form = await muc.get_room_config(room)
+    assert "muc#roomconfig_roomname" in [f["var"] for f in form["fields"]]
+    submit = owner.plugin["xep_0004"].make_form(ftype="submit")
+    submit.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+    submit.add_field(var="muc#roomconfig_roomname", value="Tea room")
+    submit.add_field(var="muc#roomconfig_persistentroom", ftype="boolean", value=True)
+    await muc.set_room_config(room, submit)
+    info = await owner.plugin["xep_0030"].get_info(jid=room)
+    features = info["disco_info"]["features"]
+    assert "muc_persistent" in features and "urn:xmpp:mam:2" in features, features
+
+    # Join and chat: both see every message, from the sender's occupant JID.
+    _, _, occupants, _ = await guest.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=10)
+    assert [str(p["from"]) for p in occupants] == [room + "/Alice", room + "/Bob"]
+    for i in range(3):
+        owner.send_message(mto=room, mbody=f"hello {i}", mtype="groupchat")
+    for c in (owner, guest):
+        for i in range(3):
+            m = await c.next_message(pred=lambda m, i=i: m["body"] == f"hello {i}")
+            assert m["type"] == "groupchat" and str(m["from"]) == room + "/Alice"
+
+    # A late joiner gets the last two messages as history.
+    muc_presences = asyncio.Queue()
+    late.add_event_handler("groupchat_presence", muc_presences.put_nowait)
+    _, _, _, history = await late.plugin["xep_0045"].join_muc_wait(room, "Carol", maxstanzas=2, timeout=10)
+    assert [m["body"] for m in history] == ["hello 1", "hello 2"]
+
+    # Affiliations: Bob becomes a member; the owner reads the member list.
+    await muc.set_affiliation(room, "member", jid="bob@localhost")
+    members = await muc.get_affiliation_list(room, "member")
+    assert [str(j) for j in members] == ["bob@localhost"]
+
+    # A kick: Carol is removed with status 307.
+    await muc.set_role(room, "Carol", "none", reason="bye")
+    while True:
+        p = await asyncio.wait_for(muc_presences.get(), 5)
+        if p["type"] == "unavailable" and str(p["from"]) == room + "/Carol":
+            break
+    assert "307" in [str(s) for s in p["muc"]["status_codes"]]
+
+    # The room's archive, paged through slixmpp's MAM iterator.
+    archived = [m["mam_result"]["forwarded"]["stanza"]["body"]
+                async for m in guest.plugin["xep_0313"].iterate(jid=room, rsm={"max": 2})]
+    assert archived == ["hello 0", "hello 1", "hello 2"], archived
+    for c in (owner, guest, late):
+        await c.close()
