@@ -117,6 +117,8 @@ pub(crate) struct Node {
     alive: Alive,
     /// Singletons this node owns.
     held: Held,
+    /// Stanzas for this node's services (MUC rooms), handed over in order.
+    services: mpsc::UnboundedSender<(Stanza, u8)>,
 }
 
 impl Node {
@@ -136,6 +138,8 @@ impl Node {
         let inc = random_u64();
         let alive: Alive = Default::default();
         alive.write().insert(me.clone(), inc);
+        let (services, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(serve_services(ctx.clone(), inbox));
         Ok(Node {
             ctx,
             router,
@@ -155,6 +159,7 @@ impl Node {
             next_req: 1,
             alive,
             held: Default::default(),
+            services,
         })
     }
 
@@ -290,9 +295,16 @@ impl Node {
     async fn forward(&mut self, node: NodeName, what: Forward) {
         let Some(peer) = self.peers.get_mut(&node) else {
             // The node was lost between the routing decision and now.
-            if let Forward::Stanza { to, stanza, hops, fallback: true } = what {
-                let (ctx, router) = (self.ctx.clone(), self.router.clone());
-                tokio::spawn(async move { router.route_fallback(&ctx, to, stanza, hops).await });
+            match what {
+                Forward::Stanza { to, stanza, hops, fallback: true } => {
+                    let (ctx, router) = (self.ctx.clone(), self.router.clone());
+                    tokio::spawn(async move { router.route_fallback(&ctx, to, stanza, hops).await });
+                }
+                // The room's node is gone: the service here claims it again.
+                Forward::Service { stanza, hops } => {
+                    let _ = self.services.send((stanza, hops));
+                }
+                _ => {}
             }
             return;
         };
@@ -530,6 +542,10 @@ impl Node {
     /// Delivers forwarded traffic here.
     fn deliver(&self, payload: Payload) {
         let Some(what) = decode_forward(&self.ctx, payload) else { return };
+        if let Forward::Service { stanza, hops } = what {
+            let _ = self.services.send((stanza, hops));
+            return;
+        }
         if let Some((to, st, hops)) = self.router.deliver_forwarded(what) {
             let (ctx, router) = (self.ctx.clone(), self.router.clone());
             tokio::spawn(async move { router.route_fallback(&ctx, to, st, hops).await });
@@ -540,6 +556,13 @@ impl Node {
     /// the table by now: offline storage, another resource, or an error).
     async fn reroute(&self, data: Bytes) {
         let Some(Envelope { msg: Msg::Data { payload, .. }, .. }) = Envelope::decode(&data) else { return };
+        if let Payload::Service { xml, hops } = payload {
+            // A room of the lost node: its service here claims the room again.
+            if let Ok(el) = meerkat_xml::parse_element(&xml, &peer_limits()) {
+                let _ = self.services.send((Stanza::from_trusted(el), hops));
+            }
+            return;
+        }
         // A copy without fallback was one of several whose others were taken.
         let Payload::Stanza { to, xml, hops, fallback: true } = payload else { return };
         let (Ok(to), Ok(el)) = (FullJid::new(&to), meerkat_xml::parse_element(&xml, &peer_limits())) else { return };
@@ -636,12 +659,25 @@ async fn broadcast_unavailable(ctx: &ServerContext, jid: &FullJid) {
     }
 }
 
+/// Hands stanzas forwarded to this node's services (MUC rooms) to the service
+/// of their domain, one at a time, so a room sees them in the order sent.
+async fn serve_services(ctx: Arc<ServerContext>, mut inbox: mpsc::UnboundedReceiver<(Stanza, u8)>) {
+    while let Some((st, hops)) = inbox.recv().await {
+        let Some(domain) = st.to.as_ref().map(|t| t.domain().as_str().to_owned()) else { continue };
+        match ctx.hooks.service(&domain) {
+            Some(svc) => svc.route(&ctx, st, hops).await,
+            None => tracing::warn!(%domain, "a stanza forwarded for a service this node does not run"),
+        }
+    }
+}
+
 /// A forward in its wire form; `None` for a session event that stays on its node.
 fn encode_forward(what: Forward) -> Option<Payload> {
     Some(match what {
         Forward::Stanza { to, stanza, fallback, hops } => {
             Payload::Stanza { to: to.to_string(), xml: stanza.el.to_string_with_ns(), fallback, hops }
         }
+        Forward::Service { stanza, hops } => Payload::Service { xml: stanza.el.to_string_with_ns(), hops },
         Forward::Msg { to, msg } => {
             let to = match to {
                 MsgTarget::Session(jid, id) => Target::Session { jid: jid.to_string(), id: id.0 },
@@ -679,6 +715,14 @@ fn decode_forward(ctx: &ServerContext, p: Payload) -> Option<Forward> {
             let Ok(to) = FullJid::new(&to) else { return bad("stanza address") };
             let Ok(el) = meerkat_xml::parse_element(&xml, &peer_limits()) else { return bad("stanza") };
             Forward::Stanza { to, stanza: Stanza::from_trusted(el), fallback, hops }
+        }
+        Payload::Service { xml, hops } => {
+            let Ok(el) = meerkat_xml::parse_element(&xml, &peer_limits()) else { return bad("service stanza") };
+            let st = Stanza::from_trusted(el);
+            if st.to.is_none() || st.from.is_none() {
+                return bad("service stanza address");
+            }
+            Forward::Service { stanza: st, hops }
         }
         Payload::Msg { to, msg } => {
             let to = match to {

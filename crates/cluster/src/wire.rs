@@ -53,6 +53,8 @@ pub enum Payload {
     Stanza { to: String, xml: String, fallback: bool, hops: u8 },
     /// A session message.
     Msg { to: Target, msg: SessionMsgWire },
+    /// A stanza for a service entity (a MUC room) run by the receiving node.
+    Service { xml: String, hops: u8 },
 }
 
 /// A cluster message.
@@ -250,6 +252,11 @@ impl Envelope {
                         w.u8(u8::from(*fallback));
                         w.u8(*hops);
                     }
+                    Payload::Service { xml, hops } => {
+                        w.u8(3);
+                        w.str(xml);
+                        w.u8(*hops);
+                    }
                     Payload::Msg { to, msg } => {
                         w.u8(2);
                         match to {
@@ -342,6 +349,7 @@ impl Envelope {
                         };
                         Payload::Msg { to, msg }
                     }
+                    3 => Payload::Service { xml: r.str()?, hops: r.u8()? },
                     _ => return None,
                 };
                 Msg::Data { to_inc, epoch, seq, payload }
@@ -405,6 +413,12 @@ mod tests {
             });
             roundtrip(Msg::Data { to_inc: 5, epoch: 8, seq: 6, payload: Payload::Msg { to: Target::User { bare: "a@b".into() }, msg } });
         }
+        roundtrip(Msg::Data {
+            to_inc: 5,
+            epoch: 8,
+            seq: 7,
+            payload: Payload::Service { xml: "<presence to='r@conference.b/n'/>".into(), hops: 1 },
+        });
         roundtrip(Msg::Ack { to_inc: 1, epoch: 2, seq: 99 });
         roundtrip(Msg::Took { key: "room@conference.example".into(), from: "n1 5".into() });
     }

@@ -43,6 +43,15 @@ pub enum Forward {
         /// Forwards so far (0 for the first).
         hops: u8,
     },
+    /// A stanza for an entity of a service (a MUC room) that the receiving
+    /// node runs: it goes to that node's service for the stanza's domain, in the
+    /// order sent. `hops` counts forwards as for [`Forward::Stanza`].
+    Service {
+        /// The stanza.
+        stanza: Stanza,
+        /// Forwards so far, this one included.
+        hops: u8,
+    },
     /// A session message (an event, `Replaced`, a kick).
     Msg {
         /// Who it is for.

@@ -60,6 +60,11 @@ pub trait Router: Send + Sync + 'static {
     fn send(&self, jid: &FullJid, msg: SessionMsg) -> bool;
     /// Sends a message to every session of a user; returns how many took it.
     fn send_all(&self, bare: &BareJid, msg: &dyn Fn() -> SessionMsg) -> usize;
+    /// Sends a stanza for a service entity (a MUC room) to the cluster node
+    /// that runs it, where it reaches the service of its domain. Gives it back
+    /// on a single node.
+    #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
+    fn forward_to_node(&self, node: &crate::cluster::NodeName, st: Stanza, hops: u8) -> Result<(), Stanza>;
     /// Number of sessions on this node.
     fn session_count(&self) -> usize;
     /// Number of sessions of one user (cheap: no copies).

@@ -490,6 +490,16 @@ impl Router for LocalRouter {
         n
     }
 
+    fn forward_to_node(&self, node: &NodeName, st: Stanza, hops: u8) -> Result<(), Stanza> {
+        match self.cluster.get() {
+            Some(link) => {
+                link.forward(node, Forward::Service { stanza: st, hops });
+                Ok(())
+            }
+            None => Err(st),
+        }
+    }
+
     fn session_count(&self) -> usize {
         self.table.len()
     }

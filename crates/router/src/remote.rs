@@ -55,6 +55,8 @@ impl LocalRouter {
                 };
                 fallback.then_some((to, back, hops))
             }
+            // The cluster transport hands these to the services itself, in order.
+            Forward::Service { .. } => None,
             Forward::Msg { to: MsgTarget::Session(jid, id), msg } => {
                 let h = self.table().with_session(&jid, |e| e.local().filter(|h| h.id == id).cloned()).flatten();
                 if let Some(h) = h {

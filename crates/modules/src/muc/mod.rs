@@ -14,6 +14,10 @@
 //!
 //! In a cluster a room runs on one node at a time: the room task claims the
 //! room as a cluster-wide singleton before loading it (`ServerContext::singletons`).
+//! On the other nodes the room's task forwards its stanzas, in order, to the
+//! owner (`Router::forward_to_node`), asking again every second who owns the
+//! room, so the rooms of a lost node are taken over by the next node that gets
+//! traffic for them (persistent rooms come back from storage).
 
 mod config;
 mod room;
@@ -73,7 +77,7 @@ struct Summary {
 }
 
 struct Slot {
-    tx: mpsc::Sender<Stanza>,
+    tx: mpsc::Sender<(Stanza, u8)>,
     summary: Arc<Mutex<Summary>>,
 }
 
@@ -102,7 +106,7 @@ impl Muc {
     }
 
     /// Queues a stanza for its room, starting the room's task if needed.
-    fn dispatch(&self, ctx: &ServerContext, room: BareJid, st: Stanza) -> Result<(), Stanza> {
+    fn dispatch(&self, ctx: &ServerContext, room: BareJid, st: Stanza, hops: u8) -> Result<(), Stanza> {
         let mut rooms = self.rooms.lock();
         let slot = rooms.entry(room.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(self.cfg.room_queue);
@@ -111,17 +115,17 @@ impl Muc {
             tokio::spawn(run_room(svc, ctx.arc(), room.clone(), rx, summary.clone()));
             Slot { tx, summary }
         });
-        match slot.tx.try_send(st) {
+        match slot.tx.try_send((st, hops)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(st)) => Err(st),
+            Err(TrySendError::Full((st, _))) => Err(st),
             // A room task ends only after removing its slot under this lock.
-            Err(TrySendError::Closed(st)) => Err(st),
+            Err(TrySendError::Closed((st, _))) => Err(st),
         }
     }
 
     /// Removes a room's slot if nothing waits in its queue (then no stanza can
     /// reach the task any more); `false` if the task must go on.
-    fn retire(&self, room: &BareJid, rx: &mpsc::Receiver<Stanza>) -> bool {
+    fn retire(&self, room: &BareJid, rx: &mpsc::Receiver<(Stanza, u8)>) -> bool {
         let mut rooms = self.rooms.lock();
         if !rx.is_empty() {
             return false;
@@ -246,8 +250,7 @@ impl Service for Muc {
             return;
         }
         let room = to.to_bare();
-        let _ = hops;
-        if let Err(st) = self.dispatch(ctx, room, st) {
+        if let Err(st) = self.dispatch(ctx, room, st, hops) {
             // The room's queue is full: the sender may try again later.
             if let Some(e) = st.error_reply(
                 &StanzaError::new(StanzaErrorCondition::ResourceConstraint)
@@ -262,62 +265,119 @@ impl Service for Muc {
     }
 }
 
-/// The task of one room: claims it in the cluster, loads it, answers its
-/// stanzas in order, and stops when the room is empty (after
-/// `hibernate_timeout` for a persistent room) or was destroyed.
+/// A stanza for a room is forwarded between nodes at most this often, so two
+/// nodes that briefly disagree on a room's owner cannot bounce it forever.
+const MAX_HOPS: u8 = 2;
+
+/// How often a node that forwards a room's stanzas to its owner asks again who
+/// owns it (a lost owner's rooms are taken over by the next claim).
+const OWNER_RECHECK: Duration = Duration::from_secs(1);
+
+/// The task of one room: claims it in the cluster; runs it if this node owns
+/// it, else forwards its stanzas to the owner; stops when the room is empty
+/// (after `hibernate_timeout` for a persistent room), was destroyed, or gets
+/// no traffic.
 async fn run_room(
     svc: Arc<Muc>,
     ctx: Arc<ServerContext>,
     jid: BareJid,
-    mut rx: mpsc::Receiver<Stanza>,
+    mut rx: mpsc::Receiver<(Stanza, u8)>,
     summary: Arc<Mutex<Summary>>,
 ) {
     let key = format!("muc:{jid}");
-    let mut lease = match ctx.singletons().claim(&key).await {
-        Ok(Owner::Me(lease)) => lease,
-        Ok(Owner::Node(node)) => {
-            // Another node runs the room. Forwarding rooms' traffic between
-            // nodes is not built yet: the sender is told to retry.
-            tracing::warn!(room = %jid, %node, "room owned by another node; cross-node rooms are not supported yet");
-            let e = StanzaError::service_unavailable().with_type(ErrorType::Wait).with_text("the room runs on another node");
-            fail_all(&svc, &ctx, &jid, &mut rx, e).await;
-            return;
+    loop {
+        match ctx.singletons().claim(&key).await {
+            Ok(Owner::Me(lease)) => {
+                run_owned(&svc, &ctx, &jid, &mut rx, &summary, lease).await;
+                ctx.singletons().release(&key).await;
+                return;
+            }
+            Ok(Owner::Node(node)) => {
+                if forward_to_owner(&svc, &ctx, &jid, &mut rx, &node).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(room = %jid, error = %e, "claiming a room in the cluster");
+                fail_all(&svc, &ctx, &jid, &mut rx, StanzaError::internal().with_type(ErrorType::Wait)).await;
+                return;
+            }
         }
-        Err(e) => {
-            tracing::error!(room = %jid, error = %e, "claiming a room in the cluster");
-            fail_all(&svc, &ctx, &jid, &mut rx, StanzaError::internal().with_type(ErrorType::Wait)).await;
-            return;
+    }
+}
+
+/// Forwards the room's stanzas to the node that runs it. Returns `true` when
+/// the task may end (no traffic for a while), `false` to claim again.
+async fn forward_to_owner(
+    svc: &Muc,
+    ctx: &ServerContext,
+    jid: &BareJid,
+    rx: &mut mpsc::Receiver<(Stanza, u8)>,
+    node: &meerkat_core::cluster::NodeName,
+) -> bool {
+    let recheck = tokio::time::sleep(OWNER_RECHECK);
+    tokio::pin!(recheck);
+    let mut forwarded = false;
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let Some((st, hops)) = m else { return true };
+                forwarded = true;
+                if hops >= MAX_HOPS {
+                    tracing::warn!(room = %jid, %node, "not forwarding a room's stanza again");
+                    let e = StanzaError::service_unavailable().with_type(ErrorType::Wait).with_text("the room is moving between nodes");
+                    if let Some(e) = st.error_reply(&e) {
+                        ctx.route(e).await;
+                    }
+                } else if let Err(st) = ctx.router.forward_to_node(node, st, hops + 1) {
+                    if let Some(e) = st.error_reply(&StanzaError::internal()) {
+                        ctx.route(e).await;
+                    }
+                }
+            }
+            () = &mut recheck => {
+                if !forwarded && svc.retire(jid, rx) {
+                    return true;
+                }
+                return false;
+            }
         }
-    };
-    let env = Env { ctx: &ctx, svc: &svc, mam: svc.mam.as_deref() };
-    let mut room = match load(&env, &jid).await {
+    }
+}
+
+/// Runs a room this node owns until it stops or another node takes it over.
+async fn run_owned(
+    svc: &Arc<Muc>,
+    ctx: &Arc<ServerContext>,
+    jid: &BareJid,
+    rx: &mut mpsc::Receiver<(Stanza, u8)>,
+    summary: &Mutex<Summary>,
+    mut lease: meerkat_core::cluster::Lease,
+) {
+    let env = Env { ctx, svc, mam: svc.mam.as_deref() };
+    let mut room = match load(&env, jid).await {
         Ok(r) => r,
-        Err(e) => {
-            fail_all(&svc, &ctx, &jid, &mut rx, e).await;
-            ctx.singletons().release(&key).await;
-            return;
-        }
+        Err(e) => return fail_all(svc, ctx, jid, rx, e).await,
     };
     let hibernate = Duration::from_millis(svc.cfg.hibernate_timeout);
     loop {
         let idle = room.as_ref().is_none_or(Room::is_empty);
         tokio::select! {
-            st = rx.recv() => {
-                let Some(st) = st else { break };
+            m = rx.recv() => {
+                let Some((st, _hops)) = m else { return };
                 handle(&env, &mut room, st).await;
             }
             () = tokio::time::sleep(hibernate), if idle => {
-                if svc.retire(&jid, &rx) {
-                    break;
+                if svc.retire(jid, rx) {
+                    return;
                 }
             }
             () = lease.lost() => {
-                // Another node took the room over (this node was taken for lost):
-                // it runs there now, from storage.
+                // Another node took the room over (this node was taken for lost,
+                // e.g. cut off by a partition): it runs there now, from storage.
                 tracing::warn!(room = %jid, "room taken over by another node; stopping here");
                 let e = StanzaError::service_unavailable().with_type(ErrorType::Wait).with_text("the room moved to another node");
-                fail_all(&svc, &ctx, &jid, &mut rx, e).await;
-                return;
+                return fail_all(svc, ctx, jid, rx, e).await;
             }
         }
         if room.as_ref().is_some_and(|r| r.destroyed || (r.is_empty() && !r.cfg.persistent)) {
@@ -327,11 +387,10 @@ async fn run_room(
             Some(r) => Summary { exists: true, public: r.cfg.public, name: r.cfg.name.clone() },
             None => Summary::default(),
         };
-        if room.is_none() && svc.retire(&jid, &rx) {
-            break;
+        if room.is_none() && svc.retire(jid, rx) {
+            return;
         }
     }
-    ctx.singletons().release(&key).await;
 }
 
 /// Loads a stored room, or `None` when there is none.
@@ -395,9 +454,9 @@ async fn handle(env: &Env<'_>, room: &mut Option<Room>, st: Stanza) {
 }
 
 /// Answers every queued stanza with `err` and stops the room's task.
-async fn fail_all(svc: &Muc, ctx: &ServerContext, jid: &BareJid, rx: &mut mpsc::Receiver<Stanza>, err: StanzaError) {
+async fn fail_all(svc: &Muc, ctx: &ServerContext, jid: &BareJid, rx: &mut mpsc::Receiver<(Stanza, u8)>, err: StanzaError) {
     loop {
-        while let Ok(st) = rx.try_recv() {
+        while let Ok((st, _)) = rx.try_recv() {
             if let Some(e) = st.error_reply(&err) {
                 ctx.route(e).await;
             }
