@@ -528,7 +528,8 @@ impl Node {
         for e in &snapshot {
             let Ok(jid) = FullJid::new(&e.jid) else { continue };
             self.router.remote_added(name.clone(), jid.clone(), SessionId(e.id), e.since);
-            let p = e.presence.as_deref().and_then(|x| meerkat_xml::parse_element(x, &peer_limits()).ok()).map(Arc::new);
+            let p =
+                e.presence.as_deref().and_then(|x| meerkat_xml::parse_element(x, &peer_limits()).ok()).map(Arc::new);
             self.router.remote_presence(&jid, SessionId(e.id), e.priority, p);
         }
         tracing::info!(node = %name, sessions = snapshot.len(), "cluster node's sessions known");
@@ -752,4 +753,3 @@ fn decode_forward(ctx: &ServerContext, p: Payload) -> Option<Forward> {
         }
     })
 }
-

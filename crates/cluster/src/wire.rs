@@ -309,7 +309,13 @@ impl Envelope {
             1 => Msg::Heartbeat { seq: r.u64()? },
             2 => Msg::Added { seq: r.u64()?, jid: r.str()?, id: r.u64()?, since: r.u64()? },
             3 => Msg::Removed { seq: r.u64()?, jid: r.str()?, id: r.u64()? },
-            4 => Msg::Presence { seq: r.u64()?, jid: r.str()?, id: r.u64()?, priority: r.u8()? as i8, presence: r.opt()? },
+            4 => Msg::Presence {
+                seq: r.u64()?,
+                jid: r.str()?,
+                id: r.u64()?,
+                priority: r.u8()? as i8,
+                presence: r.opt()?,
+            },
             5 => Msg::Bye,
             6 => Msg::SyncRequest { req: r.u64()? },
             7 => {
@@ -381,7 +387,13 @@ mod tests {
         roundtrip(Msg::Heartbeat { seq: 7 });
         roundtrip(Msg::Added { seq: 1, jid: "a@b/c".into(), id: 9, since: 123 });
         roundtrip(Msg::Removed { seq: 2, jid: "a@b/c".into(), id: 9 });
-        roundtrip(Msg::Presence { seq: 3, jid: "a@b/c".into(), id: 9, priority: -5, presence: Some("<presence/>".into()) });
+        roundtrip(Msg::Presence {
+            seq: 3,
+            jid: "a@b/c".into(),
+            id: 9,
+            priority: -5,
+            presence: Some("<presence/>".into()),
+        });
         roundtrip(Msg::Presence { seq: 3, jid: "a@b/c".into(), id: 9, priority: 0, presence: None });
         roundtrip(Msg::Bye);
         roundtrip(Msg::SyncRequest { req: 3 });
@@ -411,7 +423,12 @@ mod tests {
                 seq: 6,
                 payload: Payload::Msg { to: Target::Session { jid: "a@b/c".into(), id: 3 }, msg: msg.clone() },
             });
-            roundtrip(Msg::Data { to_inc: 5, epoch: 8, seq: 6, payload: Payload::Msg { to: Target::User { bare: "a@b".into() }, msg } });
+            roundtrip(Msg::Data {
+                to_inc: 5,
+                epoch: 8,
+                seq: 6,
+                payload: Payload::Msg { to: Target::User { bare: "a@b".into() }, msg },
+            });
         }
         roundtrip(Msg::Data {
             to_inc: 5,
@@ -432,7 +449,8 @@ mod tests {
         .unwrap();
         let b = Envelope::encode_stanza("n1", 1, 2, 3, 4, "a@b/c", &el, true, 1);
         let e = Envelope::decode(&b).unwrap();
-        let Msg::Data { to_inc: 2, epoch: 3, seq: 4, payload: Payload::Stanza { to, xml, fallback: true, hops: 1 } } = e.msg
+        let Msg::Data { to_inc: 2, epoch: 3, seq: 4, payload: Payload::Stanza { to, xml, fallback: true, hops: 1 } } =
+            e.msg
         else {
             panic!("{e:?}")
         };

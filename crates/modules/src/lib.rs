@@ -19,6 +19,7 @@ pub mod offline;
 pub mod ping;
 pub mod private;
 pub mod register;
+mod rooms;
 pub mod roster;
 pub mod stanza_id;
 pub mod time;
@@ -80,7 +81,7 @@ pub fn start(cfg: &Config, reg: &mut HookRegistry) {
         add(mam.clone(), reg);
     }
     if let Some(c) = &m.mod_muc {
-        muc::Muc::new(c.clone(), mam.clone()).register_services(cfg, reg);
+        muc::Muc::start(c.clone(), mam.clone(), cfg, reg);
     }
     if let Some(c) = &m.mod_csi {
         add(Arc::new(csi::Csi::new(c.clone())), reg);

@@ -302,7 +302,6 @@ impl Client {
     }
 }
 
-
 /// The defined condition of an error stanza.
 fn condition(el: &Element) -> Option<String> {
     let e = el.get_child("error", ns::CLIENT)?;

@@ -86,5 +86,4 @@ impl LocalRouter {
     pub async fn route_fallback(&self, ctx: &ServerContext, to: FullJid, st: Stanza, hops: u8) {
         self.route_forwarded(ctx, Jid::from(to), st, hops).await;
     }
-
 }

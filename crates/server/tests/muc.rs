@@ -31,7 +31,9 @@ async fn users(s: &TestServer, names: &[&str]) {
 
 fn codes(p: &Element) -> Vec<String> {
     p.get_child("x", MUC_USER)
-        .map(|x| x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code").map(str::to_owned)).collect())
+        .map(|x| {
+            x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code").map(str::to_owned)).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -98,10 +100,23 @@ async fn create_join_chat_history_subject() {
     let mut carol = online(&s, "carol").await;
 
     // The server lists the MUC service; the service describes itself.
-    let items = iq(&mut alice, "it", "<iq type='get' to='localhost' id='it'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    let items = iq(
+        &mut alice,
+        "it",
+        "<iq type='get' to='localhost' id='it'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+    )
+    .await;
     assert!(items.to_string().contains("conference.localhost"), "{items}");
-    let info = iq(&mut alice, "si", "<iq type='get' to='conference.localhost' id='si'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
-    assert!(info.to_string().contains("category=\"conference\"") || info.to_string().contains("category='conference'"), "{info}");
+    let info = iq(
+        &mut alice,
+        "si",
+        "<iq type='get' to='conference.localhost' id='si'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+    )
+    .await;
+    assert!(
+        info.to_string().contains("category=\"conference\"") || info.to_string().contains("category='conference'"),
+        "{info}"
+    );
 
     // A new room is locked until its owner configures it.
     alice.send(&format!("<presence to='{ROOM}/Alice'><x xmlns='{MUC}'/></presence>")).await;
@@ -112,7 +127,12 @@ async fn create_join_chat_history_subject() {
     let e = bob.expect_where(|e| e.name() == "presence").await;
     assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"), "{e}");
     // The owner asks for the form and submits it.
-    let form = iq(&mut alice, "f", &format!("<iq type='get' to='{ROOM}' id='f'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>")).await;
+    let form = iq(
+        &mut alice,
+        "f",
+        &format!("<iq type='get' to='{ROOM}' id='f'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>"),
+    )
+    .await;
     assert!(form.to_string().contains("muc#roomconfig_roomname"), "{form}");
     configure(&mut alice, ROOM, "<field var='muc#roomconfig_roomname'><value>The Lobby</value></field>").await;
 
@@ -126,7 +146,9 @@ async fn create_join_chat_history_subject() {
     assert_eq!(codes(&seen[1]), ["110", "170"]);
     assert_eq!(muc_item(&seen[1]).and_then(|i| i.attr("role")), Some("participant"));
     // The moderator sees Bob's real JID.
-    let p = alice.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("lobby@conference.localhost/Bob")).await;
+    let p = alice
+        .expect_where(|e| e.name() == "presence" && e.attr("from") == Some("lobby@conference.localhost/Bob"))
+        .await;
     assert_eq!(muc_item(&p).and_then(|i| i.attr("jid")), Some("bob@localhost/r"));
 
     // Group chat: everyone gets it, with the room's stanza id and the occupant id.
@@ -185,8 +207,17 @@ async fn create_join_chat_history_subject() {
     carol.send(&format!("<presence to='{ROOM}/Carol' type='unavailable'/>")).await;
     let p = carol.expect_where(|e| e.name() == "presence").await;
     assert_eq!((p.attr("type"), codes(&p)), (Some("unavailable"), vec!["110".to_owned()]));
-    alice.expect_where(|e| e.attr("from") == Some("lobby@conference.localhost/Carol") && e.attr("type") == Some("unavailable")).await;
-    let info = iq(&mut alice, "ri", &format!("<iq type='get' to='{ROOM}' id='ri'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")).await;
+    alice
+        .expect_where(|e| {
+            e.attr("from") == Some("lobby@conference.localhost/Carol") && e.attr("type") == Some("unavailable")
+        })
+        .await;
+    let info = iq(
+        &mut alice,
+        "ri",
+        &format!("<iq type='get' to='{ROOM}' id='ri'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+    )
+    .await;
     let t = info.to_string();
     assert!(t.contains("The Lobby") && t.contains("muc_temporary") && t.contains("urn:xmpp:mam:2"), "{t}");
     let rooms = iq(&mut alice, "ri2", "<iq type='get' to='conference.localhost' id='ri2'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
@@ -200,7 +231,12 @@ async fn create_join_chat_history_subject() {
     alice.send(&format!("<presence to='{ROOM}/Alice' type='unavailable'/>")).await;
     alice.expect_where(|e| e.name() == "presence").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let gone = iq(&mut carol, "g", &format!("<iq type='get' to='{ROOM}' id='g'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")).await;
+    let gone = iq(
+        &mut carol,
+        "g",
+        &format!("<iq type='get' to='{ROOM}' id='g'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+    )
+    .await;
     assert_eq!(error_condition(&gone).as_deref(), Some("item-not-found"), "{gone}");
     s.stop().await;
 }
@@ -237,7 +273,12 @@ async fn bad_input_gets_the_xep_errors() {
     let e = owner.expect_where(|e| e.attr("id") == Some("bad")).await;
     assert_eq!(error_condition(&e).as_deref(), Some("bad-request"), "{e}");
     // A non-owner asking for the configuration.
-    let e = iq(&mut bob, "nf", &format!("<iq type='get' to='{ROOM}' id='nf'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>")).await;
+    let e = iq(
+        &mut bob,
+        "nf",
+        &format!("<iq type='get' to='{ROOM}' id='nf'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>"),
+    )
+    .await;
     assert_eq!(error_condition(&e).as_deref(), Some("forbidden"));
 
     // Password protection.
@@ -324,7 +365,9 @@ async fn roles_affiliations_invitations_moderation_destroy() {
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
-    let p = carol.expect_where(|e| e.name() == "presence" && e.attr("from") == Some("lobby@conference.localhost/Bob")).await;
+    let p = carol
+        .expect_where(|e| e.name() == "presence" && e.attr("from") == Some("lobby@conference.localhost/Bob"))
+        .await;
     assert_eq!(muc_item(&p).map(|i| (i.attr("affiliation"), i.attr("role"))), Some((Some("admin"), Some("moderator"))));
     // Bob (moderator) kicks Carol: 307 with the actor and reason.
     let r = iq(
@@ -358,16 +401,22 @@ async fn roles_affiliations_invitations_moderation_destroy() {
     // Dave declines; Bob learns it.
     dave.send(&format!("<message to='{ROOM}'><x xmlns='{MUC_USER}'><decline to='bob@localhost'><reason>busy</reason></decline></x></message>")).await;
     let d = bob.expect_where(|e| e.name() == "message" && e.has_child("x", MUC_USER)).await;
-    assert_eq!(d.get_child("x", MUC_USER).and_then(|x| x.get_child("decline", MUC_USER)).and_then(|d| d.attr("from")), Some("dave@localhost"));
+    assert_eq!(
+        d.get_child("x", MUC_USER).and_then(|x| x.get_child("decline", MUC_USER)).and_then(|d| d.attr("from")),
+        Some("dave@localhost")
+    );
     // A direct invitation (XEP-0249) travels from client to client.
     bob.send("<message to='dave@localhost/r' id='di'><x xmlns='jabber:x:conference' jid='lobby@conference.localhost'/></message>").await;
     let di = dave.expect_where(|e| e.attr("id") == Some("di")).await;
     assert!(di.has_child("x", "jabber:x:conference"));
 
     // Self-ping (XEP-0410): joined → result; not joined → not-acceptable.
-    let r = iq(&mut bob, "sp", &format!("<iq type='get' to='{ROOM}/Bob' id='sp'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+    let r =
+        iq(&mut bob, "sp", &format!("<iq type='get' to='{ROOM}/Bob' id='sp'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
-    let r = iq(&mut carol, "sp2", &format!("<iq type='get' to='{ROOM}/Carol' id='sp2'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+    let r =
+        iq(&mut carol, "sp2", &format!("<iq type='get' to='{ROOM}/Carol' id='sp2'><ping xmlns='urn:xmpp:ping'/></iq>"))
+            .await;
     assert_eq!(error_condition(&r).as_deref(), Some("not-acceptable"), "{r}");
 
     // Moderation (XEP-0425): the owner retracts Bob's message; everyone sees the retraction.
@@ -394,7 +443,12 @@ async fn roles_affiliations_invitations_moderation_destroy() {
     .await;
     assert_eq!(error_condition(&e).as_deref(), Some("forbidden"));
     // The room archive (XEP-0313 on the room JID) holds the tombstone, not the text.
-    let r = iq(&mut dave, "q", &format!("<iq type='set' to='{ROOM}' id='q'><query xmlns='urn:xmpp:mam:2' queryid='qq'/></iq>")).await;
+    let r = iq(
+        &mut dave,
+        "q",
+        &format!("<iq type='set' to='{ROOM}' id='q'><query xmlns='urn:xmpp:mam:2' queryid='qq'/></iq>"),
+    )
+    .await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     let fin = r.get_child("fin", "urn:xmpp:mam:2").expect("fin");
     assert_eq!(fin.attr("complete"), Some("true"));
@@ -442,21 +496,33 @@ async fn room_archive_pages_and_is_read_protected() {
             if e.name() == "iq" && e.attr("id") == Some("p") {
                 assert_eq!(e.attr("type"), Some("result"), "{e}");
                 let fin = e.get_child("fin", "urn:xmpp:mam:2").unwrap();
-                after = fin.get_child("set", "http://jabber.org/protocol/rsm").and_then(|s| s.child_text("last", "http://jabber.org/protocol/rsm")).unwrap_or_default();
+                after = fin
+                    .get_child("set", "http://jabber.org/protocol/rsm")
+                    .and_then(|s| s.child_text("last", "http://jabber.org/protocol/rsm"))
+                    .unwrap_or_default();
                 if fin.attr("complete") == Some("true") {
                     assert_eq!(got.len(), 30);
                     let want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
                     assert_eq!(got, want);
                     // Members-only rooms are not readable by outsiders.
-                    configure(&mut owner, ROOM, "<field var='muc#roomconfig_membersonly'><value>1</value></field>").await;
-                    let e = iq(&mut eve, "x", &format!("<iq type='set' to='{ROOM}' id='x'><query xmlns='urn:xmpp:mam:2'/></iq>")).await;
+                    configure(&mut owner, ROOM, "<field var='muc#roomconfig_membersonly'><value>1</value></field>")
+                        .await;
+                    let e = iq(
+                        &mut eve,
+                        "x",
+                        &format!("<iq type='set' to='{ROOM}' id='x'><query xmlns='urn:xmpp:mam:2'/></iq>"),
+                    )
+                    .await;
                     assert_eq!(error_condition(&e).as_deref(), Some("forbidden"), "{e}");
                     s.stop().await;
                     return;
                 }
                 break;
             }
-            let fwd = e.get_child("result", "urn:xmpp:mam:2").and_then(|r| r.get_child("forwarded", ns::FORWARD)).expect("a result");
+            let fwd = e
+                .get_child("result", "urn:xmpp:mam:2")
+                .and_then(|r| r.get_child("forwarded", ns::FORWARD))
+                .expect("a result");
             let m = fwd.get_child("message", ns::CLIENT).unwrap();
             assert_eq!(m.attr("from"), Some("lobby@conference.localhost/Boss"));
             got.push(m.child_text("body", ns::CLIENT).unwrap());
@@ -500,7 +566,12 @@ async fn persistent_room_survives_a_restart() {
     let hist: Vec<&Element> = seen.iter().filter(|e| e.name() == "message").collect();
     assert_eq!(hist.len(), 1, "{seen:?}");
     assert_eq!(hist[0].child_text("body", ns::CLIENT).as_deref(), Some("before the restart"));
-    let info = iq(&mut bob, "i", &format!("<iq type='get' to='{ROOM}' id='i'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")).await;
+    let info = iq(
+        &mut bob,
+        "i",
+        &format!("<iq type='get' to='{ROOM}' id='i'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+    )
+    .await;
     assert!(info.to_string().contains("Kept") && info.to_string().contains("muc_persistent"), "{info}");
     s.stop().await;
 }

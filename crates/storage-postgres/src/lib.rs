@@ -40,13 +40,12 @@ mod store;
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// The embedded migrations, in order: `(version, SQL)`.
-const MIGRATIONS: &[(i64, &str)] =
-    &[
-        (1, include_str!("../migrations/0001_init.sql")),
-        (2, include_str!("../migrations/0002_archive.sql")),
-        (3, include_str!("../migrations/0003_singletons.sql")),
-        (4, include_str!("../migrations/0004_muc.sql")),
-    ];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_archive.sql")),
+    (3, include_str!("../migrations/0003_singletons.sql")),
+    (4, include_str!("../migrations/0004_muc.sql")),
+];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

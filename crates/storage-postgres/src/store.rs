@@ -539,7 +539,8 @@ impl meerkat_storage::SingletonStore for PgStore {
     async fn singleton_owner(&self, key: &str) -> Result<Option<(String, i64)>> {
         let c = self.conn("singleton_owner").await?;
         let err = self.err("singleton_owner");
-        let st = c.prepare_cached("SELECT owner, revision FROM cluster_singletons WHERE key = $1").await.map_err(&err)?;
+        let st =
+            c.prepare_cached("SELECT owner, revision FROM cluster_singletons WHERE key = $1").await.map_err(&err)?;
         let row = c.query_opt(&st, &[&key]).await.map_err(&err)?;
         row.map(|r| Ok((col(&r, 0, "singleton_owner")?, col(&r, 1, "singleton_owner")?))).transpose()
     }
@@ -571,7 +572,8 @@ impl meerkat_storage::SingletonStore for PgStore {
     async fn delete_singleton(&self, key: &str, owner: &str) -> Result<()> {
         let c = self.conn("delete_singleton").await?;
         let err = self.err("delete_singleton");
-        let st = c.prepare_cached("DELETE FROM cluster_singletons WHERE key = $1 AND owner = $2").await.map_err(&err)?;
+        let st =
+            c.prepare_cached("DELETE FROM cluster_singletons WHERE key = $1 AND owner = $2").await.map_err(&err)?;
         c.execute(&st, &[&key, &owner]).await.map_err(&err)?;
         Ok(())
     }
@@ -666,7 +668,8 @@ impl meerkat_storage::MucStore for PgStore {
     async fn load_room(&self, service: &str, room: &str) -> Result<Option<meerkat_storage::StoredRoom>> {
         let c = self.conn("load_room").await?;
         let err = self.err("load_room");
-        let st = c.prepare_cached("SELECT config FROM muc_rooms WHERE service = $1 AND room = $2").await.map_err(&err)?;
+        let st =
+            c.prepare_cached("SELECT config FROM muc_rooms WHERE service = $1 AND room = $2").await.map_err(&err)?;
         let Some(row) = c.query_opt(&st, &[&service, &room]).await.map_err(&err)? else { return Ok(None) };
         let config: String = col(&row, 0, "load_room")?;
         let st = c

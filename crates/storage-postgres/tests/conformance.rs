@@ -162,10 +162,11 @@ async fn roster_lock_is_shared_by_every_store_on_the_database() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiter.is_finished(), "a second holder of alice's lock must wait");
         // Another account is not held up.
-        let bob = tokio::time::timeout(Duration::from_secs(5), node2.roster.lock_roster(Account::new("bob", "localhost")))
-            .await
-            .expect("bob's lock is free")
-            .unwrap();
+        let bob =
+            tokio::time::timeout(Duration::from_secs(5), node2.roster.lock_roster(Account::new("bob", "localhost")))
+                .await
+                .expect("bob's lock is free")
+                .unwrap();
         drop(bob);
         drop(held);
         tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("released on drop").unwrap();

@@ -17,8 +17,8 @@ use crate::{
     BlockingStore, Error, LastActivity, LastStore, OfflineMessage, OfflineStore, Result, Roster, RosterItem,
     RosterStore, StoredCredentials, Stores, XmlStore,
 };
-use crate::{MucStore, RoomAffiliation, StoredRoom};
 use crate::{Direction, PageFrom};
+use crate::{MucStore, RoomAffiliation, StoredRoom};
 
 /// Map key of an account: `(domain, user)`, so that one domain's users form a
 /// contiguous, sorted range of a `BTreeMap`.
@@ -466,7 +466,12 @@ impl MucStore for MemoryStore {
 
     async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>> {
         let inner = self.inner.lock();
-        Ok(inner.rooms.iter().filter(|((s, _), _)| s == service).map(|((_, r), (c, _))| (r.clone(), c.clone())).collect())
+        Ok(inner
+            .rooms
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|((_, r), (c, _))| (r.clone(), c.clone()))
+            .collect())
     }
 
     async fn rooms_of(&self, service: &str, jid: &str) -> Result<Vec<(String, String)>> {

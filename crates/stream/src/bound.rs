@@ -309,4 +309,3 @@ pub(crate) async fn reroute_undelivered(ctx: &ServerContext, s: &SessionState, s
         ctx.route(st).await;
     }
 }
-

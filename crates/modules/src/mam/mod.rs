@@ -37,8 +37,8 @@ use meerkat_xml::Element;
 use parking_lot::RwLock;
 
 use crate::stanza_id::{decode_id, encode_id, new_archive_id};
-use writer::{Check, Op, Writer};
 pub(crate) use iq::{form, parse_datetime};
+use writer::{Check, Op, Writer};
 
 /// XEP-0313 namespace, version 2.
 pub const NS_MAM2: &str = "urn:xmpp:mam:2";

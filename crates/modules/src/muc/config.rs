@@ -161,9 +161,18 @@ impl RoomConfig {
         x.append_child(boolean("muc#roomconfig_publicroom", "Make room publicly searchable", self.public));
         x.append_child(boolean("muc#roomconfig_membersonly", "Make room members-only", self.members_only));
         x.append_child(boolean("muc#roomconfig_moderatedroom", "Make room moderated", self.moderated));
-        x.append_child(boolean("muc#roomconfig_passwordprotectedroom", "Password required to enter", !self.password.is_empty()));
+        x.append_child(boolean(
+            "muc#roomconfig_passwordprotectedroom",
+            "Password required to enter",
+            !self.password.is_empty(),
+        ));
         x.append_child(field("muc#roomconfig_roomsecret", "text-private", "Password", &[&self.password]));
-        let mut maxusers = field("muc#roomconfig_maxusers", "list-single", "Maximum number of occupants", &[&self.max_users.to_string()]);
+        let mut maxusers = field(
+            "muc#roomconfig_maxusers",
+            "list-single",
+            "Maximum number of occupants",
+            &[&self.max_users.to_string()],
+        );
         for n in [10, 20, 30, 50, 100, 200, 500, 1000, 5000, 10000].into_iter().filter(|n| *n <= max_users) {
             maxusers.append_child(option(&n.to_string()));
         }
@@ -187,8 +196,13 @@ impl RoomConfig {
             &[&self.history_length.to_string()],
         ));
         x.append_child(boolean("muc#roomconfig_allowinvites", "Allow occupants to invite others", self.allow_invites));
-        x.append_child(boolean("muc#roomconfig_changesubject", "Allow occupants to change the subject", self.change_subject));
-        let mut pm = field("muc#roomconfig_allowpm", "list-single", "Who may send private messages", &[self.allow_pm.as_str()]);
+        x.append_child(boolean(
+            "muc#roomconfig_changesubject",
+            "Allow occupants to change the subject",
+            self.change_subject,
+        ));
+        let mut pm =
+            field("muc#roomconfig_allowpm", "list-single", "Who may send private messages", &[self.allow_pm.as_str()]);
         for o in ["anyone", "participants", "moderators", "none"] {
             pm.append_child(option(o));
         }
@@ -207,7 +221,12 @@ impl RoomConfig {
 
     /// Applies a submitted form (`type='submit'`); fields not in the form keep
     /// their values. Returns the owner and admin lists when the form sets them.
-    pub(crate) fn apply_form(&mut self, x: &Element, max_users: usize, max_history: usize) -> Result<FormLists, StanzaError> {
+    pub(crate) fn apply_form(
+        &mut self,
+        x: &Element,
+        max_users: usize,
+        max_history: usize,
+    ) -> Result<FormLists, StanzaError> {
         let bad = |what: &str| StanzaError::bad_request(what).with_type(meerkat_stanza::ErrorType::Modify);
         if let Some(ft) = form_value(x, "FORM_TYPE") {
             if ft != NS_ROOMCONFIG {
@@ -219,7 +238,8 @@ impl RoomConfig {
         let mut password_protected = None;
         for f in x.children().filter(|f| f.is("field", ns::DATA_FORMS)) {
             let Some(var) = f.attr("var") else { continue };
-            let values: Vec<String> = f.children().filter(|v| v.is("value", ns::DATA_FORMS)).map(|v| v.text()).collect();
+            let values: Vec<String> =
+                f.children().filter(|v| v.is("value", ns::DATA_FORMS)).map(|v| v.text()).collect();
             let one = values.first().map(String::as_str).unwrap_or("");
             let boolean = || match one {
                 "1" | "true" => Ok(true),
@@ -260,7 +280,8 @@ impl RoomConfig {
                 "muc#roomconfig_allowinvites" => next.allow_invites = boolean()?,
                 "muc#roomconfig_changesubject" => next.change_subject = boolean()?,
                 "muc#roomconfig_allowpm" => {
-                    next.allow_pm = AllowPm::parse(one).ok_or_else(|| bad("muc#roomconfig_allowpm is not a known value"))?
+                    next.allow_pm =
+                        AllowPm::parse(one).ok_or_else(|| bad("muc#roomconfig_allowpm is not a known value"))?
                 }
                 "muc#roomconfig_members_by_default" => next.members_by_default = boolean()?,
                 "muc#roomconfig_roomowners" => lists.owners = Some(values),
@@ -304,7 +325,8 @@ fn hidden(var: &str, value: &str) -> Element {
 }
 
 fn field(var: &str, ty: &str, label: &str, values: &[&str]) -> Element {
-    let mut f = Element::builder("field", ns::DATA_FORMS).attr("var", var).attr("type", ty).attr("label", label).build();
+    let mut f =
+        Element::builder("field", ns::DATA_FORMS).attr("var", var).attr("type", ty).attr("label", label).build();
     for v in values {
         f.append_child(Element::builder("value", ns::DATA_FORMS).text(*v).build());
     }
@@ -342,7 +364,12 @@ pub(crate) fn roominfo(cfg: &RoomConfig, occupants: usize) -> Element {
         "Who may discover real JIDs",
         &[if cfg.non_anonymous { "anyone" } else { "moderators" }],
     ));
-    x.append_child(field("muc#roomconfig_allowinvites", "boolean", "Occupants may invite", &[if cfg.allow_invites { "1" } else { "0" }]));
+    x.append_child(field(
+        "muc#roomconfig_allowinvites",
+        "boolean",
+        "Occupants may invite",
+        &[if cfg.allow_invites { "1" } else { "0" }],
+    ));
     x
 }
 

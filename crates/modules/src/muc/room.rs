@@ -477,7 +477,10 @@ impl Room {
         self.send_history(env, &real, x.and_then(|x| x.get_child("history", NS_MUC))).await;
         let mut subject = Element::builder("message", ns::CLIENT)
             .attr("type", "groupchat")
-            .attr("from", if self.cfg.subject_by.is_empty() { self.jid.as_str().to_owned() } else { self.cfg.subject_by.clone() })
+            .attr(
+                "from",
+                if self.cfg.subject_by.is_empty() { self.jid.as_str().to_owned() } else { self.cfg.subject_by.clone() },
+            )
             .attr("to", real.as_str())
             .attr("id", random_id(12))
             .append(Element::builder("subject", ns::CLIENT).text(self.cfg.subject.as_str()).build())
@@ -530,7 +533,9 @@ impl Room {
         let err = if self.occupants.contains_key(&new) {
             Some(StanzaError::new(StanzaErrorCondition::Conflict).with_text("this nickname is in use"))
         } else if self.occupants.get(old).is_some_and(|o| o.sessions.len() > 1) {
-            Some(StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("leave with your other sessions first"))
+            Some(
+                StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("leave with your other sessions first"),
+            )
         } else {
             None
         };
@@ -601,8 +606,11 @@ impl Room {
         }
         let o = self.occupants.remove(nick).expect("present");
         let aff = self.affiliation(&o.bare);
-        let mut recipients: Vec<(&str, bool, Vec<FullJid>)> =
-            self.occupants.iter().map(|(n, v)| (n.as_str(), v.role == Role::Moderator, v.sessions.iter().map(|(j, _)| j.clone()).collect())).collect();
+        let mut recipients: Vec<(&str, bool, Vec<FullJid>)> = self
+            .occupants
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.role == Role::Moderator, v.sessions.iter().map(|(j, _)| j.clone()).collect()))
+            .collect();
         recipients.push((nick, false, vec![real.clone()]));
         for (vnick, moderator, sessions) in recipients {
             let show_jid = self.cfg.non_anonymous || moderator;
@@ -685,7 +693,8 @@ impl Room {
             return self.message_to_room_other(env, st, from).await;
         }
         let Some(nick) = self.nick_of(from).map(str::to_owned) else {
-            let e = StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("only occupants may send messages to the room");
+            let e = StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                .with_text("only occupants may send messages to the room");
             if let Some(e) = error_from(&st, &room_jid, e) {
                 Self::send(env, e).await;
             }
@@ -717,7 +726,8 @@ impl Room {
         // Only the room says which stanza id and occupant id a message has.
         let room_str = self.jid.as_str().to_owned();
         el.remove_children(|c| {
-            (c.is("stanza-id", ns::SID) && c.attr("by") == Some(room_str.as_str())) || c.is("occupant-id", NS_OCCUPANT_ID)
+            (c.is("stanza-id", ns::SID) && c.attr("by") == Some(room_str.as_str()))
+                || c.is("occupant-id", NS_OCCUPANT_ID)
         });
         el.append_child(Element::builder("occupant-id", NS_OCCUPANT_ID).attr("id", occupant_id).build());
         if is_subject {
@@ -729,7 +739,9 @@ impl Room {
         }
         let archived = env.archived() && el.has_child("body", ns::CLIENT) || el.has_child("retract", NS_RETRACT);
         let id = new_archive_id();
-        el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", room_str.as_str()).build());
+        el.append_child(
+            Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", room_str.as_str()).build(),
+        );
         if archived {
             if let Some(mam) = env.mam {
                 let row = ArchivedMessage {
@@ -764,11 +776,15 @@ impl Room {
     async fn message_to_room_other(&mut self, env: &Env<'_>, st: Stanza, from: &Jid) {
         let room_jid = Jid::from(self.jid.clone());
         let x = st.el.get_child("x", NS_MUC_USER);
-        let invites: Vec<&Element> = x.map(|x| x.children().filter(|c| c.is("invite", NS_MUC_USER)).collect()).unwrap_or_default();
+        let invites: Vec<&Element> =
+            x.map(|x| x.children().filter(|c| c.is("invite", NS_MUC_USER)).collect()).unwrap_or_default();
         if !invites.is_empty() {
             let nick = self.nick_of(from).map(str::to_owned);
             let aff = self.affiliation(&from.to_bare());
-            let allowed = nick.is_some() && (self.cfg.allow_invites || aff >= Affiliation::Admin || (!self.cfg.members_only && aff >= Affiliation::Member));
+            let allowed = nick.is_some()
+                && (self.cfg.allow_invites
+                    || aff >= Affiliation::Admin
+                    || (!self.cfg.members_only && aff >= Affiliation::Member));
             if !allowed {
                 let e = StanzaError::forbidden().with_text("you may not invite others to this room");
                 if let Some(e) = error_from(&st, &room_jid, e) {
@@ -778,7 +794,8 @@ impl Room {
             }
             for inv in invites {
                 let Some(to) = inv.attr("to").and_then(|t| Jid::new(t).ok()) else {
-                    let e = StanzaError::new(StanzaErrorCondition::JidMalformed).with_text("an invitation needs a 'to' JID");
+                    let e = StanzaError::new(StanzaErrorCondition::JidMalformed)
+                        .with_text("an invitation needs a 'to' JID");
                     if let Some(e) = error_from(&st, &room_jid, e) {
                         Self::send(env, e).await;
                     }
@@ -804,11 +821,7 @@ impl Room {
                     .attr("to", to.as_str())
                     .attr("id", st.id().map_or_else(|| random_id(12), str::to_owned))
                     .append(ux)
-                    .append(
-                        Element::builder("x", "jabber:x:conference")
-                            .attr("jid", self.jid.as_str())
-                            .build(),
-                    )
+                    .append(Element::builder("x", "jabber:x:conference").attr("jid", self.jid.as_str()).build())
                     .build();
                 Self::send(env, msg).await;
             }
@@ -830,7 +843,9 @@ impl Room {
             return;
         }
         let is_voice_request = st.el.children().any(|c| {
-            c.is("x", ns::DATA_FORMS) && super::config::form_value(c, "FORM_TYPE").as_deref() == Some("http://jabber.org/protocol/muc#request")
+            c.is("x", ns::DATA_FORMS)
+                && super::config::form_value(c, "FORM_TYPE").as_deref()
+                    == Some("http://jabber.org/protocol/muc#request")
         });
         if is_voice_request && self.nick_of(from).is_some() {
             // §7.13: the request goes to the moderators.
@@ -845,7 +860,8 @@ impl Room {
             }
             return;
         }
-        let e = StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("messages to a room must be of type groupchat");
+        let e = StanzaError::new(StanzaErrorCondition::NotAcceptable)
+            .with_text("messages to a room must be of type groupchat");
         if let Some(e) = error_from(&st, &room_jid, e) {
             Self::send(env, e).await;
         }
@@ -857,7 +873,10 @@ impl Room {
         let sender = self.nick_of(from).map(str::to_owned);
         let sender_role = sender.as_ref().and_then(|n| self.occupants.get(n)).map_or(Role::None, |o| o.role);
         let err = if st.type_attr() == Some("groupchat") {
-            Some(fail(StanzaErrorCondition::BadRequest, "group chat messages go to the room").with_type(ErrorType::Modify))
+            Some(
+                fail(StanzaErrorCondition::BadRequest, "group chat messages go to the room")
+                    .with_type(ErrorType::Modify),
+            )
         } else if sender.is_none() {
             Some(fail(StanzaErrorCondition::NotAcceptable, "only occupants may send private messages"))
         } else if !self.occupants.contains_key(nick) {
@@ -967,7 +986,8 @@ impl Room {
     }
 
     fn disco_info(&self, env: &Env<'_>) -> Element {
-        let name = if self.cfg.name.is_empty() { self.jid.node().map_or("", |n| n.as_str()) } else { self.cfg.name.as_str() };
+        let name =
+            if self.cfg.name.is_empty() { self.jid.node().map_or("", |n| n.as_str()) } else { self.cfg.name.as_str() };
         let mut q = Element::builder("query", ns::DISCO_INFO)
             .append(
                 Element::builder("identity", ns::DISCO_INFO)
@@ -992,7 +1012,10 @@ impl Room {
             nicks.sort();
             for n in nicks {
                 q.append_child(
-                    Element::builder("item", ns::DISCO_ITEMS).attr("jid", self.occupant_jid(n).as_str()).attr("name", n.as_str()).build(),
+                    Element::builder("item", ns::DISCO_ITEMS)
+                        .attr("jid", self.occupant_jid(n).as_str())
+                        .attr("name", n.as_str())
+                        .build(),
                 );
             }
         }
@@ -1013,7 +1036,9 @@ impl Room {
         // Who may read a room's archive: its occupants and members, and anyone for
         // a public room that is open.
         let allowed = aff != Affiliation::Outcast
-            && (self.nick_of(from).is_some() || aff >= Affiliation::Member || (self.cfg.public && !self.cfg.members_only));
+            && (self.nick_of(from).is_some()
+                || aff >= Affiliation::Member
+                || (self.cfg.public && !self.cfg.members_only));
         if !allowed {
             return Err(StanzaError::forbidden().with_text("only occupants and members may read this room's archive"));
         }
@@ -1069,9 +1094,10 @@ impl Room {
             .append(retract)
             .build();
         // The tombstone: the original's envelope, its contents replaced.
-        let original = self.history.iter().position(|h| {
-            h.el.children().any(|c| c.is("stanza-id", ns::SID) && c.attr("id") == Some(id.as_str()))
-        });
+        let original = self
+            .history
+            .iter()
+            .position(|h| h.el.children().any(|c| c.is("stanza-id", ns::SID) && c.attr("id") == Some(id.as_str())));
         let mut tomb = Element::builder("message", ns::CLIENT).attr("type", "groupchat").build();
         if let Some(i) = original {
             let h = self.history.remove(i).expect("index found");
@@ -1085,7 +1111,10 @@ impl Room {
             }
         }
         tomb.append_child(
-            Element::builder("retracted", NS_RETRACT).attr("stamp", xep82_datetime(now_ms())).append(moderated()).build(),
+            Element::builder("retracted", NS_RETRACT)
+                .attr("stamp", xep82_datetime(now_ms()))
+                .append(moderated())
+                .build(),
         );
         if let (Some(mam), true) = (env.mam, env.archived()) {
             mam.tombstone_room(env.ctx, &self.jid, &id, tomb.to_string_with_ns());
@@ -1097,7 +1126,10 @@ impl Room {
     // ---- admin (§8, §9) ----
 
     fn admin_get(&self, q: &Element, from: &Jid, aff: Affiliation) -> Result<Option<Element>, StanzaError> {
-        let it = q.children().find(|c| c.is("item", NS_MUC_ADMIN)).ok_or_else(|| StanzaError::bad_request("expected <item/>"))?;
+        let it = q
+            .children()
+            .find(|c| c.is("item", NS_MUC_ADMIN))
+            .ok_or_else(|| StanzaError::bad_request("expected <item/>"))?;
         let my_role = self.nick_of(from).and_then(|n| self.occupants.get(n)).map_or(Role::None, |o| o.role);
         let mut out = Element::new("query", NS_MUC_ADMIN);
         if let Some(a) = it.attr("affiliation") {
@@ -1109,7 +1141,10 @@ impl Room {
                 return Err(StanzaError::forbidden().with_text("only admins and owners may read this list"));
             }
             for jid in self.with_affiliation(a) {
-                let mut i = Element::builder("item", NS_MUC_ADMIN).attr("affiliation", a.as_str()).attr("jid", jid.as_str()).build();
+                let mut i = Element::builder("item", NS_MUC_ADMIN)
+                    .attr("affiliation", a.as_str())
+                    .attr("jid", jid.as_str())
+                    .build();
                 if let Some(n) = self.occupants.iter().find(|(_, o)| o.bare.as_str() == jid).map(|(n, _)| n) {
                     i.set_attr("nick", n.as_str());
                 }
@@ -1158,8 +1193,12 @@ impl Room {
             if let Some(a) = it.attr("affiliation") {
                 let a = Affiliation::parse(a).ok_or_else(|| StanzaError::bad_request("unknown affiliation"))?;
                 let target = match (it.attr("jid"), it.attr("nick")) {
-                    (Some(j), _) => Jid::new(j).map_err(|_| StanzaError::new(StanzaErrorCondition::JidMalformed))?.to_bare(),
-                    (None, Some(n)) => self.occupants.get(n).map(|o| o.bare.clone()).ok_or_else(StanzaError::item_not_found)?,
+                    (Some(j), _) => {
+                        Jid::new(j).map_err(|_| StanzaError::new(StanzaErrorCondition::JidMalformed))?.to_bare()
+                    }
+                    (None, Some(n)) => {
+                        self.occupants.get(n).map(|o| o.bare.clone()).ok_or_else(StanzaError::item_not_found)?
+                    }
                     (None, None) => return Err(StanzaError::bad_request("an affiliation change names a jid")),
                 };
                 let current = self.affiliation(&target);
@@ -1235,7 +1274,11 @@ impl Room {
         if self.stored {
             let rows: Vec<RoomAffiliation> = changes
                 .iter()
-                .map(|(j, a, r)| RoomAffiliation { jid: j.as_str().to_owned(), affiliation: a.as_str().to_owned(), reason: r.clone() })
+                .map(|(j, a, r)| RoomAffiliation {
+                    jid: j.as_str().to_owned(),
+                    affiliation: a.as_str().to_owned(),
+                    reason: r.clone(),
+                })
                 .collect();
             let (service, room) = (self.jid.domain().as_str(), self.jid.node().map_or("", |n| n.as_str()));
             if let Err(e) = env.ctx.stores.muc.set_affiliations(service, room, &rows).await {
@@ -1249,7 +1292,8 @@ impl Room {
             } else {
                 self.affs.insert(jid.as_str().to_owned(), (a, reason.clone()));
             }
-            let nicks: Vec<String> = self.occupants.iter().filter(|(_, o)| o.bare == jid).map(|(n, _)| n.clone()).collect();
+            let nicks: Vec<String> =
+                self.occupants.iter().filter(|(_, o)| o.bare == jid).map(|(n, _)| n.clone()).collect();
             for nick in nicks {
                 if a == Affiliation::Outcast {
                     self.remove_occupant(env, &nick, Removal::Banned, actor, &reason).await;
@@ -1363,7 +1407,11 @@ impl Room {
             let rows: Vec<RoomAffiliation> = self
                 .affs
                 .iter()
-                .map(|(j, (a, r))| RoomAffiliation { jid: j.clone(), affiliation: a.as_str().to_owned(), reason: r.clone() })
+                .map(|(j, (a, r))| RoomAffiliation {
+                    jid: j.clone(),
+                    affiliation: a.as_str().to_owned(),
+                    reason: r.clone(),
+                })
                 .collect();
             match muc.create_room(service, room, &self.cfg.to_stored(), &rows).await {
                 Err(meerkat_storage::Error::AlreadyExists) => {
