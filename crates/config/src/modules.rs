@@ -44,6 +44,81 @@ pub struct Modules {
     pub mod_mam: Option<MamCfg>,
     /// Multi-user chat (XEP-0045) on `conference.<host>`.
     pub mod_muc: Option<MucCfg>,
+    /// MUC Light (MongooseIM's `urn:xmpp:muclight:0`) on `muclight.<host>`.
+    pub mod_muc_light: Option<MucLightCfg>,
+}
+
+/// `[modules.mod_muc_light]` (option names as in MongooseIM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MucLightCfg {
+    /// The service's domain; `@HOST@` stands for each served host.
+    #[serde(default = "default_muc_light_host")]
+    pub host: String,
+    /// Every occupant is a member (no owner).
+    #[serde(default)]
+    pub equal_occupants: bool,
+    /// Most occupants of a room.
+    #[serde(default = "default_muc_light_max_occupants")]
+    pub max_occupants: usize,
+    /// Users may refuse to be added to rooms, by room or by who adds them.
+    #[serde(default = "default_true")]
+    pub blocking: bool,
+    /// Members may change the configuration (else the owner only).
+    #[serde(default)]
+    pub all_can_configure: bool,
+    /// Members may add members (else the owner only).
+    #[serde(default)]
+    pub all_can_invite: bool,
+    /// The configuration fields rooms have, with their defaults (string values).
+    #[serde(default = "default_muc_light_schema")]
+    pub config_schema: Vec<MucLightField>,
+    /// Stanzas that may wait for one room; more get `resource-constraint`.
+    #[serde(default = "default_muc_queue")]
+    pub room_queue: usize,
+    /// Milliseconds a room without traffic stays in memory.
+    #[serde(default = "default_muc_hibernate")]
+    pub hibernate_timeout: u64,
+}
+
+/// One configuration field of MUC Light rooms.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MucLightField {
+    /// The field's name (`roomname`, `subject`, …).
+    pub field: String,
+    /// Its value in a new room.
+    #[serde(default)]
+    pub string_value: String,
+}
+
+fn default_muc_light_host() -> String {
+    "muclight.@HOST@".into()
+}
+fn default_muc_light_max_occupants() -> usize {
+    10_000
+}
+fn default_muc_light_schema() -> Vec<MucLightField> {
+    vec![
+        MucLightField { field: "roomname".into(), string_value: "Untitled".into() },
+        MucLightField { field: "subject".into(), string_value: String::new() },
+    ]
+}
+
+impl Default for MucLightCfg {
+    fn default() -> Self {
+        MucLightCfg {
+            host: default_muc_light_host(),
+            equal_occupants: false,
+            max_occupants: default_muc_light_max_occupants(),
+            blocking: true,
+            all_can_configure: false,
+            all_can_invite: false,
+            config_schema: default_muc_light_schema(),
+            room_queue: default_muc_queue(),
+            hibernate_timeout: default_muc_hibernate(),
+        }
+    }
 }
 
 /// `[modules.mod_muc]`
@@ -319,10 +394,46 @@ impl Modules {
             mod_stream_management: Some(SmCfg::default()),
             mod_mam: Some(MamCfg::default()),
             mod_muc: Some(MucCfg::default()),
+            mod_muc_light: Some(MucLightCfg::default()),
         }
     }
 
     pub(crate) fn validate(&self, report: &mut Report<'_>) {
+        if let Some(m) = &self.mod_muc_light {
+            let host = m.host.replace("@HOST@", "example.org");
+            if host.is_empty() || host.contains(['@', '/', ' ']) || !host.contains('.') {
+                report(
+                    None,
+                    "modules.mod_muc_light.host".into(),
+                    "must be a domain such as \"muclight.@HOST@\"".into(),
+                );
+            }
+            if m.max_occupants < 2 {
+                report(None, "modules.mod_muc_light.max_occupants".into(), "must be at least 2".into());
+            }
+            if m.room_queue == 0 {
+                report(None, "modules.mod_muc_light.room_queue".into(), "must be at least 1".into());
+            }
+            let mut seen = std::collections::HashSet::new();
+            for f in &m.config_schema {
+                if f.field.is_empty()
+                    || f.field == "version"
+                    || f.field == "prev-version"
+                    || !seen.insert(f.field.as_str())
+                {
+                    report(
+                        None,
+                        "modules.mod_muc_light.config_schema".into(),
+                        format!("field {:?} is empty, reserved (version, prev-version) or repeated", f.field),
+                    );
+                }
+            }
+        }
+        if let (Some(a), Some(b)) = (&self.mod_muc, &self.mod_muc_light) {
+            if a.host == b.host {
+                report(None, "modules.mod_muc_light.host".into(), "must differ from modules.mod_muc.host".into());
+            }
+        }
         if let Some(m) = &self.mod_muc {
             let host = m.host.replace("@HOST@", "example.org");
             if host.is_empty() || host.contains(['@', '/', ' ']) || !host.contains('.') {

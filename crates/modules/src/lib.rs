@@ -15,6 +15,7 @@ pub mod disco;
 pub mod last;
 pub mod mam;
 pub mod muc;
+pub mod muc_light;
 pub mod offline;
 pub mod ping;
 pub mod private;
@@ -82,6 +83,9 @@ pub fn start(cfg: &Config, reg: &mut HookRegistry) {
     }
     if let Some(c) = &m.mod_muc {
         muc::Muc::start(c.clone(), mam.clone(), cfg, reg);
+    }
+    if let Some(c) = &m.mod_muc_light {
+        muc_light::MucLight::start(c.clone(), mam.clone(), cfg, reg);
     }
     if let Some(c) = &m.mod_csi {
         add(Arc::new(csi::Csi::new(c.clone())), reg);

@@ -68,13 +68,14 @@ pub(crate) trait RoomKind: Send + Sync + 'static {
     fn idle(&self, room: &Self::Room) -> bool;
     /// What disco#items of the service shows of the room.
     fn summary(&self, room: &Self::Room) -> Summary;
-    /// IQs to the service's own domain.
+    /// IQs to the service's own domain: the reply's payload or error, or `None`
+    /// when the IQ was handed on (to a room, which answers it).
     async fn service_iq(
         &self,
         host: &RoomHost<Self>,
         ctx: &ServerContext,
         st: &Stanza,
-    ) -> Result<Option<Element>, StanzaError>
+    ) -> Option<Result<Option<Element>, StanzaError>>
     where
         Self: Sized;
 }
@@ -143,8 +144,9 @@ impl<K: RoomKind> Service for RoomHost<K> {
         if to.node().is_none() {
             if st.kind == StanzaKind::Iq && matches!(st.iq_type(), Some(IqType::Get | IqType::Set)) {
                 let mut reply = match self.kind.service_iq(self, ctx, &st).await {
-                    Ok(p) => make_iq_result(&st.el, p),
-                    Err(e) => make_error_reply(&st.el, &e),
+                    None => return,
+                    Some(Ok(p)) => make_iq_result(&st.el, p),
+                    Some(Err(e)) => make_error_reply(&st.el, &e),
                 };
                 reply.set_attr("from", to.as_str());
                 if let Some(f) = &st.from {

@@ -186,9 +186,16 @@ impl LocalRouter {
                 MessageType::Headline | MessageType::Error => return, // silently ignored
             }
         }
+        // A group chat service (MUC Light) addresses a member's bare JID: every
+        // available resource gets it, like a headline; nothing is stored offline
+        // (the room's archive holds it). From anyone else, §8.5.2.1.1: an error.
+        let from_service = ty == MessageType::Groupchat
+            && st.from.as_ref().is_some_and(|f| ctx.hooks.service(f.domain().as_str()).is_some());
         match ty {
             MessageType::Error => return,
-            MessageType::Groupchat => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
+            MessageType::Groupchat if !from_service => {
+                return self.bounce(ctx, &st, StanzaError::service_unavailable()).await
+            }
             _ => {}
         }
         // §8.5.2.1: available resources with non-negative priority; headlines go to
@@ -200,7 +207,11 @@ impl LocalRouter {
         let mut took = false;
         let pending = self.table.with_user(bare.as_str(), |list| {
             let avail = || list.iter().filter(|e| e.presence.is_some() && e.priority >= 0);
-            let top = if ty == MessageType::Headline { None } else { avail().map(|e| e.priority).max() };
+            let top = if matches!(ty, MessageType::Headline | MessageType::Groupchat) {
+                None
+            } else {
+                avail().map(|e| e.priority).max()
+            };
             let targets = || avail().filter(|e| top.is_none_or(|t| e.priority == t));
             // A copy forwarded to another node may fall back to the missing-resource
             // rules there only when it is the one copy (else others took it).
@@ -237,7 +248,7 @@ impl LocalRouter {
         }
         let Some(st) = pending else { return };
         // §8.5.2.2: no available resource took it.
-        if ty == MessageType::Headline {
+        if matches!(ty, MessageType::Headline | MessageType::Groupchat) {
             return;
         }
         self.offline(ctx, &bare, st).await;

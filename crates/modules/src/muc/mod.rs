@@ -154,6 +154,17 @@ impl RoomKind for Muc {
         host: &RoomHost<Self>,
         ctx: &ServerContext,
         st: &Stanza,
+    ) -> Option<Result<Option<Element>, StanzaError>> {
+        Some(self.muc_service_iq(host, ctx, st).await)
+    }
+}
+
+impl Muc {
+    async fn muc_service_iq(
+        &self,
+        host: &RoomHost<Self>,
+        ctx: &ServerContext,
+        st: &Stanza,
     ) -> Result<Option<Element>, StanzaError> {
         if !matches!(st.iq_type(), Some(IqType::Get)) {
             return Err(StanzaError::service_unavailable());
