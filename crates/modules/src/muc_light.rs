@@ -650,7 +650,7 @@ impl MucLight {
                 return Err(bad("an affiliation change must change something"));
             }
             let allowed = match my_aff {
-                Aff::Owner => self.cfg.equal_occupants.then_some(aff != Some(Aff::Owner)).unwrap_or(true),
+                Aff::Owner => !self.cfg.equal_occupants || aff != Some(Aff::Owner),
                 Aff::Member => {
                     (user == sender.as_str() && aff.is_none())
                         || (self.cfg.all_can_invite && old.is_none() && aff == Some(Aff::Member))

@@ -108,6 +108,7 @@ impl<K: RoomKind> RoomHost<K> {
     }
 
     /// Queues a stanza for its room, starting the room's task if needed.
+    #[allow(clippy::result_large_err)] // the error gives the stanza back, by design
     fn dispatch(&self, ctx: &ServerContext, room: BareJid, st: Stanza, hops: u8) -> Result<(), Stanza> {
         let mut rooms = self.rooms.lock();
         let slot = rooms.entry(room.clone()).or_insert_with(|| {

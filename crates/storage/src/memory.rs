@@ -20,6 +20,9 @@ use crate::{
 use crate::{Direction, PageFrom};
 use crate::{MucStore, RoomAffiliation, StoredRoom};
 
+/// A room's affiliations: JID → (affiliation, reason).
+type Affiliations = BTreeMap<String, (String, String)>;
+
 /// Map key of an account: `(domain, user)`, so that one domain's users form a
 /// contiguous, sorted range of a `BTreeMap`.
 type Key = (String, String);
@@ -51,7 +54,7 @@ struct Inner {
     archive_prefs: HashMap<Key, ArchivePrefs>,
     singletons: HashMap<String, (String, i64)>,
     /// `(service, room)` → configuration and affiliations by JID.
-    rooms: BTreeMap<Key, (String, BTreeMap<String, (String, String)>)>,
+    rooms: BTreeMap<Key, (String, Affiliations)>,
 }
 
 /// The in-memory backend; implements every storage trait.
@@ -392,17 +395,6 @@ impl crate::SingletonStore for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn conformance() {
-        let stores = super::stores();
-        crate::conformance::run(&stores).await;
-        // A second run against the same store must not collide with the first.
-        crate::conformance::run(&stores).await;
-    }
-}
-
 /// A room's affiliations as rows, sorted by JID.
 fn affiliation_rows(affs: &BTreeMap<String, (String, String)>) -> Vec<RoomAffiliation> {
     affs.iter()
@@ -482,5 +474,16 @@ impl MucStore for MemoryStore {
             .filter(|((s, _), _)| s == service)
             .filter_map(|((_, r), (_, a))| a.get(jid).map(|(aff, _)| (r.clone(), aff.clone())))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let stores = super::stores();
+        crate::conformance::run(&stores).await;
+        // A second run against the same store must not collide with the first.
+        crate::conformance::run(&stores).await;
     }
 }
