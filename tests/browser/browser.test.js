@@ -1,4 +1,5 @@
-// Meerkat in a real browser: Strophe.js over WebSocket (RFC 7395) and, in a
+// Meerkat in a real browser: Converse.js creating, joining and chatting in a MUC
+// room; Strophe.js over WebSocket (RFC 7395) and, in a
 // second run, over BOSH (XEP-0124/0206, cross-origin: CORS), in headless Chromium
 // driven by Playwright, exchanging messages with a plain TCP client.
 import { test, before, after } from 'node:test';
@@ -90,6 +91,7 @@ url = "sqlite://${dir}/meerkat.db"
 [modules.mod_disco]
 [modules.mod_ping]
 [modules.mod_offline]
+[modules.mod_muc]
 `);
   const cfg = join(dir, 'meerkat.toml');
   execFileSync(BIN, ['--config', cfg, 'user', 'add', 'alice@localhost', 'alice-secret']);
@@ -98,8 +100,20 @@ url = "sqlite://${dir}/meerkat.db"
   await waitPort(ports.http);
   const strophe = readFileSync(join(here, 'node_modules/strophe.js/dist/strophe.umd.min.js'));
   const page = readFileSync(join(here, 'page.html'));
+  const conversePage = readFileSync(join(here, 'converse.html'));
+  const dist = join(here, 'node_modules/converse.js/dist');
+  const types = { js: 'text/javascript', css: 'text/css', json: 'application/json', wasm: 'application/wasm', svg: 'image/svg+xml', woff2: 'font/woff2', woff: 'font/woff', ttf: 'font/ttf', png: 'image/png' };
   web = createServer((req, res) => {
-    if (req.url.startsWith('/strophe.umd.min.js')) { res.setHeader('content-type', 'text/javascript'); res.end(strophe); }
+    const path = req.url.split('?')[0];
+    if (path.startsWith('/strophe.umd.min.js')) { res.setHeader('content-type', 'text/javascript'); res.end(strophe); }
+    else if (path.startsWith('/dist/') && !path.includes('..')) {
+      try {
+        const body = readFileSync(join(dist, path.slice('/dist/'.length)));
+        res.setHeader('content-type', types[path.split('.').pop()] || 'application/octet-stream');
+        res.end(body);
+      } catch { res.statusCode = 404; res.end(); }
+    }
+    else if (path === '/converse.html') { res.setHeader('content-type', 'text/html'); res.end(conversePage); }
     else { res.setHeader('content-type', 'text/html'); res.end(page); }
   }).listen(ports.page, '127.0.0.1');
 });
@@ -142,4 +156,52 @@ test('Strophe.js over WebSocket chats with a TCP client', async () => {
 
 test('Strophe.js over BOSH (cross-origin) chats with a TCP client', async () => {
   await chat(`http://127.0.0.1:${ports.http}/http-bind`, 'bosh', 'bosh.png');
+});
+
+test('Converse.js creates, joins and chats in a MUC room with a TCP occupant', async () => {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const room = 'lounge@conference.localhost';
+  try {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    const consoleLog = [];
+    page.on('console', (m) => consoleLog.push(m.type() + ': ' + m.text()));
+    page.on('requestfailed', (r) => consoleLog.push('request failed: ' + r.url()));
+    const service = `ws://127.0.0.1:${ports.http}/ws-xmpp`;
+    await page.goto(`http://127.0.0.1:${ports.page}/converse.html?service=${encodeURIComponent(service)}` +
+      `&jid=alice@localhost/converse&password=alice-secret&room=${room}&nick=Alice`);
+    // Converse joins, which creates the room; its chat area appears.
+    try {
+      await page.waitForSelector('converse-muc textarea', { timeout: 30000 });
+    } catch (e) {
+      mkdirSync(join(here, 'artifacts'), { recursive: true });
+      await page.screenshot({ path: join(here, 'artifacts', 'converse-failed.png') });
+      throw new Error(e.message + '\nconsole:\n' + consoleLog.slice(-40).join('\n') + '\nerrors: ' + errors.join('\n'));
+    }
+    // A TCP client joins the same room and sees Alice in it.
+    const bob = new TcpClient(ports.c2s);
+    await bob.login('bob', 'bob-secret', 'tcp-muc');
+    bob.send(`<presence to='${room}/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>`);
+    await bob.until(`from='${room}/Alice'`, 15000);
+    await bob.until('<subject', 15000);
+    // Bob speaks; Converse shows it.
+    bob.send(`<message to='${room}' type='groupchat' id='g1'><body>hello from bob</body></message>`);
+    await page.waitForFunction(() => document.body.innerText.includes('hello from bob'), null, { timeout: 15000 });
+    // Alice types in Converse; Bob gets it from her occupant JID.
+    await page.fill('converse-muc textarea', 'hello from converse');
+    await page.press('converse-muc textarea', 'Enter');
+    const got = await bob.until('hello from converse', 15000);
+    assert.match(got, new RegExp(`from=['"]${room}/Alice['"]`));
+    mkdirSync(join(here, 'artifacts'), { recursive: true });
+    await page.screenshot({ path: join(here, 'artifacts', 'converse-muc.png') });
+    assert.deepEqual(errors, []);
+    bob.close();
+  } finally {
+    await browser.close();
+  }
 });
