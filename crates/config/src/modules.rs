@@ -70,6 +70,9 @@ pub struct MucLightCfg {
     /// Members may add members (else the owner only).
     #[serde(default)]
     pub all_can_invite: bool,
+    /// Users' rooms appear in their rosters (group `urn:xmpp:muclight:0`).
+    #[serde(default)]
+    pub rooms_in_rosters: bool,
     /// The configuration fields rooms have, with their defaults (string values).
     #[serde(default = "default_muc_light_schema")]
     pub config_schema: Vec<MucLightField>,
@@ -114,6 +117,7 @@ impl Default for MucLightCfg {
             blocking: true,
             all_can_configure: false,
             all_can_invite: false,
+            rooms_in_rosters: false,
             config_schema: default_muc_light_schema(),
             room_queue: default_muc_queue(),
             hibernate_timeout: default_muc_hibernate(),

@@ -187,6 +187,14 @@ pub trait Service: Send + Sync + 'static {
     async fn route(&self, ctx: &ServerContext, st: Stanza, hops: u8);
 }
 
+/// Items a module adds to users' rosters (MUC Light's rooms-in-roster): they
+/// come with every roster get, after the stored items.
+#[async_trait::async_trait]
+pub trait RosterExtra: Send + Sync + 'static {
+    /// `jabber:iq:roster` `<item/>` elements for `user`.
+    async fn roster_items(&self, ctx: &ServerContext, user: &BareJid) -> Vec<Element>;
+}
+
 /// A feature module.
 pub trait Module: Send + Sync + 'static {
     /// The `[modules.NAME]` name.
@@ -211,9 +219,14 @@ pub struct HookRegistry {
     modules: Vec<&'static str>,
     event_decoders: Vec<(&'static str, EventDecoder)>,
     services: Vec<(String, String, Arc<dyn Service>)>,
+    roster_extra: Vec<Arc<dyn RosterExtra>>,
 }
 
 impl HookRegistry {
+    /// Adds items to every roster get.
+    pub fn roster_extra(&mut self, h: Arc<dyn RosterExtra>) {
+        self.roster_extra.push(h);
+    }
     /// Serves the domain `domain` with `h`; `name` is its disco#items name. A
     /// domain served twice is a configuration error caught at start.
     pub fn service(&mut self, domain: String, name: String, h: Arc<dyn Service>) {
@@ -295,6 +308,7 @@ impl HookRegistry {
             modules: self.modules,
             event_decoders: self.event_decoders,
             services: self.services,
+            roster_extra: self.roster_extra,
         }
     }
 }
@@ -324,6 +338,8 @@ pub struct Hooks {
     pub modules: Vec<&'static str>,
     event_decoders: Vec<(&'static str, EventDecoder)>,
     services: Vec<(String, String, Arc<dyn Service>)>,
+    /// Modules adding items to roster gets.
+    pub roster_extra: Vec<Arc<dyn RosterExtra>>,
 }
 
 impl Hooks {

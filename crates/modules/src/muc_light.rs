@@ -170,11 +170,34 @@ impl MucLight {
     /// through `mam` when given.
     pub fn start(cfg: MucLightCfg, mam: Option<Arc<Mam>>, config: &Config, reg: &mut HookRegistry) {
         let schema = cfg.config_schema.iter().map(|f| (f.field.clone(), f.string_value.clone())).collect();
+        let rooms_in_rosters = cfg.rooms_in_rosters;
         let host = RoomHost::new(MucLight { cfg, schema, mam });
         reg.module("mod_muc_light");
         for h in config.hosts() {
             reg.service(host.kind.cfg.host.replace("@HOST@", h), "MUC Light Service".into(), host.clone());
         }
+        if rooms_in_rosters {
+            reg.roster_extra(Arc::new(RoomsInRoster(host)));
+        }
+    }
+
+    /// A user's rooms on the service of the user's host, with name and version.
+    async fn user_rooms(
+        &self,
+        ctx: &ServerContext,
+        user: &BareJid,
+        service: &str,
+    ) -> Result<Vec<LightRoom>, StanzaError> {
+        let rooms = ctx.stores.muc.rooms_of(service, user.as_str()).await.map_err(storage_error)?;
+        let mut out = Vec::with_capacity(rooms.len());
+        for (name, _) in rooms {
+            let Some(stored) = ctx.stores.muc.load_room(service, &name).await.map_err(storage_error)? else { continue };
+            let Ok(jid) = BareJid::new(&format!("{name}@{service}")) else { continue };
+            if let Ok(r) = LightRoom::from_stored(jid, &stored.config, &self.schema, Vec::new()) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     async fn send(ctx: &ServerContext, el: Element) {
@@ -774,6 +797,33 @@ fn apply_config(config: &mut [(String, String)], q: &Element) -> Result<(), Stan
         slot.1 = f.text();
     }
     Ok(())
+}
+
+/// §6.1: a user's rooms as roster items (subscription `to`, group
+/// `urn:xmpp:muclight:0`, with the room's version).
+struct RoomsInRoster(Arc<RoomHost<MucLight>>);
+
+#[async_trait::async_trait]
+impl meerkat_core::hooks::RosterExtra for RoomsInRoster {
+    async fn roster_items(&self, ctx: &ServerContext, user: &BareJid) -> Vec<Element> {
+        let service = self.0.kind.cfg.host.replace("@HOST@", user.domain().as_str());
+        let rooms = match self.0.kind.user_rooms(ctx, user, &service).await {
+            Ok(r) => r,
+            Err(_) => return Vec::new(), // logged; the stored roster still answers
+        };
+        rooms
+            .into_iter()
+            .map(|r| {
+                Element::builder("item", ns::ROSTER)
+                    .attr("jid", r.jid.as_str())
+                    .attr("name", r.name())
+                    .attr("subscription", "to")
+                    .append(Element::builder("group", ns::ROSTER).text(NS_MUCLIGHT).build())
+                    .append(Element::builder("version", ns::ROSTER).text(r.version.as_str()).build())
+                    .build()
+            })
+            .collect()
+    }
 }
 
 fn storage_error(e: meerkat_storage::Error) -> StanzaError {

@@ -239,11 +239,26 @@ async fn send_resources_presence(ctx: &ServerContext, user: &BareJid, to: &str, 
 impl Roster {
     async fn get(&self, ctx: &ServerContext, s: &mut SessionState, payload: &Element) -> IqResult {
         let versioning = self.cfg.versioning;
+        // Items other modules add (MUC Light rooms) change on their own: their
+        // digest is part of the version, so a client with an older list gets it.
+        let mut extra = Vec::new();
+        for h in &ctx.hooks.roster_extra {
+            extra.extend(h.roster_items(ctx, &s.bare).await);
+        }
         let roster = ensure_roster(ctx, s).await?;
         let current = roster.version.to_string();
         let mut items: Vec<&RosterItem> = roster.items.values().filter(|i| i.visible).collect();
         items.sort_by(|a, b| a.jid.cmp(&b.jid));
         let mut q = Element::new("query", ns::ROSTER);
+        let current = if extra.is_empty() {
+            current
+        } else {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in extra.iter().flat_map(|e| e.to_string_with_ns().into_bytes()) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("{current}-{h:x}")
+        };
         if versioning {
             // XEP-0237 §3.3: the client is up to date: empty result, pushes follow.
             if payload.attr("ver") == Some(current.as_str()) {
@@ -254,6 +269,9 @@ impl Roster {
         }
         for i in items {
             q.append_child(item_element(i, false));
+        }
+        for e in extra {
+            q.append_child(e);
         }
         s.roster_requested = true;
         Ok(Some(q))

@@ -303,3 +303,48 @@ async fn muc_light_rooms_end_to_end() {
     assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn rooms_in_rosters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = meerkat::testing::test_config(dir.path());
+    cfg.modules.mod_muc_light.as_mut().unwrap().rooms_in_rosters = true;
+    let s = TestServer::start_with(cfg, Some(dir)).await.unwrap();
+    for u in ["alice", "bob"] {
+        s.add_user(&format!("{u}@localhost"), &format!("{u}-pass")).await;
+    }
+    let mut alice = online(&s, "alice").await;
+    let mut bob = online(&s, "bob").await;
+    let r = iq(&mut bob, "r0", "<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await;
+    let empty_ver = r.get_child("query", "jabber:iq:roster").and_then(|q| q.attr("ver")).map(str::to_owned);
+    let r = iq(
+        &mut alice,
+        "c",
+        &format!(
+            "<iq type='set' to='{ROOM}' id='c'><query xmlns='urn:xmpp:muclight:0#create'>\
+               <configuration><roomname>Roster room</roomname></configuration>\
+               <occupants><user affiliation='member'>bob@localhost</user></occupants></query></iq>"
+        ),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // Bob's roster lists the room (subscription to, the MUC Light group, its
+    // version); the roster version changed, so a versioned client gets it too.
+    let r = iq(
+        &mut bob,
+        "r1",
+        &format!(
+            "<iq type='get' id='r1'><query xmlns='jabber:iq:roster' ver='{}'/></iq>",
+            empty_ver.clone().unwrap_or_default()
+        ),
+    )
+    .await;
+    let q = r.get_child("query", "jabber:iq:roster").expect("a full roster");
+    assert_ne!(q.attr("ver").map(str::to_owned), empty_ver);
+    let item = q.children().find(|i| i.attr("jid") == Some(ROOM)).expect("the room in the roster");
+    assert_eq!(item.attr("subscription"), Some("to"));
+    assert_eq!(item.attr("name"), Some("Roster room"));
+    assert_eq!(item.child_text("group", "jabber:iq:roster").as_deref(), Some("urn:xmpp:muclight:0"));
+    assert!(item.child_text("version", "jabber:iq:roster").is_some());
+    s.stop().await;
+}
