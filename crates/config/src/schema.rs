@@ -492,10 +492,15 @@ impl Cluster {
         for u in &urls {
             let rest = u.strip_prefix("nats://").or_else(|| u.strip_prefix("tls://"));
             if rest.is_none_or(|r| r.is_empty()) {
-                report(span(&self.nats_url), "cluster.nats_url".into(), format!("`{u}` is not a nats:// or tls:// URL"));
+                report(
+                    span(&self.nats_url),
+                    "cluster.nats_url".into(),
+                    format!("`{u}` is not a nats:// or tls:// URL"),
+                );
             }
         }
-        let subject_token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let subject_token =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !subject_token(self.node_name.get_ref()) {
             report(
                 span(&self.node_name),

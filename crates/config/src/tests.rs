@@ -89,6 +89,25 @@ fn mam_options_are_checked() {
     let m = c.modules.mod_mam.expect("enabled by its table");
     assert_eq!((m.default_mode.as_str(), m.max_result_limit, m.default_result_limit), ("always", 50, 50));
     assert_eq!((m.async_writer.batch_size, m.async_writer.flush_interval), (30, 2000));
+    assert_eq!(m.async_writer.max_queue, 100_000);
+    let c = Config::parse(
+        "[modules.mod_mam.async_writer]
+max_queue = 500
+",
+        "m.toml",
+    )
+    .unwrap();
+    assert_eq!(c.modules.mod_mam.expect("enabled").async_writer.max_queue, 500);
+    // The bound must hold at least one batch.
+    let e = Config::parse(
+        "[modules.mod_mam.async_writer]
+batch_size = 50
+max_queue = 10
+",
+        "m.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("modules.mod_mam.async_writer.max_queue"), "{e}");
     let e = Config::parse(
         "[modules.mod_mam.async_writer]
 batch_size = 5
@@ -113,10 +132,11 @@ fn cluster_section() {
     // Absent: a single node.
     assert!(Config::parse("", "m.toml").unwrap().cluster.is_none());
     // One URL or a list; defaults for the rest.
-    let c = Config::parse(&format!("{pg}[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode_name = \"n1\"\n"), "m.toml")
-        .unwrap()
-        .cluster
-        .unwrap();
+    let c =
+        Config::parse(&format!("{pg}[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode_name = \"n1\"\n"), "m.toml")
+            .unwrap()
+            .cluster
+            .unwrap();
     assert_eq!(c.nats_url.get_ref().list(), ["nats://127.0.0.1:4222"]);
     assert_eq!((c.name.get_ref().as_str(), c.heartbeat_interval_ms, c.node_timeout_ms), ("meerkat", 1000, 3000));
     let c = Config::parse(
@@ -128,8 +148,9 @@ fn cluster_section() {
     .unwrap();
     assert_eq!(c.nats_url.get_ref().list().len(), 2);
     // Unknown keys name the key and line; bad values are all reported.
-    let e = Config::parse(&format!("{pg}[cluster]\nnats_url = \"nats://a\"\nnode_name = \"n1\"\nnodes = 3\n"), "m.toml")
-        .unwrap_err();
+    let e =
+        Config::parse(&format!("{pg}[cluster]\nnats_url = \"nats://a\"\nnode_name = \"n1\"\nnodes = 3\n"), "m.toml")
+            .unwrap_err();
     assert!(e.to_string().contains("nodes") && e.errors[0].line == 6, "{e}");
     let e = Config::parse(
         "[cluster]\nnats_url = \"http://a\"\nnode_name = \"n 1\"\nheartbeat_interval_ms = 1000\nnode_timeout_ms = 1500\n",

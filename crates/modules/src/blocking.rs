@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use meerkat_core::hooks::{DeliveryHooks, Flow, IqHandler, IqRequest, IqResult, IqScope, SessionHooks};
 use meerkat_core::session::ensure_roster;
-use meerkat_core::{account, event_as, Event, HookRegistry, Module, ServerContext, SessionEvent, SessionMsg, SessionState};
+use meerkat_core::{
+    account, event_as, Event, HookRegistry, Module, ServerContext, SessionEvent, SessionMsg, SessionState,
+};
 use meerkat_stanza::{ns, BareJid, ErrorType, IqType, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
 use meerkat_xml::Element;
 

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use meerkat_core::hooks::{DeliveryHooks, Flow, IqHandler, IqRequest, IqResult, IqScope, SessionHooks};
-use meerkat_core::{event_as, Event, HookRegistry, Module, ServerContext, SessionEvent, SessionId, SessionMsg, SessionState};
+use meerkat_core::{
+    event_as, Event, HookRegistry, Module, ServerContext, SessionEvent, SessionId, SessionMsg, SessionState,
+};
 use meerkat_stanza::{ns, BareJid, Stanza, StanzaError, StanzaKind};
 use meerkat_xml::Element;
 
@@ -50,7 +52,12 @@ impl Event for Copy {
 
 impl Copy {
     fn decode(el: &Element) -> Option<SessionEvent> {
-        let skip = el.attr("skip")?.split_ascii_whitespace().map(|s| s.parse().map(SessionId)).collect::<Result<_, _>>().ok()?;
+        let skip = el
+            .attr("skip")?
+            .split_ascii_whitespace()
+            .map(|s| s.parse().map(SessionId))
+            .collect::<Result<_, _>>()
+            .ok()?;
         let msg = el.children().next()?.clone();
         Some(Arc::new(Copy { sent: el.attr("sent") == Some("1"), msg, skip }))
     }
