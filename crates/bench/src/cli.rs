@@ -32,6 +32,11 @@ pub enum Scenario {
     /// one-to-one with stream management (XEP-0198): connections are cut abruptly on a
     /// schedule and the sessions resumed; measures resume time and exactly-once delivery.
     SmResume,
+    /// Message archive (XEP-0313): pairs of users fill their archives with
+    /// --archive-size messages at --rate (open loop, time to delivery measured), every
+    /// archive is then paged through and checked, and page --page is looked up at
+    /// --lookup-rate (open loop); measures lookup latency.
+    Mam,
 }
 
 impl Scenario {
@@ -43,12 +48,13 @@ impl Scenario {
             Scenario::Register => "register",
             Scenario::Presence => "presence",
             Scenario::SmResume => "sm-resume",
+            Scenario::Mam => "mam",
         }
     }
 
     /// True for the scenarios that send stamped stanzas on an open-loop schedule.
     pub fn sends(self) -> bool {
-        matches!(self, Scenario::OneToOne | Scenario::Presence | Scenario::SmResume)
+        matches!(self, Scenario::OneToOne | Scenario::Presence | Scenario::SmResume | Scenario::Mam)
     }
 }
 
@@ -131,7 +137,8 @@ pub struct Args {
     #[arg(long, default_value = "secret")]
     pub password: String,
     /// Seconds of the measured phase (after the login ramp): users stay online
-    /// (connect) or send messages (one-to-one) this long.
+    /// (connect) or send messages (one-to-one) this long. mam: not used (the fill
+    /// lasts as long as --archive-size at --rate takes; see --lookup-seconds).
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
     /// How streams are carried: `tcp`, or `websocket` (RFC 7395 over plain ws://,
@@ -142,8 +149,8 @@ pub struct Args {
     /// listener's address].
     #[arg(long, value_name = "URL")]
     pub ws_url: Option<String>,
-    /// one-to-one, sm-resume, presence: total stanzas per second to offer (messages;
-    /// presence updates); overrides --interval-ms.
+    /// one-to-one, sm-resume, presence, mam: total stanzas per second to offer
+    /// (messages; presence updates); overrides --interval-ms.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Upgrade with STARTTLS (server certificate not verified: loopback benchmarking).
@@ -199,9 +206,28 @@ pub struct Args {
     pub churn_per_s: f64,
     /// presence: seconds between the login ramp and the measured phase in which the
     /// missing subscriptions are established (not measured)
-    /// [default: 5 + users * contacts / 2000].
+    /// [default: 5 + users * contacts / 2000]. mam: seconds between the end of the
+    /// fill (after the drain) and the lookups, in which every user pages through its
+    /// archive once [default: 5 + users * archive-size / page-size / 250].
     #[arg(long)]
     pub setup_seconds: Option<f64>,
+    /// mam: messages each user's archive receives in this run (its pair's messages
+    /// both ways; odd sizes are rounded up to even).
+    #[arg(long, default_value_t = 100_000)]
+    pub archive_size: u64,
+    /// mam: the page looked up (1-based, counted from this run's first message).
+    #[arg(long, default_value_t = 50)]
+    pub page: u64,
+    /// mam: messages per page (RSM `<max/>`; the server may clamp it: Meerkat's
+    /// `max_result_limit`, 50 by default).
+    #[arg(long, default_value_t = 50)]
+    pub page_size: u64,
+    /// mam: lookups per second across all users, open loop.
+    #[arg(long, default_value_t = 100.0)]
+    pub lookup_rate: f64,
+    /// mam: seconds of the lookup phase.
+    #[arg(long, default_value_t = 10.0)]
+    pub lookup_seconds: f64,
     /// sm-resume: connections cut abruptly per second across all users during the
     /// measured phase; each cut session is resumed at once (XEP-0198).
     #[arg(long, default_value_t = 1.0)]
@@ -267,6 +293,17 @@ impl Args {
         if self.setup_seconds.is_some_and(|r| !non_negative(r)) {
             bail!("--setup-seconds must be >= 0");
         }
+        if self.scenario == Scenario::Mam {
+            if !self.users.is_multiple_of(2) {
+                bail!("mam: --users must be even (users talk in pairs)");
+            }
+            if self.page == 0 || self.page_size == 0 || self.page * self.page_size > self.archive_msgs() {
+                bail!("mam: --page and --page-size must be at least 1 and the page within --archive-size");
+            }
+            if !(positive(self.lookup_rate) && non_negative(self.lookup_seconds)) {
+                bail!("mam: --lookup-rate must be > 0 and --lookup-seconds >= 0");
+            }
+        }
         if self.scenario == Scenario::Presence
             && (self.contacts == 0 || !self.contacts.is_multiple_of(2) || self.contacts >= self.users)
         {
@@ -311,13 +348,56 @@ impl Args {
         self.ws_url.clone().unwrap_or_else(|| format!("ws://{first}/ws-xmpp"))
     }
 
-    /// presence: seconds of the (unmeasured) subscription setup phase.
+    /// presence: seconds of the (unmeasured) subscription setup phase, which comes
+    /// before the measured phase (0 for the other scenarios).
     pub fn setup_seconds(&self) -> f64 {
         match self.scenario {
             Scenario::Presence => {
                 self.setup_seconds.unwrap_or(5.0 + f64::from(self.users) * f64::from(self.contacts) / 2000.0)
             }
             _ => 0.0,
+        }
+    }
+
+    /// mam: seconds of the (unmeasured) pass through every archive between the fill
+    /// and the lookups (budget: 4 ms per page queried).
+    pub fn learn_seconds(&self) -> f64 {
+        let pages = self.archive_msgs().div_ceil(self.page_size.max(1)) + 1;
+        self.setup_seconds.unwrap_or(5.0 + f64::from(self.users) * pages as f64 / 250.0)
+    }
+
+    /// mam: messages each user sends during the fill (half its archive).
+    pub fn mam_per_user(&self) -> u64 {
+        self.archive_size.div_ceil(2)
+    }
+
+    /// mam: messages each user's archive receives in this run.
+    pub fn archive_msgs(&self) -> u64 {
+        2 * self.mam_per_user()
+    }
+
+    /// Users per conversation bucket: pairs for mam.
+    pub fn bucket(&self) -> u32 {
+        match self.scenario {
+            Scenario::Mam => 2,
+            _ => self.bucket_size,
+        }
+    }
+
+    /// Seconds in which the open-loop messages are scheduled: --duration, or for mam
+    /// the fill, each user's messages at its interval.
+    pub fn send_seconds(&self) -> f64 {
+        match self.scenario {
+            Scenario::Mam => (self.mam_per_user() * self.interval_us()) as f64 / 1e6,
+            _ => self.duration,
+        }
+    }
+
+    /// Most messages one user sends (mam: exactly half its archive).
+    pub fn max_per_user(&self) -> u64 {
+        match self.scenario {
+            Scenario::Mam => self.mam_per_user(),
+            _ => u64::MAX,
         }
     }
 
@@ -423,6 +503,28 @@ mod tests {
         assert!((p.setup_seconds() - 5.2).abs() < 1e-9);
         let odd = Args::try_parse_from(["b", "presence", "--users", "100", "--contacts", "3"]).unwrap();
         assert!(odd.validate().is_err());
+    }
+
+    #[test]
+    fn mam_pairs_and_fill_time() {
+        let mam = |extra: &[&str]| {
+            let mut v = vec!["b", "mam", "--rate", "5000"];
+            if !extra.contains(&"--users") {
+                v.extend_from_slice(&["--users", "2"]);
+            }
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).unwrap()
+        };
+        let a = mam(&[]);
+        assert!(a.validate().is_ok());
+        assert_eq!((a.bucket(), a.mam_per_user(), a.archive_msgs(), a.max_per_user()), (2, 50_000, 100_000, 50_000));
+        // 2 users at 5,000 msgs/s: each sends every 400 µs, 50,000 messages in 20 s.
+        assert!((a.send_seconds() - 20.0).abs() < 1e-9);
+        assert_eq!(mam(&["--archive-size", "601"]).archive_msgs(), 602);
+        assert!(mam(&["--users", "3"]).validate().is_err());
+        assert!(mam(&["--archive-size", "600", "--page", "13"]).validate().is_err());
+        assert!(mam(&["--archive-size", "600", "--page", "12"]).validate().is_ok());
+        assert!((args(&[]).send_seconds() - 30.0).abs() < 1e-9);
     }
 
     #[test]

@@ -20,6 +20,8 @@ struct PidStats {
     after_login: Option<Sample>,
     window_end: Option<Sample>,
     closing: Option<Sample>,
+    lookup_start: Option<Sample>,
+    lookup_end: Option<Sample>,
     last: Option<Sample>,
     rss_max: u64,
 }
@@ -67,6 +69,14 @@ impl ServerStats {
     pub fn sample_closing(&mut self) {
         self.mark(|p| &mut p.closing);
     }
+    /// mam: when the lookups start.
+    pub fn sample_lookup_start(&mut self) {
+        self.mark(|p| &mut p.lookup_start);
+    }
+    /// mam: when the lookups end.
+    pub fn sample_lookup_end(&mut self) {
+        self.mark(|p| &mut p.lookup_end);
+    }
     /// After every worker exited.
     pub fn sample_final(&mut self) {
         self.sample();
@@ -87,7 +97,7 @@ fn per(num: Option<f64>, den: u64) -> Value {
 /// The `server` object and the derived per-session / per-message figures.
 fn server_json(s: &ServerStats, r: &WorkerReport) -> Value {
     let mut pids = Vec::new();
-    let (mut rss_ps, mut cpu_msg, mut cpu_login) = (None::<f64>, None::<f64>, None::<f64>);
+    let (mut rss_ps, mut cpu_msg, mut cpu_login, mut cpu_lookup) = (None::<f64>, None::<f64>, None::<f64>, None);
     let add = |acc: &mut Option<f64>, v: Option<f64>| {
         if let Some(v) = v {
             *acc = Some(acc.unwrap_or(0.0) + v);
@@ -107,6 +117,11 @@ fn server_json(s: &ServerStats, r: &WorkerReport) -> Value {
         if r.logins > 0 {
             add(&mut cpu_login, login_cpu.map(|c| c / r.logins as f64));
         }
+        let lookup_cpu = cpu_ms(p.lookup_start, p.lookup_end).map(|ms| ms as f64 * 1000.0);
+        let lookups = r.extra.lookups_ok + r.extra.lookups_failed();
+        if lookups > 0 {
+            add(&mut cpu_lookup, lookup_cpu.map(|c| c / lookups as f64));
+        }
         pids.push(json!({
             "pid": p.pid,
             "rss_kib_start": p.start.map(|s| s.rss_kib),
@@ -120,6 +135,8 @@ fn server_json(s: &ServerStats, r: &WorkerReport) -> Value {
             "rss_per_session_bytes": per(rss_growth, r.logins),
             "server_cpu_us_per_msg": per(window_cpu, r.delivered),
             "server_cpu_us_per_login": per(login_cpu, r.logins),
+            "cpu_ms_lookups": cpu_ms(p.lookup_start, p.lookup_end),
+            "server_cpu_us_per_lookup": per(lookup_cpu, lookups),
         }));
     }
     json!({
@@ -127,6 +144,7 @@ fn server_json(s: &ServerStats, r: &WorkerReport) -> Value {
         "rss_per_session_bytes": per(rss_ps, 1),
         "server_cpu_us_per_msg": per(cpu_msg, 1),
         "server_cpu_us_per_login": per(cpu_login, 1),
+        "server_cpu_us_per_lookup": per(cpu_lookup, 1),
     })
 }
 
@@ -154,15 +172,32 @@ fn offered(args: &Args) -> u64 {
     }
     let plan = SendPlan {
         start_us: 0,
-        end_us: (args.duration * 1e6) as u64,
+        end_us: (args.send_seconds() * 1e6) as u64,
         interval_us: args.interval_us(),
         users: args.users,
         tick_us: args.tick_us,
+        max_count: args.max_per_user(),
     };
     (1..=args.users)
-        .filter(|&k| args.scenario == Scenario::Presence || Bucket::of(k, args.users, args.bucket_size).len > 1)
+        .filter(|&k| args.scenario == Scenario::Presence || Bucket::of(k, args.users, args.bucket()).len > 1)
         .map(|k| plan.count(k))
         .sum()
+}
+
+/// mam: lookups the schedule offers in total.
+fn lookups_offered(args: &Args) -> u64 {
+    if args.scenario != Scenario::Mam {
+        return 0;
+    }
+    let plan = SendPlan {
+        start_us: 0,
+        end_us: (args.lookup_seconds * 1e6) as u64,
+        interval_us: ((f64::from(args.users) * 1e6 / args.lookup_rate).round() as u64).max(1),
+        users: args.users,
+        tick_us: args.tick_us,
+        max_count: u64::MAX,
+    };
+    (1..=args.users).map(|k| plan.count(k)).sum()
 }
 
 fn round1(x: f64) -> f64 {
@@ -195,6 +230,20 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
                 && x.finals_missing == 0
                 && x.churn_logins == x.churn_logouts
         }
+        Scenario::Mam => {
+            late_p99 <= 1000
+                && lost == 0
+                && r.duplicated == 0
+                && r.failures() == 0
+                && disconnects == 0
+                && x.archive_missing == 0
+                && x.archive_foreign == 0
+                && x.archive_short == 0
+                && x.archive_unchecked == 0
+                && x.lookups_skipped == 0
+                && x.lookups_failed() == 0
+                && x.lookups_ok == lookups_offered(args)
+        }
         Scenario::SmResume => {
             late_p99 <= 1000
                 && lost == 0
@@ -213,7 +262,7 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
         }
     }
     let server_v = server_json(server, r);
-    let duration = args.duration.max(1e-9);
+    let duration = args.send_seconds().max(1e-9);
     let mut v = json!({
         "scenario": args.scenario.name(),
         "users": args.users,
@@ -287,6 +336,38 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
                     "churn_login_p50_us": x.churn_login.pct(50.0),
                     "churn_login_p99_us": x.churn_login.pct(99.0),
                     "churn_login_max_us": x.churn_login.max(),
+                });
+                m.extend(more.as_object().cloned().unwrap_or_default());
+            }
+            Scenario::Mam => {
+                let lookup_s = args.lookup_seconds.max(1e-9);
+                let more = json!({
+                    "archive_size": args.archive_msgs(),
+                    "page": args.page,
+                    "page_size": args.page_size,
+                    "fill_seconds": round1(args.send_seconds()),
+                    "archive_queries": x.archive_queries,
+                    "archive_checked": x.archive_checked,
+                    "archive_expected": x.archive_expected,
+                    "archive_missing": x.archive_missing,
+                    "archive_foreign": x.archive_foreign,
+                    "archive_short": x.archive_short,
+                    "archive_unchecked": x.archive_unchecked,
+                    "lookups_offered": lookups_offered(args),
+                    "offered_lookups_per_s": round1(args.lookup_rate),
+                    "lookups_sent": x.lookups_sent,
+                    "lookups_ok": x.lookups_ok,
+                    "lookups_failed": x.lookups_failed(),
+                    "lookup_failure_reasons": x.lookup_failures,
+                    "lookups_skipped": x.lookups_skipped,
+                    "lookup_results": x.lookup_results,
+                    "lookups_per_s": round1(x.lookups_ok as f64 / lookup_s),
+                    "lookup_p50_us": x.lookup.pct(50.0),
+                    "lookup_p90_us": x.lookup.pct(90.0),
+                    "lookup_p99_us": x.lookup.pct(99.0),
+                    "lookup_p999_us": x.lookup.pct(99.9),
+                    "lookup_max_us": x.lookup.max(),
+                    "server_cpu_us_per_lookup": server_v["server_cpu_us_per_lookup"].clone(),
                 });
                 m.extend(more.as_object().cloned().unwrap_or_default());
             }
@@ -387,7 +468,44 @@ pub fn summary(v: &Value) -> String {
             g("resent"),
         );
     }
-    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume")) {
+    if v["scenario"] == "mam" {
+        s += &format!(
+            "  archives of {} messages filled in {} s; pass: {} queries, {} messages checked of {} expected, \
+             {} missing, {} foreign, {} short, {} unchecked\n",
+            g("archive_size"),
+            g("fill_seconds"),
+            g("archive_queries"),
+            g("archive_checked"),
+            g("archive_expected"),
+            g("archive_missing"),
+            g("archive_foreign"),
+            g("archive_short"),
+            g("archive_unchecked"),
+        );
+        s += &format!(
+            "  lookups of page {} ({} per page): offered {} sent {} ok {} failed {} skipped {}; {} lookups/s; \
+             {} results\n",
+            g("page"),
+            g("page_size"),
+            g("lookups_offered"),
+            g("lookups_sent"),
+            g("lookups_ok"),
+            g("lookups_failed"),
+            g("lookups_skipped"),
+            g("lookups_per_s"),
+            g("lookup_results"),
+        );
+        s += &format!(
+            "  lookup µs p50 {} p90 {} p99 {} p99.9 {} max {}; server {} µs CPU per lookup\n",
+            g("lookup_p50_us"),
+            g("lookup_p90_us"),
+            g("lookup_p99_us"),
+            g("lookup_p999_us"),
+            g("lookup_max_us"),
+            g("server_cpu_us_per_lookup"),
+        );
+    }
+    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "mam")) {
         s += &format!(
             "  messages offered {} sent {} delivered {} lost {} duplicated {}; {} msgs/s\n",
             g("offered"),
@@ -398,7 +516,7 @@ pub fn summary(v: &Value) -> String {
             g("msgs_per_s"),
         );
     }
-    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "presence")) {
+    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "presence" | "mam")) {
         s += &format!(
             "  TTD µs p50 {} p90 {} p99 {} p99.9 {} max {}; generator lateness p99 {} µs\n",
             g("ttd_p50_us"),
@@ -433,7 +551,7 @@ pub fn summary(v: &Value) -> String {
             );
         }
     }
-    for key in ["login_failure_reasons", "disconnect_reasons", "resume_failure_reasons"] {
+    for key in ["login_failure_reasons", "disconnect_reasons", "resume_failure_reasons", "lookup_failure_reasons"] {
         if let Some(Value::Object(m)) = v.get(key) {
             for (reason, n) in m {
                 s += &format!("  {}: {reason}: {n}\n", key.trim_end_matches("_reasons"));

@@ -24,8 +24,12 @@ pub struct Plan {
     pub start_ms: u64,
     /// End of the measured phase.
     pub end_ms: u64,
-    /// Sessions close (after the drain).
+    /// Sessions close (after the drain); mam: end of the fill's drain.
     pub close_ms: u64,
+    /// mam: start of the lookups (after the pass through the archives); else `close_ms`.
+    pub lookup_start_ms: u64,
+    /// mam: end of the lookups; else `close_ms`.
+    pub lookup_end_ms: u64,
     /// Tags this run's messages.
     pub run_id: u64,
 }
@@ -40,13 +44,28 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let start_ms = login_ms + ((args.ramp_seconds() + args.setup_seconds()) * 1000.0) as u64;
     let end_ms = match args.scenario {
         Scenario::Register => start_ms,
-        _ => start_ms + (args.duration * 1000.0) as u64,
+        _ => start_ms + (args.send_seconds() * 1000.0) as u64,
     };
     let close_ms = match args.scenario.sends() {
         true => end_ms + (args.drain_seconds * 1000.0) as u64,
         false => end_ms,
     };
-    let plan = Plan { login_ms, start_ms, end_ms, close_ms, run_id: unix_us() ^ (u64::from(std::process::id()) << 40) };
+    let (lookup_start_ms, lookup_end_ms) = match args.scenario {
+        Scenario::Mam => {
+            let start = close_ms + (args.learn_seconds() * 1000.0) as u64;
+            (start, start + (args.lookup_seconds * 1000.0) as u64)
+        }
+        _ => (close_ms, close_ms),
+    };
+    let plan = Plan {
+        login_ms,
+        start_ms,
+        end_ms,
+        close_ms,
+        lookup_start_ms,
+        lookup_end_ms,
+        run_id: unix_us() ^ (u64::from(std::process::id()) << 40),
+    };
 
     let mut server = ServerStats::new(&args.server_pid);
     server.sample_start();
@@ -101,8 +120,8 @@ fn sample_until_done(
     plan: &Plan,
     children: &mut [(Child, std::thread::JoinHandle<std::io::Result<String>>)],
 ) {
-    let boundaries = [plan.start_ms, plan.end_ms, plan.close_ms];
-    let mut marked = [false; 3];
+    let boundaries = [plan.start_ms, plan.end_ms, plan.close_ms, plan.lookup_start_ms, plan.lookup_end_ms];
+    let mut marked = [false; 5];
     loop {
         let now = unix_us() / 1000;
         for (i, &b) in boundaries.iter().enumerate() {
@@ -111,7 +130,9 @@ fn sample_until_done(
                 match i {
                     0 => server.sample_after_login(),
                     1 => server.sample_window_end(),
-                    _ => server.sample_closing(),
+                    2 => server.sample_closing(),
+                    3 => server.sample_lookup_start(),
+                    _ => server.sample_lookup_end(),
                 }
             }
         }
@@ -137,6 +158,12 @@ fn sample_until_done(
     }
     if !marked[2] {
         server.sample_closing();
+    }
+    if !marked[3] {
+        server.sample_lookup_start();
+    }
+    if !marked[4] {
+        server.sample_lookup_end();
     }
     server.sample_final();
 }

@@ -58,12 +58,12 @@ pub struct WorkerReport {
     pub generator_cpu_ms: u64,
     /// The worker process's peak RSS, KiB.
     pub generator_rss_kib: u64,
-    /// presence, sm-resume: the scenario-specific counters.
+    /// presence, sm-resume, mam: the scenario-specific counters.
     #[serde(default)]
     pub extra: Extra,
 }
 
-/// Counters of the presence and sm-resume scenarios (zero elsewhere).
+/// Counters of the presence, sm-resume and mam scenarios (zero elsewhere).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Extra {
@@ -111,6 +111,35 @@ pub struct Extra {
     pub resent: u64,
     /// sm-resume: acknowledgements from the server with an impossible `h`.
     pub bad_acks: u64,
+    /// mam: queries of the pass through the archives (not measured).
+    pub archive_queries: u64,
+    /// mam: archived messages of this run seen in that pass.
+    pub archive_checked: u64,
+    /// mam: messages the users sent and received in this run, for the archives
+    /// paged through to their end.
+    pub archive_expected: u64,
+    /// mam: of those, messages not in the archive.
+    pub archive_missing: u64,
+    /// mam: results in the run's part of an archive that are no message of this run
+    /// between the pair, a second copy, or out of id order.
+    pub archive_foreign: u64,
+    /// mam: users whose archive holds less than --page pages from this run.
+    pub archive_short: u64,
+    /// mam: users whose pass had not reached the end of the archive when the lookups
+    /// started (or at all).
+    pub archive_unchecked: u64,
+    /// mam: lookups sent.
+    pub lookups_sent: u64,
+    /// mam: lookups answered with exactly the expected ids, in order.
+    pub lookups_ok: u64,
+    /// mam: lookups that failed, by reason.
+    pub lookup_failures: BTreeMap<String, u64>,
+    /// mam: lookups not sent because the user's pass had not yet found the page.
+    pub lookups_skipped: u64,
+    /// mam: `<result/>` messages received for the lookups.
+    pub lookup_results: u64,
+    /// mam: lookup latency (µs), from the scheduled send to the `<fin/>`.
+    pub lookup: Hist,
 }
 
 impl Extra {
@@ -136,6 +165,26 @@ impl Extra {
         self.resume.merge(&o.resume);
         self.resent += o.resent;
         self.bad_acks += o.bad_acks;
+        self.archive_queries += o.archive_queries;
+        self.archive_checked += o.archive_checked;
+        self.archive_expected += o.archive_expected;
+        self.archive_missing += o.archive_missing;
+        self.archive_foreign += o.archive_foreign;
+        self.archive_short += o.archive_short;
+        self.archive_unchecked += o.archive_unchecked;
+        self.lookups_sent += o.lookups_sent;
+        self.lookups_ok += o.lookups_ok;
+        for (k, v) in &o.lookup_failures {
+            *self.lookup_failures.entry(k.clone()).or_default() += v;
+        }
+        self.lookups_skipped += o.lookups_skipped;
+        self.lookup_results += o.lookup_results;
+        self.lookup.merge(&o.lookup);
+    }
+
+    /// mam: failed lookups in total.
+    pub fn lookups_failed(&self) -> u64 {
+        self.lookup_failures.values().sum()
     }
 
     /// Failed resumptions in total.

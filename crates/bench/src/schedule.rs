@@ -71,6 +71,8 @@ pub struct SendPlan {
     /// Send times are rounded down to multiples of this (after `start_us`), so that
     /// the sends of one tick share one wake-up of the scheduler and of the runtime.
     pub tick_us: u64,
+    /// Most sends per user (mam: exactly half an archive), `u64::MAX` for no cap.
+    pub max_count: u64,
 }
 
 impl SendPlan {
@@ -93,7 +95,7 @@ impl SendPlan {
         while self.time(k, n) < self.end_us {
             n += 1;
         }
-        n
+        n.min(self.max_count)
     }
 }
 
@@ -198,7 +200,14 @@ mod tests {
 
     #[test]
     fn open_loop_times() {
-        let p = SendPlan { start_us: 1_000, end_us: 1_000 + 3_000_000, interval_us: 1_000_000, users: 4, tick_us: 1 };
+        let p = SendPlan {
+            start_us: 1_000,
+            end_us: 1_000 + 3_000_000,
+            interval_us: 1_000_000,
+            users: 4,
+            tick_us: 1,
+            max_count: u64::MAX,
+        };
         assert_eq!(p.offset(1), 0);
         assert_eq!(p.offset(3), 500_000);
         assert_eq!(p.time(3, 2), 1_000 + 500_000 + 2_000_000);
@@ -207,8 +216,18 @@ mod tests {
         let short = SendPlan { end_us: 1_000 + 2_600_000, ..p };
         assert_eq!((short.count(1), short.count(4)), (3, 2));
         // The sum over users is the offered rate times the duration.
-        let q = SendPlan { start_us: 0, end_us: 10_000_000, interval_us: 200_000, users: 50, tick_us: 1_000 };
+        let q = SendPlan {
+            start_us: 0,
+            end_us: 10_000_000,
+            interval_us: 200_000,
+            users: 50,
+            tick_us: 1_000,
+            max_count: u64::MAX,
+        };
         assert_eq!((1..=50).map(|k| q.count(k)).sum::<u64>(), 50 * 10_000_000 / 200_000);
+        // A cap (mam): every user sends exactly that many when the window fits them.
+        let m = SendPlan { end_us: 7 * 200_000, max_count: 7, ..q };
+        assert!((1..=50).all(|k| m.count(k) == 7));
     }
 
     #[test]
@@ -227,12 +246,26 @@ mod tests {
     #[test]
     fn times_are_rounded_to_the_tick() {
         // 3 users, 1 s interval: offsets 0, 333_333, 666_666 µs.
-        let p = SendPlan { start_us: 7, end_us: 7 + 2_000_000, interval_us: 1_000_000, users: 3, tick_us: 1_000 };
+        let p = SendPlan {
+            start_us: 7,
+            end_us: 7 + 2_000_000,
+            interval_us: 1_000_000,
+            users: 3,
+            tick_us: 1_000,
+            max_count: u64::MAX,
+        };
         assert_eq!(p.time(2, 0), 7 + 333_000);
         assert_eq!(p.time(3, 1), 7 + 1_666_000);
         assert!((1..=3).all(|k| p.count(k) == 2));
         // An interval that is not a multiple of the tick: the average rate is kept.
-        let q = SendPlan { start_us: 0, end_us: 1_000_000, interval_us: 333_333, users: 1, tick_us: 1_000 };
+        let q = SendPlan {
+            start_us: 0,
+            end_us: 1_000_000,
+            interval_us: 333_333,
+            users: 1,
+            tick_us: 1_000,
+            max_count: u64::MAX,
+        };
         let times: Vec<u64> = (0..q.count(1)).map(|s| q.time(1, s)).collect();
         assert_eq!(times, [0, 333_000, 666_000, 999_000]);
         assert!(times.iter().all(|t| t % 1_000 == 0));

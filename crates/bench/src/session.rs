@@ -118,7 +118,7 @@ pub async fn online(ctx: &Ctx, k: u32, mut conn: Conn, notify: Option<Arc<Notify
 }
 
 /// Sends every message of user `k` whose scheduled time has come.
-async fn send_due(
+pub(crate) async fn send_due(
     ctx: &Ctx,
     k: u32,
     bucket: Bucket,
@@ -187,31 +187,46 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen) -> Result<(), String> {
     }
 }
 
-pub(crate) fn on_message(ctx: &Ctx, msg: &Element, b: &Element, now: u64, seen: &mut Seen, st: &mut WorkerReport) {
+/// Counts a received bench message; returns whether it was a first delivery.
+pub(crate) fn on_message(
+    ctx: &Ctx,
+    msg: &Element,
+    b: &Element,
+    now: u64,
+    seen: &mut Seen,
+    st: &mut WorkerReport,
+) -> bool {
     let num = |a: &str| b.attr(a).and_then(|v| v.parse::<u64>().ok());
     let (Some(run), Some(t), Some(s), Some(n)) = (num("r"), num("t"), num("s"), num("n")) else {
         st.stale += 1;
-        return;
+        return false;
     };
     if msg.attr("type") == Some("error") {
         st.errors += 1;
-        return;
+        return false;
     }
     if run != ctx.run_id {
         st.stale += 1;
-        return;
+        return false;
     }
     let Ok(sender) = u32::try_from(s) else {
         st.stale += 1;
-        return;
+        return false;
     };
     match seen.mark(sender, n) {
         Some(true) => {
             st.delivered += 1;
             st.ttd.record(now.saturating_sub(t).max(1));
+            true
         }
-        Some(false) => st.duplicated += 1,
-        None => st.stale += 1,
+        Some(false) => {
+            st.duplicated += 1;
+            false
+        }
+        None => {
+            st.stale += 1;
+            false
+        }
     }
 }
 

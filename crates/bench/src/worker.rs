@@ -19,7 +19,7 @@ use crate::sasl::{KeyCache, NonceGen};
 use crate::schedule::events;
 use crate::schedule::{spawn_scheduler, Bucket, SendPlan};
 use crate::ws::WsUrl;
-use crate::{presence, session, smresume};
+use crate::{mam, presence, session, smresume};
 
 /// Now, in Unix µs.
 pub fn unix_us() -> u64 {
@@ -41,8 +41,13 @@ pub struct Timeline {
     pub start_us: u64,
     /// End of the measured phase.
     pub end_us: u64,
-    /// When sessions close (after the drain in the sending scenarios).
+    /// When sessions close (after the drain in the sending scenarios); mam: end of
+    /// the fill's drain (the sessions stay for the pass and the lookups).
     pub close_us: u64,
+    /// mam: start of the lookups (else `close_us`).
+    pub lookup_start_us: u64,
+    /// mam: end of the lookups (else `close_us`).
+    pub lookup_end_us: u64,
 }
 
 impl Timeline {
@@ -77,6 +82,14 @@ pub struct Ctx {
     pub tl: Timeline,
     /// one-to-one send schedule.
     pub plan: SendPlan,
+    /// mam: the lookup schedule.
+    pub lookups: SendPlan,
+    /// mam: the page looked up and its size.
+    pub page: u64,
+    /// mam: messages per page.
+    pub page_size: u64,
+    /// µs to wait for answers in flight after the last send (--drain-seconds).
+    pub drain_us: u64,
     /// Logins per second across all workers.
     pub login_rate: f64,
     /// Source addresses, round robin by user number.
@@ -118,12 +131,29 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
         args.plan_start_ms.unwrap_or(login_ms + ((args.ramp_seconds() + args.setup_seconds()) * 1000.0) as u64);
     let start_us = rel(start_ms);
     let setup_us = start_us.saturating_sub((args.setup_seconds() * 1e6) as u64);
-    let end_us = start_us + (args.duration * 1e6) as u64;
+    let end_us = start_us + (args.send_seconds() * 1e6) as u64;
     let close_us = match args.scenario.sends() {
         true => end_us + (args.drain_seconds * 1e6) as u64,
         false => end_us,
     };
-    let tl = Timeline { base, base_unix_us, login_us: rel(login_ms), setup_us, start_us, end_us, close_us };
+    let (lookup_start_us, lookup_end_us) = match args.scenario {
+        Scenario::Mam => {
+            let start = close_us + (args.learn_seconds() * 1e6) as u64;
+            (start, start + (args.lookup_seconds * 1e6) as u64)
+        }
+        _ => (close_us, close_us),
+    };
+    let tl = Timeline {
+        base,
+        base_unix_us,
+        login_us: rel(login_ms),
+        setup_us,
+        start_us,
+        end_us,
+        close_us,
+        lookup_start_us,
+        lookup_end_us,
+    };
     let tls = match args.tls {
         false => None,
         true => {
@@ -150,17 +180,36 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
     meerkat_xml::escape_attr(&args.user_prefix, &mut to_prefix);
     let mut to_suffix = String::from("@");
     meerkat_xml::escape_attr(&args.domain, &mut to_suffix);
-    let plan = SendPlan { start_us, end_us, interval_us: args.interval_us(), users: args.users, tick_us: args.tick_us };
+    let plan = SendPlan {
+        start_us,
+        end_us,
+        interval_us: args.interval_us(),
+        users: args.users,
+        tick_us: args.tick_us,
+        max_count: args.max_per_user(),
+    };
+    let lookups = SendPlan {
+        start_us: lookup_start_us,
+        end_us: lookup_end_us,
+        interval_us: ((f64::from(args.users) * 1e6 / args.lookup_rate).round() as u64).max(1),
+        users: args.users,
+        tick_us: args.tick_us,
+        max_count: u64::MAX,
+    };
     let ctx = Arc::new(Ctx {
         setup,
         scenario: args.scenario,
         users: args.users,
-        bucket_size: args.bucket_size,
+        bucket_size: args.bucket(),
         contacts: args.contacts,
         domain: args.domain.clone(),
         run_id: args.run_id.unwrap_or(base_unix_us),
         tl,
         plan,
+        lookups,
+        page: args.page,
+        page_size: args.page_size,
+        drain_us: (args.drain_seconds * 1e6) as u64,
         login_rate: args.login_rate,
         sources: args.source_addrs()?,
         body: filler(args.body_size),
@@ -183,10 +232,11 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
         }
     }
     let mut senders = Vec::new();
+    let mut lookers = Vec::new();
     let mut set = JoinSet::new();
     for (&k, disrupt) in mine.iter().zip(disruptions) {
         let sends = match args.scenario {
-            Scenario::OneToOne | Scenario::SmResume => Bucket::of(k, args.users, args.bucket_size).len > 1,
+            Scenario::OneToOne | Scenario::SmResume | Scenario::Mam => Bucket::of(k, args.users, args.bucket()).len > 1,
             Scenario::Presence => true,
             _ => false,
         } && plan.count(k) > 0;
@@ -194,9 +244,17 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
         if let Some(n) = &notify {
             senders.push((k, n.clone()));
         }
-        set.spawn(user(ctx.clone(), k, notify, disrupt));
+        let looks = args.scenario == Scenario::Mam && lookups.count(k) > 0;
+        let lookup = looks.then(|| Arc::new(Notify::new()));
+        if let Some(n) = &lookup {
+            lookers.push((k, n.clone()));
+        }
+        set.spawn(user(ctx.clone(), k, Wake { send: notify, lookup }, disrupt));
     }
     spawn_scheduler(plan, base, senders).context("starting the scheduler thread")?;
+    if !lookers.is_empty() {
+        spawn_scheduler(lookups, base, lookers).context("starting the lookup scheduler thread")?;
+    }
     while let Some(r) = set.join_next().await {
         if let Err(e) = r {
             ctx.stats.lock().unwrap_or_else(|e| e.into_inner()).disconnected(format!("task failed: {e}"));
@@ -223,10 +281,19 @@ pub fn source_of(ctx: &Ctx, k: u32) -> Option<IpAddr> {
     }
 }
 
+/// What wakes a user's task on schedule (`None`: it has nothing scheduled).
+struct Wake {
+    /// Its next message (or presence update) is due.
+    send: Option<Arc<Notify>>,
+    /// mam: its next lookup is due.
+    lookup: Option<Arc<Notify>>,
+}
+
 /// One simulated user: waits for its login slot, logs in, then runs its scenario;
 /// `disrupt`: the times of its churn logouts (presence) or connection cuts
 /// (sm-resume).
-async fn user(ctx: Arc<Ctx>, k: u32, notify: Option<Arc<Notify>>, disrupt: Vec<u64>) {
+async fn user(ctx: Arc<Ctx>, k: u32, wake: Wake, disrupt: Vec<u64>) {
+    let notify = wake.send;
     let at = ctx.tl.login_us + ((k - 1) as f64 * 1e6 / ctx.login_rate) as u64;
     tokio::time::sleep_until(ctx.tl.instant(at)).await;
     let source = source_of(&ctx, k);
@@ -267,6 +334,7 @@ async fn user(ctx: Arc<Ctx>, k: u32, notify: Option<Arc<Notify>>, disrupt: Vec<u
     match ctx.scenario {
         Scenario::Presence => Box::pin(presence::online(&ctx, k, sess, notify, disrupt, nonces)).await,
         Scenario::SmResume => Box::pin(smresume::online(&ctx, k, sess, notify, disrupt, nonces)).await,
+        Scenario::Mam => Box::pin(mam::online(&ctx, k, sess.conn, notify, wake.lookup)).await,
         _ => session::online(&ctx, k, sess.conn, notify).await,
     }
 }

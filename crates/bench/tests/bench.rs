@@ -333,3 +333,70 @@ async fn presence_websocket_and_sm_resume_against_meerkat() {
     assert_monotone(&r, &["ttd_p50_us", "ttd_p99_us", "ttd_max_us"]);
     s.stop().await;
 }
+
+/// mam: two pairs fill their archives with 600 messages each, every archive is paged
+/// through and checked, page 5 is looked up and every lookup gets the right 50 ids;
+/// then again on the same archives (the run's part starts after the first run's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mam_fill_pass_and_lookups_against_meerkat() {
+    const N: u32 = 4;
+    let s = TestServer::start().await.expect("test server");
+    meerkat::accounts::bulk_add(&s.ctx.config, &s.ctx.stores, "user", N, "localhost", "secret")
+        .await
+        .expect("provision users");
+    let plain = s.addr(TlsMode::None);
+    for (size, page) in [(600u64, 5u64), (200, 2)] {
+        let r = bench(args(
+            "mam",
+            plain,
+            N,
+            &[
+                "--rate",
+                "800",
+                "--archive-size",
+                &size.to_string(),
+                "--page",
+                &page.to_string(),
+                "--page-size",
+                "50",
+                "--setup-seconds",
+                "3",
+                "--lookup-rate",
+                "40",
+                "--lookup-seconds",
+                "2",
+                "--drain-seconds",
+                "1",
+                "--login-rate",
+                "200",
+            ],
+        ))
+        .await;
+        assert_eq!(r["scenario"], "mam");
+        assert_eq!(u(&r, "logins"), u64::from(N), "{r}");
+        assert_eq!(u(&r, "archive_size"), size, "{r}");
+        // Each user sends half of its archive to its partner.
+        assert_eq!(u(&r, "offered"), u64::from(N) * size / 2, "{r}");
+        assert_eq!(u(&r, "sent"), u(&r, "offered"), "{r}");
+        assert_eq!(u(&r, "delivered"), u(&r, "sent"), "{r}");
+        assert_eq!((r["lost"].as_i64(), u(&r, "duplicated"), u(&r, "stale")), (Some(0), 0, 0), "{r}");
+        // The pass saw exactly this run's messages in every archive.
+        assert_eq!(u(&r, "archive_expected"), u64::from(N) * size, "{r}");
+        assert_eq!(u(&r, "archive_checked"), u64::from(N) * size, "{r}");
+        assert_eq!(u(&r, "archive_queries"), u64::from(N) * size.div_ceil(50), "{r}");
+        for key in ["archive_missing", "archive_foreign", "archive_short", "archive_unchecked"] {
+            assert_eq!(u(&r, key), 0, "{key}: {r}");
+        }
+        // Every lookup got the page's 50 ids in order.
+        assert!(u(&r, "lookups_offered") > 0, "{r}");
+        assert_eq!(u(&r, "lookups_ok"), u(&r, "lookups_offered"), "{r}");
+        assert_eq!(u(&r, "lookups_sent"), u(&r, "lookups_ok"), "{r}");
+        assert_eq!((u(&r, "lookups_failed"), u(&r, "lookups_skipped")), (0, 0), "{r}");
+        assert_eq!(u(&r, "lookup_results"), 50 * u(&r, "lookups_ok"), "{r}");
+        assert!(u(&r, "lookup_p50_us") > 0, "{r}");
+        assert_monotone(&r, &["lookup_p50_us", "lookup_p90_us", "lookup_p99_us", "lookup_p999_us", "lookup_max_us"]);
+        assert!(r["lookups_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(u(&r, "disconnects"), 0, "{r}");
+    }
+    s.stop().await;
+}

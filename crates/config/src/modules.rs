@@ -280,6 +280,12 @@ pub struct MamWriterCfg {
     /// Milliseconds a row may wait for its batch to fill before it is written.
     #[serde(default = "default_mam_flush")]
     pub flush_interval: u64,
+    /// Rows waiting to be written at which new archivable messages are refused
+    /// (`resource-constraint`, type `wait`) until the writer catches up; rows of
+    /// messages already accepted are still queued, so the queue may exceed it by
+    /// what was in flight.
+    #[serde(default = "default_mam_max_queue")]
+    pub max_queue: usize,
 }
 
 fn default_mam_mode() -> String {
@@ -297,10 +303,17 @@ fn default_mam_batch() -> usize {
 fn default_mam_flush() -> u64 {
     2000
 }
+fn default_mam_max_queue() -> usize {
+    100_000
+}
 
 impl Default for MamWriterCfg {
     fn default() -> Self {
-        MamWriterCfg { batch_size: default_mam_batch(), flush_interval: default_mam_flush() }
+        MamWriterCfg {
+            batch_size: default_mam_batch(),
+            flush_interval: default_mam_flush(),
+            max_queue: default_mam_max_queue(),
+        }
     }
 }
 
@@ -496,6 +509,9 @@ impl Modules {
                     "modules.mod_mam.async_writer".into(),
                     "batch_size and flush_interval must be at least 1".into(),
                 );
+            }
+            if m.async_writer.max_queue < m.async_writer.batch_size.max(1) {
+                report(None, "modules.mod_mam.async_writer.max_queue".into(), "must be at least batch_size".into());
             }
         }
         if let Some(r) = &self.mod_roster {

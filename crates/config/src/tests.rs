@@ -89,6 +89,25 @@ fn mam_options_are_checked() {
     let m = c.modules.mod_mam.expect("enabled by its table");
     assert_eq!((m.default_mode.as_str(), m.max_result_limit, m.default_result_limit), ("always", 50, 50));
     assert_eq!((m.async_writer.batch_size, m.async_writer.flush_interval), (30, 2000));
+    assert_eq!(m.async_writer.max_queue, 100_000);
+    let c = Config::parse(
+        "[modules.mod_mam.async_writer]
+max_queue = 500
+",
+        "m.toml",
+    )
+    .unwrap();
+    assert_eq!(c.modules.mod_mam.expect("enabled").async_writer.max_queue, 500);
+    // The bound must hold at least one batch.
+    let e = Config::parse(
+        "[modules.mod_mam.async_writer]
+batch_size = 50
+max_queue = 10
+",
+        "m.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("modules.mod_mam.async_writer.max_queue"), "{e}");
     let e = Config::parse(
         "[modules.mod_mam.async_writer]
 batch_size = 5

@@ -1254,3 +1254,118 @@ async fn disabled_modules_answer_nothing() {
     // The vCard module does not consult a blocklist that does not exist.
     assert_empty_result(&a.iq("set", None, "<vCard xmlns='vcard-temp'><FN>A</FN></vCard>").await);
 }
+
+/// An archive store that fails every write while `down` is set.
+struct DownArchive {
+    inner: Arc<dyn meerkat_storage::ArchiveStore>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl meerkat_storage::ArchiveStore for DownArchive {
+    async fn append(&self, rows: &[meerkat_storage::ArchiveEntry]) -> meerkat_storage::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) && !rows.is_empty() {
+            return Err(meerkat_storage::Error::Backend("storage is down".into()));
+        }
+        self.inner.append(rows).await
+    }
+    async fn query(
+        &self,
+        acc: Account<'_>,
+        q: &meerkat_storage::ArchiveQuery,
+    ) -> meerkat_storage::Result<meerkat_storage::ArchivePage> {
+        self.inner.query(acc, q).await
+    }
+    async fn fetch_ids(
+        &self,
+        acc: Account<'_>,
+        ids: &[i64],
+    ) -> meerkat_storage::Result<Vec<meerkat_storage::ArchivedMessage>> {
+        self.inner.fetch_ids(acc, ids).await
+    }
+    async fn retract(
+        &self,
+        acc: Account<'_>,
+        with: &str,
+        d: meerkat_storage::Direction,
+        origin: &str,
+        tomb: &str,
+    ) -> meerkat_storage::Result<Option<i64>> {
+        self.inner.retract(acc, with, d, origin, tomb).await
+    }
+    async fn get_prefs(&self, acc: Account<'_>) -> meerkat_storage::Result<Option<meerkat_storage::ArchivePrefs>> {
+        self.inner.get_prefs(acc).await
+    }
+    async fn set_prefs(&self, acc: Account<'_>, p: &meerkat_storage::ArchivePrefs) -> meerkat_storage::Result<()> {
+        self.inner.set_prefs(acc, p).await
+    }
+    async fn remove_archive(&self, acc: Account<'_>) -> meerkat_storage::Result<()> {
+        self.inner.remove_archive(acc).await
+    }
+}
+
+/// With storage down, the archive writer's queue fills to `max_queue`; then a chat
+/// message is refused at the sender with `resource-constraint` (type wait) instead
+/// of being delivered and lost from the archive; the recipient's rows of messages
+/// already accepted are still queued; once storage is back, every accepted message
+/// is in both archives and sending works again.
+#[tokio::test]
+async fn a_full_archive_queue_refuses_messages_and_loses_none() {
+    let mut c = config();
+    c.modules.mod_mam = Some(meerkat_config::MamCfg {
+        async_writer: meerkat_config::MamWriterCfg { batch_size: 4, flush_interval: 60_000, max_queue: 4 },
+        ..meerkat_config::MamCfg::default()
+    });
+    let mut stores = meerkat_storage::memory::stores();
+    let archive = Arc::new(DownArchive { inner: stores.archive.clone(), down: true.into() });
+    stores.archive = archive.clone();
+    let mut reg = HookRegistry::default();
+    meerkat_modules::start(&c, &mut reg);
+    let ctx = ServerContext::new(Arc::new(c), stores, reg.freeze(), Arc::new(meerkat_router::LocalRouter::new()));
+    let srv = Server { ctx: Arc::new(ctx) };
+    srv.user("alice@localhost").await;
+    srv.user("bob@localhost").await;
+    let mut a = srv.connect("alice@localhost/home").await;
+    let mut b = srv.connect("bob@localhost/phone").await;
+    b.available(0).await;
+    let send = |n: u32| {
+        xml(&format!(
+            "<message xmlns='jabber:client' to='bob@localhost' type='chat' id='m{n}'><body>{n}</body></message>"
+        ))
+    };
+    // Four rows fill a batch: the writer takes it and keeps retrying it (storage down).
+    for n in 1..=4 {
+        a.send(send(n)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Four more fill the queue to max_queue; the ninth is refused at the sender.
+    for n in 5..=9 {
+        a.send(send(n)).await;
+    }
+    let errors: Vec<Element> = a.take().await.into_iter().filter(|e| e.name() == "message").collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].attr("id"), Some("m9"));
+    assert_eq!(errors[0].attr("type"), Some("error"));
+    assert_eq!(condition(&errors[0]).as_deref(), Some("resource-constraint"));
+    assert_eq!(error_type(&errors[0]), Some("wait"));
+    // Bob got the eight accepted messages; their rows on his side are queued past the bound.
+    let got: Vec<String> = messages(&b.take().await).iter().filter_map(|m| body(m)).collect();
+    assert_eq!(got, (1..=8).map(|n| n.to_string()).collect::<Vec<_>>());
+    // Storage is back: a query waits for the owner's rows (read-your-writes), so
+    // everything accepted is in both archives.
+    archive.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    for (cl, owner) in [(&mut a, "alice"), (&mut b, "bob")] {
+        let r = cl.iq("set", None, "<query xmlns='urn:xmpp:mam:2'/>").await;
+        assert_eq!(r.attr("type"), Some("result"), "{owner}: {r:?}");
+        let (u, d) = acc(&format!("{owner}@localhost"));
+        let q = meerkat_storage::ArchiveQuery { limit: 100, ..Default::default() };
+        let rows = srv.ctx.stores.archive.query(Account::new(&u, &d), &q).await.expect("storage works").rows;
+        assert_eq!(rows.len(), 8, "{owner}'s archive");
+    }
+    // And new messages are accepted again.
+    a.take().await;
+    b.take().await;
+    a.send(send(10)).await;
+    assert!(a.take().await.iter().all(|e| e.attr("type") != Some("error")));
+    assert_eq!(messages(&b.take().await).iter().filter_map(|m| body(m)).collect::<Vec<_>>(), ["10"]);
+}

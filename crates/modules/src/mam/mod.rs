@@ -14,7 +14,10 @@
 //! - **Preferences** are cached per user; the hot path decides from the cache and
 //!   the session's roster cache, and leaves to the writer what needs the database.
 //! - **Writes are asynchronous and batched** (see [`writer`]); queries flush the
-//!   querying user's pending rows first.
+//!   querying user's pending rows first. The writer's queue is bounded: while it is
+//!   full, the sender's hook refuses archivable messages with `resource-constraint`
+//!   (type `wait`) instead of accepting them; rows of messages already accepted are
+//!   always queued.
 //! - **Retraction**: a `<retract id='…'/>` replaces the original (found by its `id`
 //!   attribute, the same conversation and direction) with a `<retracted/>` tombstone in
 //!   the sender's and the local recipient's archives; the retraction is delivered
@@ -31,7 +34,7 @@ use meerkat_config::MamCfg;
 use meerkat_core::hooks::{AccountHooks, DeliveryHooks, Flow, IqScope, SessionHooks, ShutdownHook};
 use meerkat_core::util::{now_ms, xep82_datetime};
 use meerkat_core::{HookRegistry, Module, ServerContext, SessionState};
-use meerkat_stanza::{ns, BareJid, Jid, Stanza, StanzaKind};
+use meerkat_stanza::{ns, BareJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
 use meerkat_storage::{ArchiveEntry, ArchiveMode, ArchivePrefs, ArchivedMessage, Direction};
 use meerkat_xml::Element;
 use parking_lot::RwLock;
@@ -104,12 +107,12 @@ impl Mam {
     pub fn new(cfg: MamCfg) -> Self {
         let default_mode = ArchiveMode::parse(&cfg.default_mode).unwrap_or_default();
         let prefs = Arc::new(PrefsCache::default());
-        let writer = Writer::new(
-            cfg.async_writer.batch_size,
-            Duration::from_millis(cfg.async_writer.flush_interval),
-            prefs.clone(),
-            default_mode,
-        );
+        let limits = writer::Limits {
+            batch_size: cfg.async_writer.batch_size,
+            flush_interval: Duration::from_millis(cfg.async_writer.flush_interval),
+            max_queue: cfg.async_writer.max_queue,
+        };
+        let writer = Writer::new(limits, prefs.clone(), default_mode);
         Mam { cfg, default_mode, prefs, writer }
     }
 
@@ -251,6 +254,17 @@ impl SessionHooks for Mam {
     fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         if !archivable(st) {
             return Flow::Continue;
+        }
+        // The writer's queue is full (storage down or behind): refuse the message
+        // before it is routed, rather than accept one whose rows (here or at the
+        // recipient) could not be kept. RFC 6120 §8.3.3.18: resource-constraint,
+        // type wait: the client may send it again later. Whatever the preferences
+        // say: the recipient's side may archive it even if the sender does not.
+        if !self.writer.has_room() {
+            return Flow::Bounce(
+                StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+                    .with_text("the message archive is behind; try again later"),
+            );
         }
         let Some(to) = st.to.clone() else { return Flow::Continue };
         let to_bare = to.to_bare();

@@ -11,8 +11,20 @@
 //! which waits until the user's last queued operation is written (read-your-writes)
 //! without waiting for other users' rows. A failed batch is logged and retried with
 //! back-off, never dropped; at shutdown [`Writer::shutdown`] writes what is left.
+//!
+//! The queue is bounded (`max_queue`) without dropping anything: once it holds
+//! `max_queue` operations, [`Writer::has_room`] is false and the sender's hook
+//! refuses new archivable messages (`resource-constraint`, type `wait`) before they
+//! are routed, so no message is accepted whose rows could not be kept. Rows of
+//! messages already accepted — the recipient's side, on this node or arriving from
+//! another, and retractions — are always queued: refusing them would lose a message
+//! the sender was told was sent, or leave it in one archive only. They can take the
+//! queue past the bound only by what was in flight when it filled (routing and the
+//! bounded session mailboxes), plus one row per session racing the check; the batch
+//! being retried (at most `batch_size` rows) is held outside the queue.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +33,6 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
 use super::PrefsCache;
-
-/// Queue length at which a warning is logged (once per crossing).
-const QUEUE_WARN: usize = 10_000;
 
 /// What must still be checked before a row is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +69,28 @@ struct Queue {
     next_seq: u64,
     /// Owner bare JID → sequence number of its last queued operation.
     pending: HashMap<String, u64>,
+    /// The queue reached `max_queue` and has not drained below half of it since
+    /// (for logging the transitions once).
+    full: bool,
+}
+
+impl Queue {
+    /// Publishes the length for [`Writer::has_room`] and logs when the queue fills
+    /// or has drained again.
+    fn update(&mut self, shared: &Shared) {
+        let len = self.ops.len();
+        shared.queued.store(len, Ordering::Relaxed);
+        if !self.full && len >= shared.max_queue {
+            self.full = true;
+            tracing::warn!(
+                rows = len,
+                "archive: the write queue is full (max_queue); archivable messages are refused until storage catches up"
+            );
+        } else if self.full && len <= shared.max_queue / 2 {
+            self.full = false;
+            tracing::info!(rows = len, "archive: the write queue has drained; archivable messages are accepted again");
+        }
+    }
 }
 
 struct Shared {
@@ -69,8 +100,23 @@ struct Shared {
     written: watch::Sender<u64>,
     batch_size: usize,
     flush_interval: Duration,
+    /// Operations queued at which new archivable messages are refused.
+    max_queue: usize,
+    /// The queue's length, readable without the lock (the send hook's check).
+    queued: AtomicUsize,
     prefs: Arc<PrefsCache>,
     default_mode: ArchiveMode,
+}
+
+/// The writer's settings (`[modules.mod_mam.async_writer]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Rows per transaction at most.
+    pub(crate) batch_size: usize,
+    /// How long a row waits for its batch to fill.
+    pub(crate) flush_interval: Duration,
+    /// Queue length at which new archivable messages are refused.
+    pub(crate) max_queue: usize,
 }
 
 /// The writer handle held by the module.
@@ -80,22 +126,31 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(batch_size: usize, flush_interval: Duration, prefs: Arc<PrefsCache>, mode: ArchiveMode) -> Self {
+    pub(crate) fn new(limits: Limits, prefs: Arc<PrefsCache>, mode: ArchiveMode) -> Self {
         let (written, _) = watch::channel(0);
         let shared = Shared {
             queue: Mutex::new(Queue { next_seq: 1, ..Queue::default() }),
             wake: Notify::new(),
             written,
-            batch_size,
-            flush_interval,
+            batch_size: limits.batch_size,
+            flush_interval: limits.flush_interval,
+            max_queue: limits.max_queue,
+            queued: AtomicUsize::new(0),
             prefs,
             default_mode: mode,
         };
         Writer { shared: Arc::new(shared), started: std::sync::OnceLock::new() }
     }
 
-    /// Queues an operation (no await, no database). The writer task starts with
-    /// the first operation, on the stores of the server that queued it.
+    /// Whether new archivable messages may be accepted: false while the queue
+    /// holds `max_queue` operations (storage down or slower than the message rate).
+    pub(crate) fn has_room(&self) -> bool {
+        self.shared.queued.load(Ordering::Relaxed) < self.shared.max_queue
+    }
+
+    /// Queues an operation (no await, no database), whatever the queue's length:
+    /// admission is decided before, by [`has_room`](Self::has_room). The writer task
+    /// starts with the first operation, on the stores of the server that queued it.
     pub(crate) fn push(&self, stores: &Stores, op: Op) {
         self.started.get_or_init(|| {
             tokio::spawn(run(self.shared.clone(), stores.clone()));
@@ -107,11 +162,7 @@ impl Writer {
             q.next_seq += 1;
             q.ops.push((seq, op));
             q.pending.insert(owner, seq);
-            // Rows are never dropped; a queue this long means storage is down or
-            // slower than the message rate.
-            if q.ops.len() == QUEUE_WARN.max(self.shared.batch_size * 100) {
-                tracing::warn!(rows = q.ops.len(), "archive: the write queue keeps growing; is storage failing?");
-            }
+            q.update(&self.shared);
             q.ops.len() >= self.shared.batch_size
         };
         if full {
@@ -138,6 +189,7 @@ impl Writer {
             let mut q = self.shared.queue.lock();
             q.ops.retain(|(_, op)| op.owner() != owner);
             q.pending.remove(owner);
+            q.update(&self.shared);
             q.next_seq - 1
         };
         self.shared.wake.notify_one();
@@ -147,7 +199,12 @@ impl Writer {
 
     /// Writes everything still queued (server shutdown).
     pub(crate) async fn shutdown(&self, stores: &Stores) {
-        let ops = std::mem::take(&mut self.shared.queue.lock().ops);
+        let ops = {
+            let mut q = self.shared.queue.lock();
+            let ops = std::mem::take(&mut q.ops);
+            q.update(&self.shared);
+            ops
+        };
         if ops.is_empty() {
             return;
         }
@@ -177,7 +234,9 @@ async fn run(shared: Arc<Shared>, stores: Stores) {
             let batch: Vec<(u64, Op)> = {
                 let mut q = shared.queue.lock();
                 let n = q.ops.len().min(shared.batch_size);
-                q.ops.drain(..n).collect()
+                let batch = q.ops.drain(..n).collect();
+                q.update(&shared);
+                batch
             };
             let Some(&(last, _)) = batch.last() else { break };
             let mut backoff = Duration::from_millis(100);
@@ -320,7 +379,8 @@ mod tests {
     async fn failed_batches_are_retried_not_dropped_and_flush_waits_per_user() {
         let mut stores = meerkat_storage::memory::stores();
         stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
-        let w = Writer::new(2, Duration::from_secs(60), Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        let limits = Limits { batch_size: 2, flush_interval: Duration::from_secs(60), max_queue: 100 };
+        let w = Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always);
         for id in 1..=5 {
             w.push(&stores, Op::Append(entry(id), Check::None));
         }
@@ -337,5 +397,45 @@ mod tests {
         w.push(&stores, Op::Append(entry(6), Check::Prefs));
         assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
         assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_new_messages_until_storage_recovers_and_loses_nothing() {
+        let mut stores = meerkat_storage::memory::stores();
+        // Storage is down until told otherwise.
+        let flaky = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(usize::MAX) });
+        stores.archive = flaky.clone();
+        let limits = Limits { batch_size: 2, flush_interval: Duration::from_secs(60), max_queue: 6 };
+        let w = Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        // Admission as the send hook decides it: a message is accepted (its row
+        // queued) only while the queue has room, else refused.
+        let (mut accepted, mut refused) = (Vec::new(), 0);
+        for id in 1..=20 {
+            if w.has_room() {
+                w.push(&stores, Op::Append(entry(id), Check::None));
+                accepted.push(id);
+            } else {
+                refused += 1;
+            }
+            // The writer task takes its first (failing) batch as soon as it is full.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // One batch of 2 being retried, 6 rows queued: the rest was refused.
+        assert_eq!(accepted, (1..=8).collect::<Vec<_>>());
+        assert_eq!(refused, 12);
+        assert!(!w.has_room());
+        // A message already accepted elsewhere (the recipient's row) is queued past
+        // the bound, not dropped.
+        w.push(&stores, Op::Append(entry(100), Check::None));
+        accepted.push(100);
+        let acc = Account::new("alice", "localhost");
+        assert!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.is_empty());
+        // Storage recovers: every accepted row is written, and messages are admitted again.
+        flaky.fails.store(0, Ordering::SeqCst);
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(10)).await);
+        assert!(w.has_room());
+        let q = ArchiveQuery { limit: 100, ..ArchiveQuery::default() };
+        let page = stores.archive.query(acc, &q).await.unwrap();
+        assert_eq!(page.rows.iter().map(|m| m.id).collect::<Vec<_>>(), accepted);
     }
 }
