@@ -1322,7 +1322,7 @@ async fn a_full_archive_queue_refuses_messages_and_loses_none() {
     let mut reg = HookRegistry::default();
     meerkat_modules::start(&c, &mut reg);
     let ctx = ServerContext::new(Arc::new(c), stores, reg.freeze(), Arc::new(meerkat_router::LocalRouter::new()));
-    let srv = Server { ctx: Arc::new(ctx) };
+    let srv = Server { ctx };
     srv.user("alice@localhost").await;
     srv.user("bob@localhost").await;
     let mut a = srv.connect("alice@localhost/home").await;
