@@ -87,6 +87,9 @@ pub(crate) struct LightRoom {
     config: Vec<(String, String)>,
     version: String,
     occupants: BTreeMap<String, Aff>,
+    /// The occupants' JIDs, parsed once per change of the occupant list (the
+    /// fan-out addresses them).
+    jids: std::sync::OnceLock<Vec<Jid>>,
     destroyed: bool,
 }
 
@@ -133,8 +136,13 @@ impl LightRoom {
             config,
             version: el.attr("version").unwrap_or_default().to_owned(),
             occupants,
+            jids: Default::default(),
             destroyed: false,
         })
+    }
+
+    fn member_jids(&self) -> &[Jid] {
+        self.jids.get_or_init(|| self.occupants.keys().filter_map(|j| Jid::new(j).ok()).collect())
     }
 
     fn service_and_name(&self) -> (&str, &str) {
@@ -384,11 +392,7 @@ impl MucLight {
         el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(room_str));
         let id = self.archive(ctx, &r.jid, &from, el.clone());
         el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", room_str).build());
-        for member in r.occupants.keys() {
-            let mut c = el.clone();
-            c.set_attr("to", member.as_str());
-            Self::send(ctx, c).await;
-        }
+        crate::rooms::fan_out(ctx, &el, r.member_jids()).await;
     }
 
     /// IQs to a room. `Ok(Some(el))`: a complete reply was built already.
@@ -535,6 +539,7 @@ impl MucLight {
             config: self.schema.clone(),
             version: random_id(10),
             occupants: BTreeMap::new(),
+            jids: Default::default(),
             destroyed: false,
         };
         if let Some(c) = q.get_child("configuration", NS_CREATE) {
@@ -725,6 +730,7 @@ impl MucLight {
             // The last occupant left: the room is gone (§5.2).
             ctx.stores.muc.delete_room(&service, &name).await.map_err(storage_error)?;
             r.occupants.clear();
+            r.jids = Default::default();
         } else {
             let rows: Vec<RoomAffiliation> = changes
                 .iter()
@@ -741,6 +747,7 @@ impl MucLight {
                 return Err(storage_error(e));
             }
             let before = std::mem::replace(&mut r.occupants, next);
+            r.jids = Default::default();
             changes.sort();
             for member in r.occupants.keys() {
                 let x = if before.contains_key(member) {
@@ -780,6 +787,7 @@ impl MucLight {
             Self::send(ctx, Self::notice(&r.jid, member, id, payload)).await;
         }
         r.occupants.clear();
+        r.jids = Default::default();
         r.destroyed = true;
         Ok(())
     }

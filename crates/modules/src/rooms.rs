@@ -23,7 +23,8 @@ use meerkat_core::cluster::{Lease, NodeName, Owner};
 use meerkat_core::hooks::Service;
 use meerkat_core::ServerContext;
 use meerkat_stanza::{
-    make_error_reply, make_iq_result, BareJid, ErrorType, IqType, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
+    make_error_reply, make_iq_result, BareJid, ErrorType, IqType, Jid, Stanza, StanzaError, StanzaErrorCondition,
+    StanzaKind,
 };
 use meerkat_xml::Element;
 use parking_lot::Mutex;
@@ -37,6 +38,26 @@ const MAX_HOPS: u8 = 2;
 /// How often a node that forwards a room's stanzas to its owner asks again who
 /// owns it (a lost owner's rooms are taken over by the next claim).
 const OWNER_RECHECK: Duration = Duration::from_secs(1);
+
+/// Delivers one copy of `el` to each of `targets` (occupant sessions, member
+/// bare JIDs): its children are serialised once and shared by all copies
+/// ([`Element::freeze_children`]), so a copy costs its envelope only, and its
+/// addresses are parsed once.
+pub(crate) async fn fan_out<'a>(ctx: &ServerContext, el: &Element, targets: impl IntoIterator<Item = &'a Jid>) {
+    let mut shared = el.clone();
+    shared.freeze_children();
+    let from = shared.attr("from").and_then(|f| Jid::new(f).ok());
+    let kind = match shared.name() {
+        "message" => StanzaKind::Message,
+        "presence" => StanzaKind::Presence,
+        _ => StanzaKind::Iq,
+    };
+    for to in targets {
+        let mut el = shared.clone();
+        el.set_attr("to", to.as_str());
+        ctx.route(Stanza { kind, from: from.clone(), to: Some(to.clone()), el }).await;
+    }
+}
 
 /// What a service knows of a running room without asking its task (for
 /// disco#items).

@@ -51,6 +51,12 @@ pub enum Node {
     Element(Element),
     /// Character data (entities decoded; CDATA sections become text too).
     Text(String),
+    /// Children serialised once and shared by every copy of the element (a
+    /// group chat message fanned out to many occupants): written as they are,
+    /// in the scope of the element's namespace, and invisible to
+    /// [`Element::children`] and [`Element::text`]. The parser never makes one;
+    /// see [`Element::freeze_children`].
+    Raw(std::sync::Arc<str>),
 }
 
 impl Node {
@@ -58,14 +64,14 @@ impl Node {
     pub fn as_element(&self) -> Option<&Element> {
         match self {
             Node::Element(e) => Some(e),
-            Node::Text(_) => None,
+            Node::Text(_) | Node::Raw(_) => None,
         }
     }
 
     /// The text, if this node is text.
     pub fn as_text(&self) -> Option<&str> {
         match self {
-            Node::Element(_) => None,
+            Node::Element(_) | Node::Raw(_) => None,
             Node::Text(t) => Some(t),
         }
     }
@@ -94,7 +100,7 @@ impl Drop for Element {
         // flattened onto a heap stack so each element is dropped childless.
         let deep = self.nodes.iter().any(|n| match n {
             Node::Element(e) => e.nodes.iter().any(|g| matches!(g, Node::Element(_))),
-            Node::Text(_) => false,
+            Node::Text(_) | Node::Raw(_) => false,
         });
         if !deep {
             return;
@@ -205,7 +211,7 @@ impl Element {
     pub fn children(&self) -> impl Iterator<Item = &Element> {
         self.nodes.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
-            Node::Text(_) => None,
+            Node::Text(_) | Node::Raw(_) => None,
         })
     }
 
@@ -213,7 +219,7 @@ impl Element {
     pub fn children_mut(&mut self) -> impl Iterator<Item = &mut Element> {
         self.nodes.iter_mut().filter_map(|n| match n {
             Node::Element(e) => Some(e),
-            Node::Text(_) => None,
+            Node::Text(_) | Node::Raw(_) => None,
         })
     }
 
@@ -269,7 +275,7 @@ impl Element {
     pub fn remove_children(&mut self, mut pred: impl FnMut(&Element) -> bool) {
         self.nodes.retain(|n| match n {
             Node::Element(e) => !pred(e),
-            Node::Text(_) => true,
+            Node::Text(_) | Node::Raw(_) => true,
         });
     }
 
@@ -279,7 +285,7 @@ impl Element {
         let i = self.nodes.iter().position(|n| matches!(n, Node::Element(e) if e.is(name, ns)))?;
         match self.nodes.remove(i) {
             Node::Element(e) => Some(e),
-            Node::Text(_) => None,
+            Node::Text(_) | Node::Raw(_) => None,
         }
     }
 

@@ -120,6 +120,7 @@ fn write_tree<S: Sink>(root: &Element, out: &mut S, parent_ns: &str) {
                 top.next += 1;
                 match node {
                     Node::Text(t) => escape_text_to(t, out),
+                    Node::Raw(r) => out.put(r),
                     Node::Element(child) => {
                         let d = top.default_ns;
                         if let Some(f) = open(child, d, &mut scope, out) {
@@ -152,6 +153,27 @@ impl Element {
         write_tree(self, out, parent_ns);
     }
 
+    /// Serialises the children once into one shared [`crate::Node::Raw`] node,
+    /// so that copies of the element (one per recipient of a group chat
+    /// message) share them instead of copying the tree, and each copy is
+    /// written with a single copy of the bytes. Afterwards the children are no
+    /// longer visible as elements; do it last, on an element that is only
+    /// written from then on.
+    pub fn freeze_children(&mut self) {
+        if self.nodes.iter().all(|n| matches!(n, crate::Node::Raw(_))) {
+            return;
+        }
+        let mut out = String::with_capacity(256);
+        for n in &self.nodes {
+            match n {
+                crate::Node::Text(t) => escape_text_to(t, &mut out),
+                crate::Node::Raw(r) => out.put(r),
+                crate::Node::Element(child) => write_tree(child, &mut out, &self.ns),
+            }
+        }
+        self.nodes = vec![crate::Node::Raw(out.into())];
+    }
+
     /// Serialises the element into a new buffer; see [`Element::write_to`].
     pub fn to_bytes(&self, parent_ns: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
@@ -179,6 +201,30 @@ impl fmt::Display for Element {
 #[cfg(test)]
 mod tests {
     use crate::{parse_element, Element, Limits};
+
+    #[test]
+    fn frozen_children_write_the_same_bytes() {
+        let mut m = Element::builder("message", "jabber:client")
+            .attr("from", "room@muc/nick")
+            .append(Element::builder("body", "jabber:client").text("<hi> & 'bye'").build())
+            .append(Element::builder("stanza-id", "urn:xmpp:sid:0").attr("id", "1").build())
+            .append_text("tail & more")
+            .build();
+        let before = (m.to_bytes("jabber:client"), m.to_string_with_ns());
+        m.freeze_children();
+        assert_eq!(m.children().count(), 0, "frozen children are opaque");
+        let mut copy = m.clone();
+        copy.set_attr("to", "a@b/c");
+        assert_eq!((m.to_bytes("jabber:client"), m.to_string_with_ns()), before);
+        assert_eq!(
+            String::from_utf8(copy.to_bytes("jabber:client")).unwrap(),
+            "<message from='room@muc/nick' to='a@b/c'><body>&lt;hi&gt; &amp; 'bye'</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' id='1'/>tail &amp; more</message>"
+        );
+        // Standalone, it parses back into the tree it came from.
+        let back = parse_element(&copy.to_string_with_ns(), &Limits::default()).unwrap();
+        assert_eq!(back.child_text("body", "jabber:client").as_deref(), Some("<hi> & 'bye'"));
+    }
 
     #[test]
     fn relative_namespaces() {

@@ -274,13 +274,9 @@ impl Room {
     /// Delivers one element to every session of every occupant, each with its own
     /// `to` (the element is otherwise shared by all copies).
     async fn broadcast(&self, env: &Env<'_>, el: &Element) {
-        for o in self.occupants.values() {
-            for (jid, _) in &o.sessions {
-                let mut c = el.clone();
-                c.set_attr("to", jid.as_str());
-                env.ctx.route(Stanza::from_trusted(c)).await;
-            }
-        }
+        let targets: Vec<Jid> =
+            self.occupants.values().flat_map(|o| o.sessions.iter().map(|(j, _)| Jid::from(j.clone()))).collect();
+        crate::rooms::fan_out(env.ctx, el, &targets).await;
     }
 
     async fn send(env: &Env<'_>, el: Element) {
