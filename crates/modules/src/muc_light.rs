@@ -351,6 +351,11 @@ impl MucLight {
                     Some(r) if r.occupants.contains_key(sender.as_str()) && to.resource().is_none() => {
                         if st.type_attr() != Some("groupchat") {
                             Err(bad("messages to a room are of type groupchat"))
+                        } else if self.mam.as_ref().is_some_and(|m| !m.accepts()) {
+                            // The archive cannot keep up: refuse, not lose.
+                            Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+                                .with_type(ErrorType::Wait)
+                                .with_text("the room's archive is busy; try again"))
                         } else {
                             self.broadcast_message(ctx, r, &sender, st.el.clone()).await;
                             Ok(())

@@ -1369,3 +1369,81 @@ async fn a_full_archive_queue_refuses_messages_and_loses_none() {
     assert!(a.take().await.iter().all(|e| e.attr("type") != Some("error")));
     assert_eq!(messages(&b.take().await).iter().filter_map(|m| body(m)).collect::<Vec<_>>(), ["10"]);
 }
+
+/// A room's messages are refused, not lost, when the archive writer's queue is
+/// full: with storage down the queue fills, the next group chat message gets
+/// `resource-constraint` (wait) and reaches nobody; once storage is back the
+/// room's archive holds everything the room accepted, and messages flow again.
+#[tokio::test]
+async fn a_full_archive_queue_makes_rooms_refuse_messages_and_lose_none() {
+    let mut c = config();
+    c.modules.mod_mam = Some(meerkat_config::MamCfg {
+        async_writer: meerkat_config::MamWriterCfg { batch_size: 4, flush_interval: 60_000, max_queue: 4 },
+        ..meerkat_config::MamCfg::default()
+    });
+    c.modules.mod_muc_light = Some(meerkat_config::MucLightCfg::default());
+    let mut stores = meerkat_storage::memory::stores();
+    let archive = Arc::new(DownArchive { inner: stores.archive.clone(), down: true.into() });
+    stores.archive = archive.clone();
+    let mut reg = HookRegistry::default();
+    meerkat_modules::start(&c, &mut reg);
+    let ctx = ServerContext::new(Arc::new(c), stores, reg.freeze(), Arc::new(meerkat_router::LocalRouter::new()));
+    let srv = Server { ctx };
+    srv.user("alice@localhost").await;
+    srv.user("bob@localhost").await;
+    let mut a = srv.connect("alice@localhost/home").await;
+    let mut b = srv.connect("bob@localhost/phone").await;
+    a.available(0).await;
+    b.available(0).await;
+    let room = "den@muclight.localhost";
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(60));
+    a.send(xml(&format!(
+        "<iq xmlns='jabber:client' type='set' id='c' to='{room}'><query xmlns='urn:xmpp:muclight:0#create'>\
+           <occupants><user affiliation='member'>bob@localhost</user></occupants></query></iq>"
+    )))
+    .await;
+    settle().await;
+    let created = a.take().await;
+    assert!(created.iter().any(|e| e.attr("id") == Some("c") && e.attr("type") == Some("result")), "{created:?}");
+    b.take().await;
+    // The creation event and seven messages: a batch of four taken (and retried)
+    // by the writer, four more queued; the eighth message is refused.
+    for n in 1..=8 {
+        a.send(xml(&format!(
+            "<message xmlns='jabber:client' to='{room}' type='groupchat' id='g{n}'><body>{n}</body></message>"
+        )))
+        .await;
+        settle().await;
+    }
+    let out = a.take().await;
+    let errors: Vec<&Element> = out.iter().filter(|e| e.attr("type") == Some("error")).collect();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert_eq!(errors[0].attr("id"), Some("g8"));
+    assert_eq!(condition(errors[0]).as_deref(), Some("resource-constraint"));
+    assert_eq!(error_type(errors[0]), Some("wait"));
+    // (A room's copies carry their children serialised once: read them as a client would.)
+    let as_client =
+        |els: Vec<Element>| -> Vec<String> { els.iter().filter_map(|m| body(&xml(&m.to_string()))).collect() };
+    let got = as_client(b.take().await);
+    assert_eq!(got, (1..=7).map(|n| n.to_string()).collect::<Vec<_>>(), "the refused message reached nobody");
+    // Storage is back: everything the room accepted is in its archive.
+    archive.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    a.send(xml(&format!(
+        "<iq xmlns='jabber:client' type='set' id='q' to='{room}'><query xmlns='urn:xmpp:mam:2'/></iq>"
+    )))
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let out = a.take().await;
+    assert!(out.iter().any(|e| e.attr("id") == Some("q") && e.attr("type") == Some("result")), "{out:?}");
+    let q = meerkat_storage::ArchiveQuery { limit: 100, ..Default::default() };
+    let rows = srv.ctx.stores.archive.query(Account::new("den", "muclight.localhost"), &q).await.unwrap().rows;
+    assert_eq!(rows.len(), 8, "the creation event and seven messages");
+    // And the room takes messages again.
+    a.send(xml(&format!(
+        "<message xmlns='jabber:client' to='{room}' type='groupchat' id='g9'><body>9</body></message>"
+    )))
+    .await;
+    settle().await;
+    assert!(a.take().await.iter().all(|e| e.attr("type") != Some("error")));
+    assert_eq!(as_client(b.take().await), ["9"]);
+}

@@ -159,6 +159,11 @@ impl Mam {
 }
 
 impl Mam {
+    /// Whether the archive writer takes new messages (its queue is not full).
+    pub(crate) fn accepts(&self) -> bool {
+        self.writer.has_room()
+    }
+
     /// Queues a row of a room's archive (XEP-0313 §6: the room is the owner;
     /// `msg.sender` is the occupant, `msg.origin_id` the room's stanza id, which
     /// XEP-0425 moderation refers to).

@@ -701,6 +701,19 @@ impl Room {
         let occupant_id = o.id.clone();
         let sender_bare = o.bare.clone();
         let is_subject = st.el.has_child("subject", ns::CLIENT) && !st.el.has_child("body", ns::CLIENT);
+        let archive_full =
+            env.archived() && env.mam.is_some_and(|m| !m.accepts()) && st.el.has_child("body", ns::CLIENT);
+        if archive_full {
+            // The archive cannot keep up (storage down or behind): refuse rather
+            // than accept a message the room could not keep.
+            let e = StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+                .with_type(ErrorType::Wait)
+                .with_text("the room's archive is busy; try again");
+            if let Some(e) = error_from(&st, &room_jid, e) {
+                Self::send(env, e).await;
+            }
+            return;
+        }
         let denied = if role < Role::Participant {
             Some("visitors may not speak in a moderated room")
         } else if is_subject && !self.cfg.change_subject && role < Role::Moderator {
