@@ -298,3 +298,107 @@ async def test_group_chat_with_slixmpp_muc(server):
     assert archived == ["hello 0", "hello 1", "hello 2"], archived
     for c in (owner, guest, late):
         await c.close()
+
+
+async def test_muc_refusals_with_slixmpp(server):
+    """XEP-0045 errors as slixmpp sees them: a taken nick, a wrong password, a ban,
+    a members-only room; then a nick change and the room's destruction."""
+    from slixmpp.exceptions import IqError, PresenceError
+    room = "vault@conference.localhost"
+    owner = Client("dave@localhost/muc2", "dave-secret")
+    other = Client("erin@localhost/muc2", "erin-secret")
+    for c in (owner, other):
+        for p in ("xep_0030", "xep_0045", "xep_0004"):
+            c.register_plugin(p)
+    assert await owner.login(server) and await other.login(server)
+    muc, omuc = owner.plugin["xep_0045"], other.plugin["xep_0045"]
+    await muc.join_muc_wait(room, "Dave", timeout=10)
+    form = owner.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+    form.add_field(var="muc#roomconfig_passwordprotectedroom", ftype="boolean", value=True)
+    form.add_field(var="muc#roomconfig_roomsecret", value="sesame")
+    await muc.set_room_config(room, form)
+
+    async def join_error(nick, password=None):
+        try:
+            await omuc.join_muc_wait(room, nick, password=password, timeout=5)
+        except PresenceError as e:
+            return e.presence["error"]["condition"]
+        return None
+
+    assert await join_error("Dave", "sesame") == "conflict"
+    assert await join_error("Erin", "wrong") == "not-authorized"
+    # Banned: forbidden; after the ban is lifted and the room is members-only: registration-required.
+    await muc.set_affiliation(room, "outcast", jid="erin@localhost", reason="test")
+    assert await join_error("Erin", "sesame") == "forbidden"
+    await muc.set_affiliation(room, "none", jid="erin@localhost")
+    form = owner.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+    form.add_field(var="muc#roomconfig_membersonly", ftype="boolean", value=True)
+    await muc.set_room_config(room, form)
+    assert await join_error("Erin", "sesame") == "registration-required"
+    # A member gets in; a non-owner cannot read the configuration.
+    await muc.set_affiliation(room, "member", jid="erin@localhost")
+    await omuc.join_muc_wait(room, "Erin", password="sesame", timeout=10)
+    try:
+        await omuc.get_room_config(room)
+        raise AssertionError("a member read the configuration")
+    except IqError as e:
+        assert e.iq["error"]["condition"] == "forbidden"
+    # Nick change, seen by the owner as unavailable with 303 and the new nick.
+    presences = asyncio.Queue()
+    owner.add_event_handler("groupchat_presence", presences.put_nowait)
+    await omuc.set_self_nick(room, "Erin2")
+    while True:
+        p = await asyncio.wait_for(presences.get(), 5)
+        if str(p["from"]) == room + "/Erin" and p["type"] == "unavailable":
+            assert "303" in [str(s) for s in p["muc"]["status_codes"]]
+            item = p.xml.find(".//{http://jabber.org/protocol/muc#user}item")
+            assert item is not None and item.get("nick") == "Erin2"
+            break
+    # Destroy: the member is told, with the reason.
+    mine = asyncio.Queue()
+    other.add_event_handler("groupchat_presence", mine.put_nowait)
+    await muc.destroy(room, reason="closing")
+    while True:
+        p = await asyncio.wait_for(mine.get(), 5)
+        if p["type"] == "unavailable" and p.xml.find(".//{http://jabber.org/protocol/muc#user}destroy") is not None:
+            break
+    await owner.close()
+    await other.close()
+
+
+async def test_muc_light_with_slixmpp(server):
+    """MUC Light driven through slixmpp's stanza API (no plugin exists for it):
+    create a room with a member, chat, read the occupant list, leave."""
+    from slixmpp.xmlstream import ET
+    room = "den@muclight.localhost"
+    a = Client("alice@localhost/ml", "alice-secret")
+    b = Client("bob@localhost/ml", "bob-secret")
+    assert await a.login(server) and await b.login(server)
+    iq = a.make_iq_set(ito=room)
+    iq.append(ET.fromstring(
+        "<query xmlns='urn:xmpp:muclight:0#create'><configuration><roomname>Den</roomname></configuration>"
+        "<occupants><user affiliation='member'>bob@localhost</user></occupants></query>"))
+    await iq.send(timeout=10)
+    a.send_message(mto=room, mbody="hello den", mtype="groupchat")
+    for c in (a, b):
+        m = await c.next_message(pred=lambda m: m["body"] == "hello den")
+        assert str(m["from"]) == room + "/alice@localhost" and m["type"] == "groupchat"
+    iq = b.make_iq_get(ito=room)
+    iq.append(ET.fromstring("<query xmlns='urn:xmpp:muclight:0#affiliations'/>"))
+    r = await iq.send(timeout=10)
+    users = {u.text: u.get("affiliation") for u in r.xml.iter("{urn:xmpp:muclight:0#affiliations}user")}
+    assert users == {"alice@localhost": "owner", "bob@localhost": "member"}, users
+    iq = b.make_iq_set(ito=room)
+    iq.append(ET.fromstring("<query xmlns='urn:xmpp:muclight:0#affiliations'><user affiliation='none'>bob@localhost</user></query>"))
+    await iq.send(timeout=10)
+    iq = b.make_iq_get(ito=room)
+    iq.append(ET.fromstring("<query xmlns='urn:xmpp:muclight:0#configuration'/>"))
+    try:
+        await iq.send(timeout=10)
+        raise AssertionError("a former occupant read the configuration")
+    except Exception as e:  # IqError
+        assert e.iq["error"]["condition"] == "item-not-found"
+    await a.close()
+    await b.close()
