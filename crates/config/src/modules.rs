@@ -417,14 +417,7 @@ impl Modules {
 
     pub(crate) fn validate(&self, report: &mut Report<'_>) {
         if let Some(m) = &self.mod_muc_light {
-            let host = m.host.replace("@HOST@", "example.org");
-            if host.is_empty() || host.contains(['@', '/', ' ']) || !host.contains('.') {
-                report(
-                    None,
-                    "modules.mod_muc_light.host".into(),
-                    "must be a domain such as \"muclight.@HOST@\"".into(),
-                );
-            }
+            check_service_host(&m.host, "modules.mod_muc_light.host", "muclight.@HOST@", report);
             if m.max_occupants < 2 {
                 report(None, "modules.mod_muc_light.max_occupants".into(), "must be at least 2".into());
             }
@@ -452,10 +445,7 @@ impl Modules {
             }
         }
         if let Some(m) = &self.mod_muc {
-            let host = m.host.replace("@HOST@", "example.org");
-            if host.is_empty() || host.contains(['@', '/', ' ']) || !host.contains('.') {
-                report(None, "modules.mod_muc.host".into(), "must be a domain such as \"conference.@HOST@\"".into());
-            }
+            check_service_host(&m.host, "modules.mod_muc.host", "conference.@HOST@", report);
             for (key, v) in [
                 ("max_users", m.max_users),
                 ("room_queue", m.room_queue),
@@ -526,6 +516,15 @@ impl Modules {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
+
+/// A service's domain template (`@HOST@` stands for each served host) must make
+/// a domain.
+fn check_service_host(host: &str, key: &str, example: &str, report: &mut Report<'_>) {
+    let host = host.replace("@HOST@", "example.org");
+    if host.is_empty() || host.contains(['@', '/', ' ']) || !host.contains('.') {
+        report(None, key.into(), format!("must be a domain such as \"{example}\""));
+    }
+}
 
 /// `[modules.mod_roster]`
 #[derive(Debug, Clone, Deserialize)]

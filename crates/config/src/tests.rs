@@ -163,3 +163,36 @@ fn cluster_section() {
     }
     assert!(e.to_string().contains("PostgreSQL"), "a cluster shares PostgreSQL: {e}");
 }
+
+#[test]
+fn group_chat_sections() {
+    // Defaults, with MongooseIM's option names.
+    let c = Config::parse("[modules.mod_muc]\n[modules.mod_muc_light]\n", "m.toml").unwrap();
+    let muc = c.modules.mod_muc.as_ref().unwrap();
+    assert_eq!((muc.host.as_str(), muc.max_users, muc.history_length), ("conference.@HOST@", 200, 20));
+    let light = c.modules.mod_muc_light.as_ref().unwrap();
+    assert_eq!(light.host, "muclight.@HOST@");
+    assert_eq!(light.config_schema.iter().map(|f| f.field.as_str()).collect::<Vec<_>>(), ["roomname", "subject"]);
+    // A key a room default does not have names itself.
+    let e = Config::parse("[modules.mod_muc.default_room]\npersistant = true\n", "m.toml").unwrap_err();
+    assert!(e.to_string().contains("persistant"), "{e}");
+    // Every bad value is reported with its key.
+    let e = Config::parse(
+        "[modules.mod_muc]\nhost = \"conference\"\nmax_users = 0\n\
+         [modules.mod_muc_light]\nhost = \"conference\"\nmax_occupants = 1\n\
+         config_schema = [{ field = \"version\" }, { field = \"a\" }, { field = \"a\" }]\n",
+        "m.toml",
+    )
+    .unwrap_err();
+    let keys: Vec<_> = e.errors.iter().filter_map(|e| e.key.as_deref()).collect();
+    for k in [
+        "modules.mod_muc.host",
+        "modules.mod_muc.max_users",
+        "modules.mod_muc_light.host",
+        "modules.mod_muc_light.max_occupants",
+        "modules.mod_muc_light.config_schema",
+    ] {
+        assert!(keys.contains(&k), "{k} not in {keys:?}");
+    }
+    assert_eq!(keys.iter().filter(|k| **k == "modules.mod_muc_light.config_schema").count(), 2, "{e}");
+}

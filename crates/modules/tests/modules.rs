@@ -1304,6 +1304,17 @@ impl meerkat_storage::ArchiveStore for DownArchive {
     }
 }
 
+/// A server on memory storage whose archive is down (until `archive.down` is cleared).
+fn with_archive_down(c: Config) -> (Server, Arc<DownArchive>) {
+    let mut stores = meerkat_storage::memory::stores();
+    let archive = Arc::new(DownArchive { inner: stores.archive.clone(), down: true.into() });
+    stores.archive = archive.clone();
+    let mut reg = HookRegistry::default();
+    meerkat_modules::start(&c, &mut reg);
+    let ctx = ServerContext::new(Arc::new(c), stores, reg.freeze(), Arc::new(meerkat_router::LocalRouter::new()));
+    (Server { ctx }, archive)
+}
+
 /// With storage down, the archive writer's queue fills to `max_queue`; then a chat
 /// message is refused at the sender with `resource-constraint` (type wait) instead
 /// of being delivered and lost from the archive; the recipient's rows of messages
@@ -1316,13 +1327,7 @@ async fn a_full_archive_queue_refuses_messages_and_loses_none() {
         async_writer: meerkat_config::MamWriterCfg { batch_size: 4, flush_interval: 60_000, max_queue: 4 },
         ..meerkat_config::MamCfg::default()
     });
-    let mut stores = meerkat_storage::memory::stores();
-    let archive = Arc::new(DownArchive { inner: stores.archive.clone(), down: true.into() });
-    stores.archive = archive.clone();
-    let mut reg = HookRegistry::default();
-    meerkat_modules::start(&c, &mut reg);
-    let ctx = ServerContext::new(Arc::new(c), stores, reg.freeze(), Arc::new(meerkat_router::LocalRouter::new()));
-    let srv = Server { ctx };
+    let (srv, archive) = with_archive_down(c);
     srv.user("alice@localhost").await;
     srv.user("bob@localhost").await;
     let mut a = srv.connect("alice@localhost/home").await;
@@ -1382,13 +1387,7 @@ async fn a_full_archive_queue_makes_rooms_refuse_messages_and_lose_none() {
         ..meerkat_config::MamCfg::default()
     });
     c.modules.mod_muc_light = Some(meerkat_config::MucLightCfg::default());
-    let mut stores = meerkat_storage::memory::stores();
-    let archive = Arc::new(DownArchive { inner: stores.archive.clone(), down: true.into() });
-    stores.archive = archive.clone();
-    let mut reg = HookRegistry::default();
-    meerkat_modules::start(&c, &mut reg);
-    let ctx = ServerContext::new(Arc::new(c), stores, reg.freeze(), Arc::new(meerkat_router::LocalRouter::new()));
-    let srv = Server { ctx };
+    let (srv, archive) = with_archive_down(c);
     srv.user("alice@localhost").await;
     srv.user("bob@localhost").await;
     let mut a = srv.connect("alice@localhost/home").await;

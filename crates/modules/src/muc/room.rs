@@ -170,10 +170,13 @@ fn status(code: &str) -> Element {
 }
 
 impl Room {
-    /// A new room created by `owner` (locked until configured, unless `instant`).
-    pub(crate) fn create(jid: BareJid, cfg: RoomConfig, owner: &BareJid, locked: bool) -> Room {
-        let mut affs = HashMap::new();
-        affs.insert(owner.as_str().to_owned(), (Affiliation::Owner, String::new()));
+    fn new(
+        jid: BareJid,
+        cfg: RoomConfig,
+        affs: HashMap<String, (Affiliation, String)>,
+        locked: bool,
+        stored: bool,
+    ) -> Room {
         Room {
             jid,
             cfg,
@@ -182,9 +185,15 @@ impl Room {
             by_jid: HashMap::new(),
             history: VecDeque::new(),
             locked,
-            stored: false,
+            stored,
             destroyed: false,
         }
+    }
+
+    /// A new room created by `owner` (locked until configured, unless `instant`).
+    pub(crate) fn create(jid: BareJid, cfg: RoomConfig, owner: &BareJid, locked: bool) -> Room {
+        let affs = HashMap::from([(owner.as_str().to_owned(), (Affiliation::Owner, String::new()))]);
+        Room::new(jid, cfg, affs, locked, false)
     }
 
     /// A room loaded from storage, with its newest archived messages as history.
@@ -194,23 +203,11 @@ impl Room {
         affiliations: Vec<RoomAffiliation>,
         tail: Vec<ArchivedMessage>,
     ) -> Room {
-        let mut affs = HashMap::new();
-        for a in affiliations {
-            if let Some(aff) = Affiliation::parse(&a.affiliation) {
-                affs.insert(a.jid, (aff, a.reason));
-            }
-        }
-        let mut room = Room {
-            jid,
-            cfg,
-            affs,
-            occupants: HashMap::new(),
-            by_jid: HashMap::new(),
-            history: VecDeque::new(),
-            locked: false,
-            stored: true,
-            destroyed: false,
-        };
+        let affs = affiliations
+            .into_iter()
+            .filter_map(|a| Affiliation::parse(&a.affiliation).map(|aff| (a.jid, (aff, a.reason))))
+            .collect();
+        let mut room = Room::new(jid, cfg, affs, false, true);
         let limits = meerkat_xml::Limits::default();
         for m in tail {
             if let Ok(mut el) = meerkat_xml::parse_element(&m.stanza, &limits) {
