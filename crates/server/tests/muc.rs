@@ -203,6 +203,22 @@ async fn create_join_chat_history_subject() {
     assert_eq!(m.attr("from"), Some("lobby@conference.localhost/Carol"));
     assert!(m.has_child("x", MUC_USER));
 
+    // An IQ to an occupant (a vCard request) goes to its session through the
+    // room, and the answer comes back from the occupant's room JID.
+    carol.send(&format!("<iq type='get' to='{ROOM}/Robert' id='vc'><vCard xmlns='vcard-temp'/></iq>")).await;
+    let q = bob.expect_where(|e| e.name() == "iq" && e.has_child("vCard", "vcard-temp")).await;
+    assert_eq!(q.attr("from"), Some("lobby@conference.localhost/Carol"));
+    assert_ne!(q.attr("id"), Some("vc"), "the room uses its own id");
+    bob.send(&format!(
+        "<iq type='result' to='{}' id='{}'><vCard xmlns='vcard-temp'><FN>Bob</FN></vCard></iq>",
+        q.attr("from").unwrap(),
+        q.attr("id").unwrap()
+    ))
+    .await;
+    let r = carol.expect_where(|e| e.name() == "iq" && e.attr("id") == Some("vc")).await;
+    assert_eq!((r.attr("type"), r.attr("from")), (Some("result"), Some("lobby@conference.localhost/Robert")));
+    assert!(r.to_string().contains("<FN>Bob</FN>"), "{r}");
+
     // Leaving: the others see unavailable; the room lists what remains.
     carol.send(&format!("<presence to='{ROOM}/Carol' type='unavailable'/>")).await;
     let p = carol.expect_where(|e| e.name() == "presence").await;

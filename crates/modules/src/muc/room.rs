@@ -139,7 +139,13 @@ pub(crate) struct Room {
     stored: bool,
     /// The room was destroyed: its task ends.
     pub(crate) destroyed: bool,
+    /// IQs forwarded between occupants and not answered yet: our id → (the
+    /// requester's id, the requester, the target's nick). Bounded.
+    forwarded_iqs: HashMap<String, (String, Jid, String)>,
 }
+
+/// Forwarded IQs a room waits for at most; the oldest are forgotten beyond it.
+const MAX_FORWARDED_IQS: usize = 1000;
 
 /// A stanza error from `room` (or `room/nick`) back to `st`'s sender.
 fn error_from(st: &Stanza, from: &Jid, err: StanzaError) -> Option<Element> {
@@ -187,6 +193,7 @@ impl Room {
             locked,
             stored,
             destroyed: false,
+            forwarded_iqs: HashMap::new(),
         }
     }
 
@@ -326,6 +333,9 @@ impl Room {
         let Some(to) = st.to.clone() else { return };
         let Some(from) = st.from.clone() else { return };
         let nick = to.resource().map(|r| r.as_str().to_owned());
+        if st.kind == StanzaKind::Iq && matches!(st.iq_type(), Some(IqType::Result | IqType::Error)) {
+            return self.iq_response(env, st, &from).await;
+        }
         if st.is_error() {
             // A delivery to an occupant failed (its session is gone): it leaves.
             if st.kind != StanzaKind::Iq {
@@ -743,7 +753,7 @@ impl Room {
             self.broadcast(env, &el).await;
             return;
         }
-        let archived = env.archived() && el.has_child("body", ns::CLIENT) || el.has_child("retract", NS_RETRACT);
+        let archived = env.archived() && (el.has_child("body", ns::CLIENT) || el.has_child("retract", NS_RETRACT));
         let id = new_archive_id();
         el.append_child(
             Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", room_str.as_str()).build(),
@@ -934,11 +944,43 @@ impl Room {
             }
             (None, _) => error_from(st, &to_jid, StanzaError::new(StanzaErrorCondition::NotAcceptable)),
             (Some(_), false) => error_from(st, &to_jid, StanzaError::item_not_found()),
-            (Some(_), true) => error_from(st, &to_jid, StanzaError::service_unavailable()),
+            // Other IQs (vCards, versions) go to the occupant's session, from the
+            // requester's occupant JID; the answer comes back the same way.
+            (Some(me), true) => {
+                let target = self.occupants.get(nick).and_then(|o| o.sessions.last()).map(|(j, _)| j.clone());
+                let Some(target) = target else { return };
+                if self.forwarded_iqs.len() >= MAX_FORWARDED_IQS {
+                    self.forwarded_iqs.clear();
+                }
+                let id = random_id(16);
+                self.forwarded_iqs
+                    .insert(id.clone(), (st.id().unwrap_or_default().to_owned(), from.clone(), nick.to_owned()));
+                let mut fwd = st.el.clone();
+                fwd.set_attr("from", self.occupant_jid(&me).as_str());
+                fwd.set_attr("to", target.as_str());
+                fwd.set_attr("id", id);
+                Some(fwd)
+            }
         };
         if let Some(r) = reply {
             Self::send(env, r).await;
         }
+    }
+
+    /// The answer to an IQ forwarded to an occupant goes back to the requester.
+    async fn iq_response(&mut self, env: &Env<'_>, st: Stanza, from: &Jid) {
+        let Some(id) = st.id() else { return };
+        let Some((_, _, nick)) = self.forwarded_iqs.get(id) else { return };
+        // Only the occupant asked may answer.
+        if self.nick_of(from) != Some(nick.as_str()) {
+            return;
+        }
+        let Some((orig, requester, nick)) = self.forwarded_iqs.remove(id) else { return };
+        let mut el = st.el;
+        el.set_attr("from", self.occupant_jid(&nick).as_str());
+        el.set_attr("to", requester.as_str());
+        el.set_attr("id", orig);
+        Self::send(env, el).await;
     }
 
     // ---- IQs to the room ----
