@@ -197,6 +197,15 @@ pub struct DefaultRoomCfg {
     /// Messages kept for history on join.
     #[serde(default = "default_muc_history")]
     pub history_length: usize,
+    /// Roles whose presence every occupant receives (`moderator`,
+    /// `participant`, `visitor`); the others' only reaches themselves (large
+    /// rooms: joining costs no presence to everyone).
+    #[serde(default = "default_presence_broadcast")]
+    pub presence_broadcast: Vec<String>,
+}
+
+fn default_presence_broadcast() -> Vec<String> {
+    vec!["moderator".into(), "participant".into(), "visitor".into()]
 }
 
 fn default_muc_host() -> String {
@@ -234,6 +243,7 @@ impl Default for DefaultRoomCfg {
             non_anonymous: false,
             max_users: default_muc_max_users(),
             history_length: default_muc_history(),
+            presence_broadcast: default_presence_broadcast(),
         }
     }
 }
@@ -446,6 +456,18 @@ impl Modules {
         }
         if let Some(m) = &self.mod_muc {
             check_service_host(&m.host, "modules.mod_muc.host", "conference.@HOST@", report);
+            if let Some(r) = m
+                .default_room
+                .presence_broadcast
+                .iter()
+                .find(|r| !["moderator", "participant", "visitor"].contains(&r.as_str()))
+            {
+                report(
+                    None,
+                    "modules.mod_muc.default_room.presence_broadcast".into(),
+                    format!("{r:?} is not a role (moderator, participant, visitor)"),
+                );
+            }
             for (key, v) in [
                 ("max_users", m.max_users),
                 ("room_queue", m.room_queue),

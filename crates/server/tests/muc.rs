@@ -591,3 +591,52 @@ async fn persistent_room_survives_a_restart() {
     assert!(info.to_string().contains("Kept") && info.to_string().contains("muc_persistent"), "{info}");
     s.stop().await;
 }
+
+/// `muc#roomconfig_presencebroadcast`: with only moderators' presence
+/// broadcast (a large room), participants join and leave without a presence to
+/// everyone, still see the moderators, and still chat.
+#[tokio::test]
+async fn presence_broadcast_for_chosen_roles_only() {
+    let s = TestServer::start().await.unwrap();
+    users(&s, &["owner", "bob", "carol"]).await;
+    let mut owner = online(&s, "owner").await;
+    let mut bob = online(&s, "bob").await;
+    let mut carol = online(&s, "carol").await;
+    create_instant(&mut owner, ROOM, "Boss").await;
+    configure(&mut owner, ROOM, "<field var='muc#roomconfig_presencebroadcast'><value>moderator</value></field>").await;
+    let seen = join(&mut bob, ROOM, "Bob", "").await;
+    let froms: Vec<&str> = seen.iter().filter_map(|e| e.attr("from")).collect();
+    assert_eq!(
+        froms,
+        ["lobby@conference.localhost/Boss", "lobby@conference.localhost/Bob"],
+        "the moderator, then itself"
+    );
+    let seen = join(&mut carol, ROOM, "Carol", "").await;
+    let froms: Vec<&str> = seen.iter().filter_map(|e| e.attr("from")).collect();
+    assert_eq!(froms, ["lobby@conference.localhost/Boss", "lobby@conference.localhost/Carol"], "not Bob");
+    bob.send(&format!("<message to='{ROOM}' type='groupchat' id='b1'><body>quietly</body></message>")).await;
+    for c in [&mut owner, &mut carol] {
+        let m = c.expect_where(|e| e.name() == "message" && e.attr("id") == Some("b1")).await;
+        assert_eq!(m.attr("from"), Some("lobby@conference.localhost/Bob"));
+    }
+    bob.send(&format!("<presence to='{ROOM}/Bob' type='unavailable'/>")).await;
+    bob.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("unavailable")).await;
+    // Neither the owner nor Carol heard of Bob's or Carol's presence.
+    for c in [&mut owner, &mut carol] {
+        while let Some(e) = c.next(Duration::from_millis(300)).await {
+            let from = e.attr("from").unwrap_or_default();
+            assert!(e.name() != "presence" || from.ends_with("/Boss"), "a participant's presence was broadcast: {e}");
+        }
+    }
+    // An unknown role in the form is a bad request.
+    owner
+        .send(&format!(
+            "<iq type='set' to='{ROOM}' id='pb'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+               <x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_presencebroadcast'><value>everyone</value></field></x>\
+             </query></iq>"
+        ))
+        .await;
+    let e = owner.expect_where(|e| e.attr("id") == Some("pb")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("bad-request"), "{e}");
+    s.stop().await;
+}

@@ -62,6 +62,9 @@ pub(crate) struct RoomConfig {
     pub allow_pm: AllowPm,
     /// New occupants of a moderated room get a voice.
     pub members_by_default: bool,
+    /// Roles whose presence is broadcast (`muc#roomconfig_presencebroadcast`),
+    /// as bits: 1 moderator, 2 participant, 4 visitor.
+    pub presence_broadcast: u8,
     /// Salt of the room's XEP-0421 occupant ids (kept, so ids stay stable).
     pub occupant_salt: String,
     /// The subject, who set it (occupant JID) and when (XEP-0082).
@@ -87,6 +90,7 @@ impl RoomConfig {
             change_subject: d.allow_change_subj,
             allow_pm: if d.allow_private_messages { AllowPm::Anyone } else { AllowPm::Moderators },
             members_by_default: d.members_by_default,
+            presence_broadcast: role_bits(d.presence_broadcast.iter().map(String::as_str)),
             occupant_salt: meerkat_core::util::random_id(16),
             subject: String::new(),
             subject_by: String::new(),
@@ -111,6 +115,7 @@ impl RoomConfig {
             .attr("change_subject", b(self.change_subject))
             .attr("allow_pm", self.allow_pm.as_str())
             .attr("members_by_default", b(self.members_by_default))
+            .attr("presence_broadcast", self.presence_broadcast.to_string())
             .attr("occupant_salt", self.occupant_salt.as_str())
             .attr("subject", self.subject.as_str())
             .attr("subject_by", self.subject_by.as_str())
@@ -143,6 +148,10 @@ impl RoomConfig {
             change_subject: flag("change_subject", defaults.change_subject),
             allow_pm: el.attr("allow_pm").and_then(AllowPm::parse).unwrap_or(defaults.allow_pm),
             members_by_default: flag("members_by_default", defaults.members_by_default),
+            presence_broadcast: el
+                .attr("presence_broadcast")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.presence_broadcast),
             occupant_salt: text("occupant_salt", &defaults.occupant_salt),
             subject: text("subject", ""),
             subject_by: text("subject_by", ""),
@@ -212,6 +221,14 @@ impl RoomConfig {
             "New occupants of a moderated room may speak",
             self.members_by_default,
         ));
+        let broadcast: Vec<&str> =
+            ROLES.iter().filter(|(_, bit)| self.presence_broadcast & bit != 0).map(|(r, _)| *r).collect();
+        let mut pb =
+            field("muc#roomconfig_presencebroadcast", "list-multi", "Roles whose presence is broadcast", &broadcast);
+        for (r, _) in ROLES {
+            pb.append_child(option(r));
+        }
+        x.append_child(pb);
         let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
         let admins: Vec<&str> = admins.iter().map(String::as_str).collect();
         x.append_child(field("muc#roomconfig_roomowners", "jid-multi", "Room owners", &owners));
@@ -284,6 +301,12 @@ impl RoomConfig {
                         AllowPm::parse(one).ok_or_else(|| bad("muc#roomconfig_allowpm is not a known value"))?
                 }
                 "muc#roomconfig_members_by_default" => next.members_by_default = boolean()?,
+                "muc#roomconfig_presencebroadcast" => {
+                    if let Some(v) = values.iter().find(|v| !ROLES.iter().any(|(r, _)| r == v)) {
+                        return Err(bad(&format!("{v} is not a role")));
+                    }
+                    next.presence_broadcast = role_bits(values.iter().map(String::as_str));
+                }
                 "muc#roomconfig_roomowners" => lists.owners = Some(values),
                 "muc#roomconfig_roomadmins" => lists.admins = Some(values),
                 // XEP-0004 §3.2: a form processor ignores fields it does not know.
@@ -300,6 +323,14 @@ impl RoomConfig {
         *self = next;
         Ok(lists)
     }
+}
+
+/// The roles of `muc#roomconfig_presencebroadcast` and their bits.
+const ROLES: [(&str, u8); 3] = [("moderator", 1), ("participant", 2), ("visitor", 4)];
+
+/// The bits of a list of role names (unknown names count for nothing).
+fn role_bits<'a>(roles: impl Iterator<Item = &'a str>) -> u8 {
+    roles.filter_map(|r| ROLES.iter().find(|(n, _)| *n == r).map(|(_, b)| *b)).fold(0, |a, b| a | b)
 }
 
 /// Owner and admin lists set through the configuration form.

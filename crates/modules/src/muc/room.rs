@@ -265,6 +265,18 @@ impl Room {
         h.iter().take(16).map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Whether an occupant with `role` has its presence sent to the others
+    /// (`muc#roomconfig_presencebroadcast`).
+    fn broadcasts(&self, role: Role) -> bool {
+        let bit = match role {
+            Role::Moderator => 1,
+            Role::Participant => 2,
+            Role::Visitor => 4,
+            Role::None => 0,
+        };
+        self.cfg.presence_broadcast & bit != 0
+    }
+
     /// The role an occupant with `aff` gets on entering.
     fn default_role(&self, aff: Affiliation) -> Role {
         match aff {
@@ -313,8 +325,12 @@ impl Room {
     /// for the occupant's own sessions).
     async fn broadcast_presence(&self, env: &Env<'_>, nick: &str, self_extra: &[Element], all_extra: &[Element]) {
         let Some(o) = self.occupants.get(nick) else { return };
+        let to_all = self.broadcasts(o.role);
         for (vnick, v) in &self.occupants {
             let is_self = vnick == nick;
+            if !is_self && !to_all {
+                continue;
+            }
             let mut extra: Vec<Element> = all_extra.to_vec();
             if is_self {
                 extra.extend(self_extra.iter().cloned());
@@ -451,7 +467,7 @@ impl Room {
         // §7.2.3: the others' presence first, to the new session only.
         let me_moderator = self.occupants.get(&nick).is_some_and(|o| o.role == Role::Moderator);
         for (onick, o) in &self.occupants {
-            if *onick == nick {
+            if *onick == nick || !self.broadcasts(o.role) {
                 continue;
             }
             let mut p = self.presence_of(onick, o, me_moderator, &[]);
@@ -551,7 +567,11 @@ impl Room {
         // §7.6: unavailable for the old nick with 303 and the new nick, then the new presence.
         let Some(o) = self.occupants.get(old) else { return };
         let aff = self.affiliation(&bare);
+        let to_all = self.broadcasts(o.role);
         for (vnick, v) in &self.occupants {
+            if vnick != old && !to_all {
+                continue;
+            }
             let mut p = Element::builder("presence", ns::CLIENT)
                 .attr("type", "unavailable")
                 .attr("from", self.occupant_jid(old).as_str())
@@ -609,9 +629,11 @@ impl Room {
         }
         let o = self.occupants.remove(nick).expect("present");
         let aff = self.affiliation(&o.bare);
+        let to_all = self.broadcasts(o.role);
         let mut recipients: Vec<(&str, bool, Vec<FullJid>)> = self
             .occupants
             .iter()
+            .filter(|_| to_all)
             .map(|(n, v)| (n.as_str(), v.role == Role::Moderator, v.sessions.iter().map(|(j, _)| j.clone()).collect()))
             .collect();
         recipients.push((nick, false, vec![real.clone()]));
@@ -678,7 +700,8 @@ impl Room {
             p.set_attr("to", j.as_str());
             Self::send(env, p).await;
         }
-        for v in self.occupants.values() {
+        let others = if self.broadcasts(o.role) { self.occupants.len() } else { 0 };
+        for v in self.occupants.values().take(others) {
             let p = make(false, self.cfg.non_anonymous || v.role == Role::Moderator);
             for (j, _) in &v.sessions {
                 let mut c = p.clone();
