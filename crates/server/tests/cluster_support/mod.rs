@@ -111,6 +111,10 @@ methods = ["internal"]
 [modules.mod_stanza_id]
 [modules.mod_disco]
 [modules.mod_version]
+[modules.mod_muc]
+[modules.mod_mam]
+[modules.mod_mam.async_writer]
+flush_interval = 100
 [cluster]
 nats_url = "{nats}"
 node_name = "{name}"
