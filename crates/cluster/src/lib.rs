@@ -29,6 +29,7 @@
 
 mod link;
 mod node;
+mod resume;
 mod singletons;
 pub mod wire;
 
@@ -85,7 +86,7 @@ pub async fn join(ctx: Arc<ServerContext>, router: Arc<LocalRouter>) -> anyhow::
     let node = node::Node::new(ctx.clone(), router, client.clone(), &cfg, node_name.clone(), rx).await?;
     let singletons = Arc::new(singletons::StoredSingletons::new(
         ctx.stores.singletons.clone(),
-        client,
+        client.clone(),
         cfg.name.get_ref(),
         node_name,
         node.incarnation(),
@@ -95,6 +96,11 @@ pub async fn join(ctx: Arc<ServerContext>, router: Arc<LocalRouter>) -> anyhow::
     if ctx.cluster_singletons.set(singletons.clone()).is_err() {
         anyhow::bail!("this server joined a cluster twice");
     }
+    // XEP-0198 resumption of a session held by another node.
+    let subject = format!("{}.resume", cfg.name.get_ref());
+    let resume_sub = client.subscribe(subject.clone()).await?;
+    tokio::spawn(resume::serve(ctx.clone(), client.clone(), resume_sub));
+    ctx.resumptions.set_remote(Arc::new(resume::NatsResumptions { client: client.clone(), subject }));
     let task = tokio::spawn(node.run(stop_rx, ready_tx));
     // Learning the others takes a heartbeat interval plus their snapshots.
     let wait = Duration::from_millis(cfg.heartbeat_interval_ms * 2 + 5000);

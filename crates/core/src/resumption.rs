@@ -6,16 +6,71 @@
 //! new connection that resumes sends a [`Takeover`] through it; the task that
 //! currently owns the session (still connected or detached) hands the whole
 //! session state over and ends. The state travels as `Box<dyn Any + Send>` since
-//! its type lives in the stream crate. This registry is the piece a cluster
-//! backs with shared storage so a resume can succeed on another node.
+//! its type lives in the stream crate. In a cluster, an id this node does not
+//! know is asked of the other nodes ([`RemoteResumptions`]); the node that holds
+//! it hands the session over as a [`MovedSession`] ([`SessionMover`]).
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use meerkat_stanza::BareJid;
+use meerkat_stanza::{BareJid, FullJid};
+use meerkat_xml::Element;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::context::ServerContext;
+
+/// A resumable session handed from the node that held it to the node where its
+/// client came back (XEP-0198 resumption across a cluster): what the new node
+/// needs to bind the same full JID and go on where the old stream stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovedSession {
+    /// The session's full JID.
+    pub jid: FullJid,
+    /// Stanzas received from the client (its `h`).
+    pub inbound: u32,
+    /// Stanzas sent to the client.
+    pub outbound: u32,
+    /// Sent and not acknowledged, oldest first (sent again on resumption).
+    pub unacked: Vec<Element>,
+    /// Stanzas that reached the session and were not sent yet.
+    pub pending: Vec<Element>,
+    /// The last available presence (`None`: unavailable).
+    pub presence: Option<Element>,
+    /// Its priority.
+    pub priority: i8,
+    /// Entities that got directed presence (they get unavailable at the end).
+    pub directed: Vec<String>,
+}
+
+/// What a resumption id is, wherever it was found.
+#[derive(Debug)]
+pub enum Found {
+    /// A live or detached session, now handed over.
+    Moved(MovedSession),
+    /// The session timed out; this many stanzas from the client were handled.
+    Stale(u32),
+    /// Unknown id, or another user's.
+    Unknown,
+}
+
+/// Hands a resumable session of this node over as a [`MovedSession`], ending it
+/// here without telling anyone it went away (the stream crate implements it).
+#[async_trait::async_trait]
+pub trait SessionMover: Send + Sync + 'static {
+    /// Takes the session with resumption id `id` of `user` from this node.
+    async fn take(&self, ctx: &ServerContext, id: &str, user: &BareJid) -> Found;
+}
+
+/// Asks the other cluster nodes for a resumption id this node does not know
+/// (the cluster transport implements it).
+#[async_trait::async_trait]
+pub trait RemoteResumptions: Send + Sync + 'static {
+    /// The session with resumption id `id` of `user`, taken from the node that holds it.
+    async fn find(&self, id: &str, user: &BareJid) -> Found;
+}
 
 /// A request to hand a session over to a new connection.
 pub struct Takeover {
@@ -38,6 +93,8 @@ pub enum Lookup {
 pub struct Resumptions {
     live: Mutex<HashMap<String, (BareJid, mpsc::Sender<Takeover>)>>,
     stale: Mutex<HashMap<String, (BareJid, u32, Instant)>>,
+    mover: OnceLock<Arc<dyn SessionMover>>,
+    remote: OnceLock<Arc<dyn RemoteResumptions>>,
 }
 
 impl Resumptions {
@@ -66,6 +123,26 @@ impl Resumptions {
             Some((owner, h, until)) if owner == user && *until > Instant::now() => Lookup::Stale(*h),
             _ => Lookup::Unknown,
         }
+    }
+
+    /// Sets how this node hands its sessions over (once, at start).
+    pub fn set_mover(&self, m: Arc<dyn SessionMover>) {
+        let _ = self.mover.set(m);
+    }
+
+    /// How this node hands its sessions over to another node.
+    pub fn mover(&self) -> Option<&Arc<dyn SessionMover>> {
+        self.mover.get()
+    }
+
+    /// Sets how other nodes are asked for resumption ids (once, on joining a cluster).
+    pub fn set_remote(&self, r: Arc<dyn RemoteResumptions>) {
+        let _ = self.remote.set(r);
+    }
+
+    /// The other nodes' resumable sessions, in a cluster.
+    pub fn remote(&self) -> Option<&Arc<dyn RemoteResumptions>> {
+        self.remote.get()
     }
 
     /// Number of resumable sessions.

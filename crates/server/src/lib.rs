@@ -46,6 +46,7 @@ pub fn build(cfg: Arc<Config>, stores: Stores) -> Server {
     meerkat_modules::start(&cfg, &mut reg);
     let router = Arc::new(LocalRouter::new());
     let ctx = ServerContext::new(cfg, stores, reg.freeze(), router.clone());
+    ctx.resumptions.set_mover(Arc::new(meerkat_stream::Mover));
     Server { ctx, router }
 }
 

@@ -37,25 +37,14 @@ impl C2s {
                 return;
             }
         };
-        let id = self.ctx.next_session_id();
-        let (tx, rx) = mpsc::channel(self.ctx.config.general.session_mailbox.max(16));
-        let overflow = Arc::new(Notify::new());
-        let mut s = Box::new(SessionState::new(id, jid.clone(), self.info.peer));
-        for h in &self.ctx.hooks.session {
-            if let Err(e) = h.on_bound(&self.ctx, &mut s).await {
+        let mut s = match self.bind_session(jid.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
                 self.out.push(Output::Element(make_error_reply(&el, &e)));
                 self.state = State::Open(stage);
                 return;
             }
-        }
-        let handle = SessionHandle { id, jid: jid.clone(), mailbox: tx, overflow: overflow.clone() };
-        if let Some(old) = self.ctx.router.register(handle) {
-            // RFC 6120 §7.7.2.2: the new session replaces the old one.
-            if old.mailbox.try_send(SessionMsg::Replaced).is_err() {
-                old.overflow.notify_one();
-            }
-        }
-        self.mailbox = Some((rx, overflow));
+        };
         let mut reply = make_iq_result(&el, None);
         reply.append_child(
             Element::builder("bind", ns::BIND)
@@ -64,6 +53,31 @@ impl C2s {
         );
         self.out.push(Output::Element(reply));
         self.flush_outbox(&mut s);
+        tracing::debug!(jid = %jid, "session bound");
+        self.state = State::Bound(s);
+    }
+
+    /// Makes `jid` a session here: its state (after the modules' `on_bound`),
+    /// its mailbox, its row in the router (replacing an older session of the
+    /// same full JID, RFC 6120 §7.7.2.2), server pings.
+    pub(crate) async fn bind_session(
+        &mut self,
+        jid: meerkat_stanza::FullJid,
+    ) -> Result<Box<SessionState>, StanzaError> {
+        let id = self.ctx.next_session_id();
+        let (tx, rx) = mpsc::channel(self.ctx.config.general.session_mailbox.max(16));
+        let overflow = Arc::new(Notify::new());
+        let mut s = Box::new(SessionState::new(id, jid.clone(), self.info.peer));
+        for h in &self.ctx.hooks.session {
+            h.on_bound(&self.ctx, &mut s).await?;
+        }
+        let handle = SessionHandle { id, jid, mailbox: tx, overflow: overflow.clone() };
+        if let Some(old) = self.ctx.router.register(handle) {
+            if old.mailbox.try_send(SessionMsg::Replaced).is_err() {
+                old.overflow.notify_one();
+            }
+        }
+        self.mailbox = Some((rx, overflow));
         self.deadline = None;
         if let Some(p) = self.ctx.config.modules.mod_ping.as_ref().filter(|p| p.send_pings) {
             self.pinger = Some(Pinger {
@@ -73,8 +87,7 @@ impl C2s {
                 pending: None,
             });
         }
-        tracing::debug!(jid = %jid, "session bound");
-        self.state = State::Bound(s);
+        Ok(s)
     }
 
     fn flush_outbox(&mut self, s: &mut SessionState) {

@@ -48,3 +48,4 @@ pub async fn park(mut c2s: C2s) {
 }
 
 pub use c2s::{C2s, Listener, Mailbox, Output, TlsState, TransportInfo};
+pub use sm::Mover;

@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use meerkat_config::SmCfg;
-use meerkat_core::resumption::{Lookup, Takeover};
-use meerkat_stanza::{ns, BareJid, Stanza, StreamError};
+use meerkat_core::resumption::{Found, Lookup, MovedSession, SessionMover, Takeover};
+use meerkat_stanza::{ns, BareJid, Jid, Stanza, StreamError};
 use meerkat_xml::Element;
 use tokio::sync::mpsc;
 
@@ -200,7 +200,16 @@ impl C2s {
                 return;
             }
             Lookup::Unknown => {
-                self.out.push(Output::Element(failed("item-not-found", None)));
+                // In a cluster the session may be on another node: it moves here.
+                let found = match self.ctx.resumptions.remote() {
+                    Some(remote) => remote.find(previd, &bare).await,
+                    None => Found::Unknown,
+                };
+                match found {
+                    Found::Moved(m) => return self.adopt_moved(m, previd.to_string(), bare, h).await,
+                    Found::Stale(h) => self.out.push(Output::Element(failed("item-not-found", Some(h)))),
+                    Found::Unknown => self.out.push(Output::Element(failed("item-not-found", None))),
+                }
                 self.state = State::Open(stage);
                 return;
             }
@@ -253,5 +262,121 @@ impl C2s {
         if let State::Bound(s) = &self.state {
             tracing::debug!(jid = %s.jid, "session resumed");
         }
+    }
+}
+
+/// This node's [`SessionMover`]: hands a resumable session over to another
+/// node whose client resumes there.
+pub struct Mover;
+
+#[async_trait::async_trait]
+impl SessionMover for Mover {
+    async fn take(&self, ctx: &meerkat_core::ServerContext, id: &str, user: &BareJid) -> Found {
+        let tx = match ctx.resumptions.lookup(id, user) {
+            Lookup::Live(tx) => tx,
+            Lookup::Stale(h) => return Found::Stale(h),
+            Lookup::Unknown => return Found::Unknown,
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let taken = match tx.send(Takeover { reply }).await {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok),
+            Err(_) => None,
+        };
+        match taken.and_then(|b| b.downcast::<C2s>().ok()) {
+            Some(old) => old.export().map_or(Found::Unknown, Found::Moved),
+            None => Found::Unknown,
+        }
+    }
+}
+
+impl C2s {
+    /// Ends this (detached or connected) session here to move it to another
+    /// node: no unavailable presence, no closing hooks (the user stays online
+    /// there); stanzas in its mailbox go with it.
+    fn export(mut self: Box<Self>) -> Option<MovedSession> {
+        let State::Bound(s) = std::mem::replace(&mut self.state, State::Closed) else { return None };
+        let sm = self.sm.take()?;
+        let mut pending = Vec::new();
+        if let Some((mut rx, _)) = self.mailbox.take() {
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                if let meerkat_core::SessionMsg::Stanza(st) = msg {
+                    pending.push(st.el);
+                }
+            }
+        }
+        self.ctx.router.unregister(&s.jid, s.id);
+        if let Some(id) = &sm.id {
+            self.ctx.resumptions.remove(id, None);
+        }
+        self.takeover = None;
+        self.pinger = None;
+        self.deadline = None;
+        self.detached_until = None;
+        tracing::debug!(jid = %s.jid, "session moved to another node");
+        Some(MovedSession {
+            jid: s.jid.clone(),
+            inbound: sm.inbound,
+            outbound: sm.outbound,
+            unacked: sm.unacked.into_iter().collect(),
+            pending,
+            presence: s.presence.as_deref().cloned(),
+            priority: s.priority,
+            directed: s.directed.iter().map(|j| j.as_str().to_owned()).collect(),
+        })
+    }
+
+    /// Binds the full JID of a session another node handed over, and resumes
+    /// it (XEP-0198 §5): `<resumed/>`, then what the client did not acknowledge,
+    /// then what had not been sent yet.
+    async fn adopt_moved(&mut self, m: MovedSession, previd: String, bare: BareJid, h: u32) {
+        if m.jid.to_bare() != bare {
+            self.out.push(Output::Element(failed("item-not-found", None)));
+            self.state = State::Open(Stage::Authenticated(bare));
+            return;
+        }
+        let Ok(mut s) = self.bind_session(m.jid.clone()).await else {
+            self.out.push(Output::Element(failed("internal-server-error", Some(m.inbound))));
+            self.state = State::Open(Stage::Authenticated(bare));
+            return;
+        };
+        s.roster_requested = true;
+        s.directed = m.directed.iter().filter_map(|j| Jid::new(j).ok()).collect();
+        if let Some(p) = m.presence {
+            let p = std::sync::Arc::new(p);
+            s.presence = Some(p.clone());
+            s.priority = m.priority;
+            self.ctx.router.set_presence(&s.jid, s.id, m.priority, Some(p));
+        }
+        self.state = State::Bound(s);
+        self.sm = Some(Sm {
+            id: Some(previd.clone()),
+            inbound: m.inbound,
+            outbound: m.outbound,
+            unacked: m.unacked.into(),
+            requested_at: 0,
+        });
+        if !self.sm_ack(h) {
+            let inbound = self.sm.as_ref().map_or(0, |s| s.inbound);
+            self.out.push(Output::Element(failed("undefined-condition", Some(inbound))));
+            self.terminate().await;
+            self.out.push(Output::Close);
+            return;
+        }
+        let (tx, rx) = mpsc::channel(1);
+        self.ctx.resumptions.register(&previd, &bare, tx);
+        self.takeover = Some(rx);
+        let Some(sm) = &self.sm else { return };
+        let resumed =
+            Element::builder("resumed", ns::SM).attr("previd", previd).attr("h", sm.inbound.to_string()).build();
+        self.out.push(Output::Element(resumed));
+        let again: Vec<Element> = sm.unacked.iter().cloned().collect();
+        for el in again {
+            self.out.push(Output::Element(el));
+        }
+        for el in m.pending {
+            self.emit(el);
+        }
+        tracing::debug!(jid = %m.jid, "session resumed from another node");
     }
 }
