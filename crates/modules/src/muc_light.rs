@@ -550,9 +550,18 @@ impl MucLight {
         if let Some(c) = q.get_child("configuration", NS_CREATE) {
             apply_config(&mut room.config, c)?;
         }
-        let creator_aff = if self.cfg.equal_occupants { Aff::Member } else { Aff::Owner };
+        // §5.1: at most one owner may be named; then the creator is a member,
+        // else the creator owns the room (every occupant is a member in an
+        // equal-occupants service).
+        let listed: Vec<&Element> =
+            q.get_child("occupants", NS_CREATE).into_iter().flat_map(|o| o.children()).collect();
+        let named_owners = listed.iter().filter(|u| u.attr("affiliation") == Some("owner")).count();
+        if named_owners > 1 {
+            return Err(bad("a room has at most one owner"));
+        }
+        let creator_aff = if self.cfg.equal_occupants || named_owners == 1 { Aff::Member } else { Aff::Owner };
         room.occupants.insert(creator.as_str().to_owned(), creator_aff);
-        for u in q.get_child("occupants", NS_CREATE).into_iter().flat_map(|o| o.children()) {
+        for u in listed {
             if !u.is("user", NS_CREATE) {
                 return Err(bad("occupants are <user/> elements"));
             }
@@ -560,11 +569,9 @@ impl MucLight {
                 Jid::new(u.text().trim()).map_err(|_| StanzaError::new(StanzaErrorCondition::JidMalformed))?.to_bare();
             let aff = parse_aff(u.attr("affiliation").unwrap_or("member"))?
                 .ok_or_else(|| bad("a new room's occupants cannot have affiliation none"))?;
-            if aff == Aff::Owner && !self.cfg.equal_occupants {
-                return Err(bad("the creator is the owner of a new room"));
-            }
+            let aff = if self.cfg.equal_occupants { Aff::Member } else { aff };
             if room.occupants.contains_key(user.as_str()) {
-                return Err(bad("each user appears once"));
+                return Err(bad("each user appears once (the creator is in the room already)"));
             }
             if self.blocks(ctx, user.as_str(), jid, creator.as_str()).await? {
                 continue; // §4.5: a user who blocks the room or the creator is skipped

@@ -124,6 +124,28 @@ async fn muc_light_rooms_end_to_end() {
     let (users, _, _) = affs(&notification(&mut bob, AFFS).await);
     assert_eq!(users, [pair("bob@localhost", "member")]);
     notification(&mut carol, AFFS).await;
+    // One owner at most may be named; then the creator is a member.
+    let e = iq(
+        &mut dave,
+        "c3",
+        "<iq type='set' to='two@muclight.localhost' id='c3'><query xmlns='urn:xmpp:muclight:0#create'><occupants>\
+           <user affiliation='owner'>erin@localhost</user><user affiliation='owner'>carol@localhost</user>\
+         </occupants></query></iq>",
+    )
+    .await;
+    assert_eq!(error_condition(&e).as_deref(), Some("bad-request"), "{e}");
+    let r = iq(
+        &mut dave,
+        "c4",
+        "<iq type='set' to='named@muclight.localhost' id='c4'><query xmlns='urn:xmpp:muclight:0#create'><occupants>\
+           <user affiliation='owner'>carol@localhost</user></occupants></query></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let (users, _, _) = affs(&notification(&mut dave, AFFS).await);
+    assert_eq!(users, [pair("dave@localhost", "member")]);
+    let (users, _, _) = affs(&notification(&mut carol, AFFS).await);
+    assert_eq!(users, [pair("carol@localhost", "owner")]);
     // Creating it again: conflict.
     let e = iq(
         &mut dave,
