@@ -37,6 +37,11 @@ pub enum Scenario {
     /// archive is then paged through and checked, and page --page is looked up at
     /// --lookup-rate (open loop); measures lookup latency.
     Mam,
+    /// MUC Light (`urn:xmpp:muclight:0`): each bucket of --bucket-size users is one
+    /// room, created during the setup phase; members send group chat messages to
+    /// their room at the open-loop --rate (room messages per second in total);
+    /// every member measures time to delivery of every message.
+    MucLight,
 }
 
 impl Scenario {
@@ -49,12 +54,16 @@ impl Scenario {
             Scenario::Presence => "presence",
             Scenario::SmResume => "sm-resume",
             Scenario::Mam => "mam",
+            Scenario::MucLight => "muc-light",
         }
     }
 
     /// True for the scenarios that send stamped stanzas on an open-loop schedule.
     pub fn sends(self) -> bool {
-        matches!(self, Scenario::OneToOne | Scenario::Presence | Scenario::SmResume | Scenario::Mam)
+        matches!(
+            self,
+            Scenario::OneToOne | Scenario::Presence | Scenario::SmResume | Scenario::Mam | Scenario::MucLight
+        )
     }
 }
 
@@ -355,6 +364,8 @@ impl Args {
             Scenario::Presence => {
                 self.setup_seconds.unwrap_or(5.0 + f64::from(self.users) * f64::from(self.contacts) / 2000.0)
             }
+            // Room creation: one IQ per room, each adding its members.
+            Scenario::MucLight => self.setup_seconds.unwrap_or(2.0 + f64::from(self.users) / 5000.0),
             _ => 0.0,
         }
     }

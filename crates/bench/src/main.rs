@@ -14,6 +14,7 @@ mod conn;
 mod hist;
 mod login;
 mod mam;
+mod muclight;
 mod output;
 mod parent;
 mod presence;

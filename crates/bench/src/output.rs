@@ -212,12 +212,16 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
     // gap counts; messages: what was sent and not delivered.
     let lost = match args.scenario {
         Scenario::Presence => x.presence_lost as i64,
+        Scenario::MucLight => x.expected_deliveries as i64 - r.delivered as i64,
         _ => r.sent as i64 - r.delivered as i64,
     };
     let late_p99 = r.late.pct(99.0);
     let disconnects: u64 = r.disconnects.values().sum();
     let valid = match args.scenario {
         Scenario::OneToOne => late_p99 <= 1000 && lost == 0 && r.duplicated == 0,
+        Scenario::MucLight => {
+            late_p99 <= 1000 && lost == 0 && r.duplicated == 0 && r.failures() == 0 && x.rooms_failed == 0
+        }
         Scenario::Connect => r.failures() == 0 && disconnects == 0,
         Scenario::Register => r.failures() == 0,
         Scenario::Presence => {
@@ -314,6 +318,15 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
     if let Value::Object(m) = &mut v {
         m.insert("transport".into(), json!(args.transport));
         match args.scenario {
+            Scenario::MucLight => {
+                let more = json!({
+                    "room_size": args.bucket(),
+                    "deliveries_expected": x.expected_deliveries,
+                    "deliveries_per_s": round1(r.delivered as f64 / duration),
+                    "rooms_failed": x.rooms_failed,
+                });
+                m.extend(more.as_object().cloned().unwrap_or_default());
+            }
             Scenario::Presence => {
                 let more = json!({
                     "contacts": args.contacts,
@@ -516,7 +529,21 @@ pub fn summary(v: &Value) -> String {
             g("msgs_per_s"),
         );
     }
-    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "presence" | "mam")) {
+    if v["scenario"] == "muc-light" {
+        s += &format!(
+            "  room messages offered {} sent {}; deliveries expected {} delivered {} lost {} duplicated {}; \
+             {} deliveries/s; rooms failed {}\n",
+            g("offered"),
+            g("sent"),
+            g("deliveries_expected"),
+            g("delivered"),
+            g("lost"),
+            g("duplicated"),
+            g("deliveries_per_s"),
+            g("rooms_failed"),
+        );
+    }
+    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "presence" | "mam" | "muc-light")) {
         s += &format!(
             "  TTD µs p50 {} p90 {} p99 {} p99.9 {} max {}; generator lateness p99 {} µs\n",
             g("ttd_p50_us"),

@@ -67,6 +67,10 @@ pub struct WorkerReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Extra {
+    /// muc-light: deliveries the rooms owe (each message to every member, its sender included).
+    pub expected_deliveries: u64,
+    /// muc-light: rooms whose creation was not confirmed by the end of the run.
+    pub rooms_failed: u64,
     /// presence: updates lost, from gaps in each sender's update counter as seen by
     /// each online contact (and at the end of the run, from each sender's final count).
     pub presence_lost: u64,
@@ -144,6 +148,8 @@ pub struct Extra {
 
 impl Extra {
     fn merge(&mut self, o: &Extra) {
+        self.expected_deliveries += o.expected_deliveries;
+        self.rooms_failed += o.rooms_failed;
         self.presence_lost += o.presence_lost;
         self.presence_replayed += o.presence_replayed;
         self.finals_missing += o.finals_missing;

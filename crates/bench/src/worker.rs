@@ -19,7 +19,7 @@ use crate::sasl::{KeyCache, NonceGen};
 use crate::schedule::events;
 use crate::schedule::{spawn_scheduler, Bucket, SendPlan};
 use crate::ws::WsUrl;
-use crate::{mam, presence, session, smresume};
+use crate::{mam, muclight, presence, session, smresume};
 
 /// Now, in Unix µs.
 pub fn unix_us() -> u64 {
@@ -236,7 +236,9 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
     let mut set = JoinSet::new();
     for (&k, disrupt) in mine.iter().zip(disruptions) {
         let sends = match args.scenario {
-            Scenario::OneToOne | Scenario::SmResume | Scenario::Mam => Bucket::of(k, args.users, args.bucket()).len > 1,
+            Scenario::OneToOne | Scenario::SmResume | Scenario::Mam | Scenario::MucLight => {
+                Bucket::of(k, args.users, args.bucket()).len > 1
+            }
             Scenario::Presence => true,
             _ => false,
         } && plan.count(k) > 0;
@@ -335,6 +337,7 @@ async fn user(ctx: Arc<Ctx>, k: u32, wake: Wake, disrupt: Vec<u64>) {
         Scenario::Presence => Box::pin(presence::online(&ctx, k, sess, notify, disrupt, nonces)).await,
         Scenario::SmResume => Box::pin(smresume::online(&ctx, k, sess, notify, disrupt, nonces)).await,
         Scenario::Mam => Box::pin(mam::online(&ctx, k, sess.conn, notify, wake.lookup)).await,
+        Scenario::MucLight => Box::pin(muclight::online(&ctx, k, sess.conn, notify)).await,
         _ => session::online(&ctx, k, sess.conn, notify).await,
     }
 }

@@ -400,3 +400,51 @@ async fn mam_fill_pass_and_lookups_against_meerkat() {
     }
     s.stop().await;
 }
+
+/// muc-light: rooms of 5 (and one room of all users) are created during the
+/// setup, every member's messages reach every member exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muc_light_rooms_against_meerkat() {
+    let s = TestServer::start().await.expect("test server");
+    meerkat::accounts::bulk_add(&s.ctx.config, &s.ctx.stores, "user", 40, "localhost", "secret")
+        .await
+        .expect("provision users");
+    let plain = s.addr(TlsMode::None);
+    for (size, workers) in [("5", "2"), ("40", "1")] {
+        let r = bench(args(
+            "muc-light",
+            plain,
+            40,
+            &[
+                "--workers",
+                workers,
+                "--bucket-size",
+                size,
+                "--rate",
+                "40",
+                "--duration",
+                "3",
+                "--drain-seconds",
+                "2",
+                "--login-rate",
+                "200",
+                "--setup-seconds",
+                "1",
+            ],
+        ))
+        .await;
+        assert_eq!(r["scenario"], "muc-light", "{r}");
+        assert_eq!(u(&r, "rooms_failed"), 0, "{r}");
+        assert!(u(&r, "sent") > 0, "{r}");
+        assert_eq!(u(&r, "sent"), u(&r, "offered"), "{r}");
+        let size: u64 = size.parse().unwrap();
+        assert_eq!(u(&r, "deliveries_expected"), u(&r, "sent") * size, "every member, the sender included: {r}");
+        assert_eq!(u(&r, "delivered"), u(&r, "deliveries_expected"), "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(u(&r, "duplicated"), 0, "{r}");
+        assert_eq!(u(&r, "stale"), 0, "{r}");
+        assert_monotone(&r, &["ttd_p50_us", "ttd_p90_us", "ttd_p99_us", "ttd_max_us"]);
+        assert_eq!(r["room_size"], size, "{r}");
+    }
+    s.stop().await;
+}
