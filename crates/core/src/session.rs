@@ -179,7 +179,7 @@ pub struct SessionState {
     /// (they get unavailable presence when the session ends, RFC 6121 §4.6.3).
     pub directed: HashSet<Jid>,
     /// Module data (blocklist cache, CSI state, …) keyed by the module's name.
-    pub ext: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    pub ext: ExtMap,
     /// Elements to write to this client after the current event.
     pub outbox: Vec<Element>,
     /// Remote address of the client.
@@ -199,7 +199,7 @@ impl SessionState {
             presence: None,
             priority: 0,
             directed: HashSet::new(),
-            ext: HashMap::new(),
+            ext: ExtMap::default(),
             outbox: Vec::new(),
             peer,
         }
@@ -243,4 +243,85 @@ pub async fn ensure_roster<'a>(
         });
     }
     Ok(s.roster.as_mut().expect("loaded just above"))
+}
+
+/// Modules' per-session data by module key: a handful of entries, read by the
+/// receive hooks for every stanza, so a short list scanned by key (keys are
+/// `'static` strings, usually the same pointer) beats hashing.
+#[derive(Default)]
+pub struct ExtMap(Vec<(&'static str, Box<dyn Any + Send + Sync>)>);
+
+impl ExtMap {
+    fn position(&self, key: &str) -> Option<usize> {
+        self.0.iter().position(|(k, _)| std::ptr::eq(*k, key) || *k == key)
+    }
+
+    /// The entry of `key`.
+    pub fn get(&self, key: &str) -> Option<&(dyn Any + Send + Sync)> {
+        self.position(key).map(|i| &*self.0[i].1)
+    }
+
+    /// The entry of `key`, mutably.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut (dyn Any + Send + Sync)> {
+        self.position(key).map(|i| &mut *self.0[i].1)
+    }
+
+    /// Whether `key` has an entry.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Sets `key`'s entry.
+    pub fn insert(&mut self, key: &'static str, v: Box<dyn Any + Send + Sync>) {
+        match self.position(key) {
+            Some(i) => self.0[i].1 = v,
+            None => self.0.push((key, v)),
+        }
+    }
+
+    /// Removes `key`'s entry.
+    pub fn remove(&mut self, key: &str) -> Option<Box<dyn Any + Send + Sync>> {
+        self.position(key).map(|i| self.0.swap_remove(i).1)
+    }
+
+    /// `key`'s entry, made by `f` if there is none.
+    pub fn get_or_insert_with(
+        &mut self,
+        key: &'static str,
+        f: impl FnOnce() -> Box<dyn Any + Send + Sync>,
+    ) -> &mut (dyn Any + Send + Sync) {
+        let i = match self.position(key) {
+            Some(i) => i,
+            None => {
+                self.0.push((key, f()));
+                self.0.len() - 1
+            }
+        };
+        &mut *self.0[i].1
+    }
+}
+
+impl std::fmt::Debug for ExtMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+#[cfg(test)]
+mod ext_tests {
+    use super::ExtMap;
+
+    #[test]
+    fn entries_by_key() {
+        let mut m = ExtMap::default();
+        assert!(m.get("a").is_none());
+        m.insert("a", Box::new(1u8));
+        m.insert("b", Box::new(String::from("x")));
+        m.insert("a", Box::new(2u8));
+        assert_eq!(m.get("a").and_then(|v| v.downcast_ref::<u8>()), Some(&2));
+        *m.get_or_insert_with("c", || Box::new(0u32)).downcast_mut::<u32>().unwrap() += 5;
+        *m.get_or_insert_with("c", || Box::new(100u32)).downcast_mut::<u32>().unwrap() += 1;
+        assert_eq!(m.get("c").and_then(|v| v.downcast_ref::<u32>()), Some(&6));
+        assert!(m.remove("b").is_some() && !m.contains_key("b") && m.contains_key("a"));
+    }
 }

@@ -64,7 +64,7 @@ impl SessionHooks for Csi {
         }
         match el.name() {
             "inactive" => {
-                s.ext.entry(EXT).or_insert_with(|| Box::new(Held::default()));
+                s.ext.get_or_insert_with(EXT, || Box::new(Held::default()));
                 true
             }
             "active" => {
