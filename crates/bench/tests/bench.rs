@@ -401,50 +401,68 @@ async fn mam_fill_pass_and_lookups_against_meerkat() {
     s.stop().await;
 }
 
-/// muc-light: rooms of 5 (and one room of all users) are created during the
-/// setup, every member's messages reach every member exactly once.
+/// The group chat scenarios, amoc's shape scaled down: 20 users in rooms of 5, 4 rooms
+/// each (16 rooms), 2 messages per second per room. Every message reaches its 5
+/// occupants exactly once. muc-light runs twice on the same accounts (the second run
+/// finds its rooms: `conflict`), muc once (its rooms are temporary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn muc_light_rooms_against_meerkat() {
+async fn muc_light_and_muc_against_meerkat() {
+    const N: u32 = 20;
     let s = TestServer::start().await.expect("test server");
-    meerkat::accounts::bulk_add(&s.ctx.config, &s.ctx.stores, "user", 40, "localhost", "secret")
+    meerkat::accounts::bulk_add(&s.ctx.config, &s.ctx.stores, "user", N, "localhost", "secret")
         .await
         .expect("provision users");
     let plain = s.addr(TlsMode::None);
-    for (size, workers) in [("5", "2"), ("40", "1")] {
-        let r = bench(args(
-            "muc-light",
-            plain,
-            40,
-            &[
-                "--workers",
-                workers,
-                "--bucket-size",
-                size,
-                "--rate",
-                "40",
-                "--duration",
-                "3",
-                "--drain-seconds",
-                "2",
-                "--login-rate",
-                "200",
-                "--setup-seconds",
-                "1",
-            ],
-        ))
-        .await;
-        assert_eq!(r["scenario"], "muc-light", "{r}");
-        assert_eq!(u(&r, "rooms_failed"), 0, "{r}");
-        assert!(u(&r, "sent") > 0, "{r}");
-        assert_eq!(u(&r, "sent"), u(&r, "offered"), "{r}");
-        let size: u64 = size.parse().unwrap();
-        assert_eq!(u(&r, "deliveries_expected"), u(&r, "sent") * size, "every member, the sender included: {r}");
-        assert_eq!(u(&r, "delivered"), u(&r, "deliveries_expected"), "{r}");
+    let shape = [
+        "--room-size",
+        "5",
+        "--rooms-per-user",
+        "4",
+        "--room-rate",
+        "2",
+        "--duration",
+        "3",
+        "--drain-seconds",
+        "2",
+        "--setup-seconds",
+        "2",
+        "--login-rate",
+        "200",
+    ];
+    for (scenario, run) in [("muc-light", 1), ("muc-light", 2), ("muc", 1)] {
+        let mut extra = shape.to_vec();
+        if run == 2 {
+            extra.extend_from_slice(&["--workers", "2"]);
+        }
+        let r = bench(args(scenario, plain, N, &extra)).await;
+        assert_eq!(r["scenario"], scenario);
+        assert_eq!(u(&r, "logins"), u64::from(N), "{r}");
+        assert_eq!(u(&r, "rooms"), 16, "{r}");
+        // 16 rooms at 2 msgs/s for 3 s.
+        assert_eq!(u(&r, "offered"), 96, "{r}");
+        assert_eq!(u(&r, "sent"), 96, "{r}");
+        assert_eq!(u(&r, "expected_deliveries"), 96 * 5, "{r}");
+        assert_eq!(u(&r, "delivered"), 96 * 5, "{r}");
+        assert_eq!(u(&r, "deliveries"), 96 * 5, "{r}");
         assert_eq!(r["lost"], 0, "{r}");
-        assert_eq!(u(&r, "duplicated"), 0, "{r}");
-        assert_eq!(u(&r, "stale"), 0, "{r}");
-        assert_monotone(&r, &["ttd_p50_us", "ttd_p90_us", "ttd_p99_us", "ttd_max_us"]);
-        assert_eq!(r["room_size"], size, "{r}");
+        assert_eq!((u(&r, "duplicated"), u(&r, "stale"), u(&r, "bounced")), (0, 0, 0), "{r}");
+        assert_eq!((u(&r, "rooms_ready"), u(&r, "rooms_failed"), u(&r, "setup_incomplete")), (16, 0, 0), "{r}");
+        match (scenario, run) {
+            ("muc-light", 1) => assert_eq!((u(&r, "rooms_created"), u(&r, "rooms_existed")), (16, 0), "{r}"),
+            ("muc-light", _) => assert_eq!((u(&r, "rooms_created"), u(&r, "rooms_existed")), (0, 16), "{r}"),
+            _ => {
+                assert_eq!(u(&r, "rooms_created"), 16, "{r}");
+                assert_eq!((u(&r, "joins_ok"), u(&r, "joins_expected")), (80, 80), "{r}");
+                // Each join is announced to the occupants already there, and they to it.
+                assert_eq!(u(&r, "room_presence_rx"), 16 * 5 * 4, "{r}");
+            }
+        }
+        assert!(u(&r, "setup_p50_us") > 0, "{r}");
+        assert!(u(&r, "ttd_p50_us") > 0, "{r}");
+        assert_monotone(&r, &["ttd_p50_us", "ttd_p90_us", "ttd_p99_us", "ttd_p999_us", "ttd_max_us"]);
+        assert!(r["deliveries_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(u(&r, "disconnects"), 0, "{r}");
+        assert_eq!(r["valid"], true, "{r}");
     }
     s.stop().await;
 }
