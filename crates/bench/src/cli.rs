@@ -267,6 +267,12 @@ pub struct Args {
     /// muc-light, muc: messages per second offered to each room (open loop).
     #[arg(long, default_value_t = 0.1)]
     pub room_rate: f64,
+    /// muc-light: most occupants named in one IQ: the creation names the first
+    /// CHUNK - 1 besides the creator, then the creator adds the rest CHUNK at a time
+    /// (`#affiliations`). 1,000 keeps each IQ under 64 KiB (Meerkat's and ejabberd's
+    /// default max_stanza_size).
+    #[arg(long, default_value_t = 1000)]
+    pub create_chunk: u32,
     /// muc-light, muc: the rooms' service [default: muclight.DOMAIN for muc-light,
     /// conference.DOMAIN for muc].
     #[arg(long, value_name = "HOST")]
@@ -372,6 +378,9 @@ impl Args {
             }
             if !positive(self.room_rate) {
                 bail!("{}: --room-rate must be > 0", self.scenario.name());
+            }
+            if self.create_chunk < 2 {
+                bail!("{}: --create-chunk must be at least 2", self.scenario.name());
             }
         }
         if self.transport == Transport::Websocket {

@@ -16,9 +16,11 @@
 //! the same shape on the same accounts finds the same rooms with the same occupants.
 //!
 //! **Setup** (after the login ramp, not measured, `--setup-seconds`). muc-light: each
-//! room's creator sends one `#create` IQ naming its N-1 other occupants as members; a
-//! `conflict` answer means the room is left from an earlier run (same name, so same
-//! occupants) and counts as existing. The occupants' affiliation notifications are
+//! room's creator sends one `#create` IQ naming its N-1 other occupants as members
+//! (for rooms above `--create-chunk` occupants, the creation names the first chunk and
+//! the creator adds the rest a chunk at a time with `#affiliations` sets, so that no
+//! IQ exceeds the server's stanza size limit); a `conflict` answer means the room is
+//! left from an earlier run (same name, so same occupants) and counts as existing. The occupants' affiliation notifications are
 //! ignored. muc: each creator joins its rooms (`<x xmlns='…muc'><history
 //! maxstanzas='0'/></x>`) at once; a new room is locked (status 201) until the creator
 //! submits the instant configuration (`muc#owner`, an empty `submit` form). The other
@@ -56,6 +58,7 @@ use crate::session::{answer_iq, lock, notified, NS_BENCH};
 use crate::worker::{unix_us, Ctx};
 
 const NS_MUCLIGHT_CREATE: &str = "urn:xmpp:muclight:0#create";
+const NS_MUCLIGHT_AFFS: &str = "urn:xmpp:muclight:0#affiliations";
 const NS_MUC: &str = "http://jabber.org/protocol/muc";
 const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
@@ -176,6 +179,8 @@ pub struct Rooms {
     pub of_user: Vec<Vec<(u32, u32)>>,
     /// MUC (else MUC Light).
     pub muc: bool,
+    /// muc-light: most occupants named in one IQ (creation, then additions).
+    pub chunk: u32,
     /// The room JIDs' node before the room number (escaped for attributes).
     pub tag: String,
     /// `@SERVICE` (escaped).
@@ -201,6 +206,7 @@ impl Rooms {
             of_user: layout.all_rooms(),
             layout,
             muc: args.scenario == Scenario::Muc,
+            chunk: args.create_chunk,
             tag,
             service,
             tag_plain,
@@ -259,6 +265,8 @@ struct Membership {
     configuring: bool,
     /// Counted as ready (creator) / joined already.
     counted: bool,
+    /// muc-light, creator: the next position to name (creation, then additions).
+    next_pos: u32,
     /// One bit per message number received.
     seen: Vec<u64>,
 }
@@ -305,6 +313,7 @@ impl<'a> User<'a> {
                     state: Join::Idle,
                     configuring: false,
                     counted: false,
+                    next_pos: 1,
                     seen: Vec::new(),
                 }
             })
@@ -357,7 +366,8 @@ impl<'a> User<'a> {
         }
     }
 
-    /// muc-light: the creation IQ with the room's other occupants as members.
+    /// muc-light: the creation IQ with the room's other occupants as members (the
+    /// first chunk of them; [`add_members`](Self::add_members) names the rest).
     fn create(&mut self, i: usize, out: &mut Vec<u8>) {
         let room = self.ms[i].room;
         let _ = std::io::Write::write_fmt(out, format_args!("<iq type='set' id='c{room}' to='"));
@@ -369,15 +379,38 @@ impl<'a> User<'a> {
                  </configuration><occupants>"
             ),
         );
-        for p in 1..self.rooms.layout.size {
+        self.members(i, self.rooms.chunk - 1, out);
+        out.extend_from_slice(b"</occupants></query></iq>");
+        self.ms[i].state = Join::Pending;
+    }
+
+    /// muc-light: writes the next `max` occupants as `<user affiliation='member'/>`.
+    fn members(&mut self, i: usize, max: u32, out: &mut Vec<u8>) {
+        let (room, from) = (self.ms[i].room, self.ms[i].next_pos);
+        let to = self.rooms.layout.size.min(from.saturating_add(max));
+        for p in from..to {
             let u = self.rooms.layout.member(room, p);
             let _ = std::io::Write::write_fmt(
                 out,
                 format_args!("<user affiliation='member'>{}{u}{}</user>", self.ctx.to_prefix, self.ctx.to_suffix),
             );
         }
-        out.extend_from_slice(b"</occupants></query></iq>");
-        self.ms[i].state = Join::Pending;
+        self.ms[i].next_pos = to;
+    }
+
+    /// muc-light, creator: adds the next chunk of occupants (MUC Light §5.4); `false`
+    /// when every occupant is named already.
+    fn add_members(&mut self, i: usize, out: &mut Vec<u8>) -> bool {
+        if self.ms[i].next_pos >= self.rooms.layout.size {
+            return false;
+        }
+        let room = self.ms[i].room;
+        let _ = std::io::Write::write_fmt(out, format_args!("<iq type='set' id='a{room}' to='"));
+        self.room_jid(out, room);
+        let _ = std::io::Write::write_fmt(out, format_args!("'><query xmlns='{NS_MUCLIGHT_AFFS}'>"));
+        self.members(i, self.rooms.chunk, out);
+        out.extend_from_slice(b"</query></iq>");
+        true
     }
 
     /// muc: the join presence, nickname = our user name, no history.
@@ -502,11 +535,11 @@ impl<'a> User<'a> {
                     let ours = matches!(el.attr("type"), Some("result" | "error"))
                         .then(|| el.attr("id"))
                         .flatten()
-                        .filter(|id| id.starts_with('c') || id.starts_with('o'));
+                        .filter(|id| id.starts_with(['c', 'a', 'o']));
                     match ours {
                         Some(id) => {
                             let st = st.get_or_insert_with(|| lock(ctx));
-                            self.on_iq(id, &el, st);
+                            self.on_iq(id, &el, &mut conn.out, st);
                         }
                         None => {
                             answer_iq(&el, &mut conn.out);
@@ -593,26 +626,33 @@ impl<'a> User<'a> {
         }
     }
 
-    /// The answer to a creation (`c…`, muc-light) or a configuration (`o…`, muc).
-    fn on_iq(&mut self, id: &str, iq: &Element, st: &mut WorkerReport) {
+    /// The answer to a creation (`c…`) or an addition (`a…`, muc-light), or to a
+    /// configuration (`o…`, muc).
+    fn on_iq(&mut self, id: &str, iq: &Element, out: &mut Vec<u8>, st: &mut WorkerReport) {
         let Some(i) = id[1..].parse::<u32>().ok().and_then(|r| self.index(r)) else { return };
         let ok = iq.attr("type") == Some("result");
-        if id.starts_with('c') {
+        if id.starts_with(['c', 'a']) {
             if self.ms[i].state != Join::Pending {
                 return;
             }
             let cond = if ok { String::new() } else { condition(iq) };
-            if ok || cond == "conflict" {
-                if ok {
-                    st.extra.rooms_created += 1;
-                } else {
+            let what = if id.starts_with('c') { "create" } else { "add" };
+            if ok && self.add_members(i, out) {
+                return;
+            }
+            if ok || (what == "create" && cond == "conflict") {
+                // A conflict: the room of an earlier run with this shape, with the
+                // same name and hence the same occupants.
+                if cond == "conflict" {
                     st.extra.rooms_existed += 1;
+                } else {
+                    st.extra.rooms_created += 1;
                 }
                 self.ms[i].state = Join::Done;
                 self.settle(i, st);
             } else {
                 self.ms[i].state = Join::Failed;
-                *st.extra.room_failures.entry(format!("create: {cond}")).or_default() += 1;
+                *st.extra.room_failures.entry(format!("{what}: {cond}")).or_default() += 1;
             }
         } else if self.ms[i].configuring {
             if ok {
@@ -763,6 +803,7 @@ mod tests {
             state: Join::Done,
             configuring: false,
             counted: false,
+            next_pos: 1,
             seen: Vec::new(),
         };
         assert_eq!(
