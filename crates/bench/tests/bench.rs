@@ -437,7 +437,7 @@ async fn muc_light_and_muc_against_meerkat() {
         // 2 msgs/s per room for 3 s, each to all occupants.
         let msgs = rooms * 6;
         assert_eq!((u(&r, "offered"), u(&r, "sent")), (msgs, msgs), "{r}");
-        assert_eq!(u(&r, "expected_deliveries"), msgs * size, "{r}");
+        assert_eq!(u(&r, "deliveries_expected"), msgs * size, "{r}");
         assert_eq!(u(&r, "delivered"), msgs * size, "{r}");
         assert_eq!(u(&r, "deliveries"), msgs * size, "{r}");
         assert_eq!(r["lost"], 0, "{r}");
