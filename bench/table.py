@@ -23,7 +23,7 @@ ROWS = [
     ("presence_per_s", "presence deliveries/s", True),
     ("presence_expected", "presence deliveries expected", True),
     ("finals_missing", "final stamps missing", False),
-    ("setup_incomplete", "rosters incomplete at start", False),
+    ("setup_incomplete", "users not set up at start", False),
     ("churn_logins_per_s", "logins/s under churn", True),
     ("churn_login_p99_us", "churn login p99 (µs)", False),
     # sm-resume
@@ -33,6 +33,14 @@ ROWS = [
     ("resume_p50_us", "resume time p50 (µs)", False),
     ("resume_p99_us", "resume time p99 (µs)", False),
     ("resent", "messages re-sent after resume", False),
+    # muc-light, muc
+    ("deliveries_per_s", "room deliveries/s", True),
+    ("deliveries_expected", "room deliveries expected", True),
+    ("rooms_ready", "rooms ready", True),
+    ("rooms_failed", "rooms failed", False),
+    ("joins_ok", "room joins complete", True),
+    ("setup_max_us", "setup time max (µs)", False),
+    ("server_cpu_us_per_delivery", "server CPU per delivery (µs)", False),
     ("rss_per_session_bytes", "server RSS per session (B)", False),
     ("server_cpu_us_per_msg", "server CPU per message (µs)", False),
     ("generator_late_p99_us", "generator lateness p99 (µs)", False),

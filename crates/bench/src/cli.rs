@@ -37,11 +37,17 @@ pub enum Scenario {
     /// archive is then paged through and checked, and page --page is looked up at
     /// --lookup-rate (open loop); measures lookup latency.
     Mam,
-    /// MUC Light (`urn:xmpp:muclight:0`): each bucket of --bucket-size users is one
-    /// room, created during the setup phase; members send group chat messages to
-    /// their room at the open-loop --rate (room messages per second in total);
-    /// every member measures time to delivery of every message.
+    /// MUC Light group chat (MongooseIM's `urn:xmpp:muclight:0`, amoc's shape):
+    /// users*K/N rooms of --room-size N on `muclight.DOMAIN`, each user in
+    /// --rooms-per-user K of them, created in the setup phase (not measured); then
+    /// every room gets --room-rate messages per second (open loop, senders round
+    /// robin over its occupants), each delivered to all N occupants; measures time
+    /// to delivery, lost and duplicated deliveries.
     MucLight,
+    /// Multi-user chat (XEP-0045) with the same shape on `conference.DOMAIN`: the
+    /// rooms are created and joined in the setup phase (not measured), then
+    /// messages as in muc-light.
+    Muc,
 }
 
 impl Scenario {
@@ -55,6 +61,7 @@ impl Scenario {
             Scenario::SmResume => "sm-resume",
             Scenario::Mam => "mam",
             Scenario::MucLight => "muc-light",
+            Scenario::Muc => "muc",
         }
     }
 
@@ -62,8 +69,18 @@ impl Scenario {
     pub fn sends(self) -> bool {
         matches!(
             self,
-            Scenario::OneToOne | Scenario::Presence | Scenario::SmResume | Scenario::Mam | Scenario::MucLight
+            Scenario::OneToOne
+                | Scenario::Presence
+                | Scenario::SmResume
+                | Scenario::Mam
+                | Scenario::MucLight
+                | Scenario::Muc
         )
+    }
+
+    /// True for the group chat scenarios (muc-light, muc).
+    pub fn rooms(self) -> bool {
+        matches!(self, Scenario::MucLight | Scenario::Muc)
     }
 }
 
@@ -218,6 +235,9 @@ pub struct Args {
     /// [default: 5 + users * contacts / 2000]. mam: seconds between the end of the
     /// fill (after the drain) and the lookups, in which every user pages through its
     /// archive once [default: 5 + users * archive-size / page-size / 250].
+    /// muc-light, muc: seconds between the login ramp and the measured phase in which
+    /// the rooms are created (and joined) [muc-light default: 5 + users * K / 5000;
+    /// muc: 5 + users / login-rate + users * K / 1000 + rooms * N² / 200000].
     #[arg(long)]
     pub setup_seconds: Option<f64>,
     /// mam: messages each user's archive receives in this run (its pair's messages
@@ -237,6 +257,26 @@ pub struct Args {
     /// mam: seconds of the lookup phase.
     #[arg(long, default_value_t = 10.0)]
     pub lookup_seconds: f64,
+    /// muc-light, muc: occupants per room (N).
+    #[arg(long, default_value_t = 5)]
+    pub room_size: u32,
+    /// muc-light, muc: rooms each user is in (K); there are users * K / N rooms
+    /// (which must be a whole number).
+    #[arg(long, default_value_t = 10)]
+    pub rooms_per_user: u32,
+    /// muc-light, muc: messages per second offered to each room (open loop).
+    #[arg(long, default_value_t = 0.1)]
+    pub room_rate: f64,
+    /// muc-light: most occupants named in one IQ: the creation names the first
+    /// CHUNK - 1 besides the creator, then the creator adds the rest CHUNK at a time
+    /// (`#affiliations`). 1,000 keeps each IQ under 64 KiB (Meerkat's and ejabberd's
+    /// default max_stanza_size).
+    #[arg(long, default_value_t = 1000)]
+    pub create_chunk: u32,
+    /// muc-light, muc: the rooms' service [default: muclight.DOMAIN for muc-light,
+    /// conference.DOMAIN for muc].
+    #[arg(long, value_name = "HOST")]
+    pub room_service: Option<String>,
     /// sm-resume: connections cut abruptly per second across all users during the
     /// measured phase; each cut session is resumed at once (XEP-0198).
     #[arg(long, default_value_t = 1.0)]
@@ -318,6 +358,31 @@ impl Args {
         {
             bail!("presence: --contacts must be even, at least 2 and below --users");
         }
+        if self.scenario.rooms() {
+            let (n, k) = (u64::from(self.room_size), u64::from(self.rooms_per_user));
+            if n < 2 || n > u64::from(self.users) || k == 0 {
+                bail!(
+                    "{}: --room-size must be at least 2 and at most --users, --rooms-per-user at least 1",
+                    self.scenario.name()
+                );
+            }
+            if !(u64::from(self.users) * k).is_multiple_of(n) {
+                bail!(
+                    "{}: --users * --rooms-per-user ({}) must be a multiple of --room-size ({n})",
+                    self.scenario.name(),
+                    u64::from(self.users) * k
+                );
+            }
+            if u64::from(self.users) * k > u64::from(u32::MAX / 2) {
+                bail!("{}: too many room memberships", self.scenario.name());
+            }
+            if !positive(self.room_rate) {
+                bail!("{}: --room-rate must be > 0", self.scenario.name());
+            }
+            if self.create_chunk < 2 {
+                bail!("{}: --create-chunk must be at least 2", self.scenario.name());
+            }
+        }
         if self.transport == Transport::Websocket {
             if self.tls {
                 bail!("--transport websocket runs over plain ws:// (no --tls)");
@@ -364,9 +429,34 @@ impl Args {
             Scenario::Presence => {
                 self.setup_seconds.unwrap_or(5.0 + f64::from(self.users) * f64::from(self.contacts) / 2000.0)
             }
-            // Room creation: one IQ per room, each adding its members.
-            Scenario::MucLight => self.setup_seconds.unwrap_or(2.0 + f64::from(self.users) / 5000.0),
+            Scenario::MucLight => {
+                let memberships = f64::from(self.users) * f64::from(self.rooms_per_user);
+                self.setup_seconds.unwrap_or(5.0 + memberships / 5000.0)
+            }
+            Scenario::Muc => {
+                let memberships = f64::from(self.users) * f64::from(self.rooms_per_user);
+                let n = f64::from(self.room_size);
+                // Joins are paced at --login-rate; each join is broadcast to the
+                // occupants already there (about rooms * N² / 2 presences each way).
+                let fanout = self.room_count() as f64 * n * n / 200_000.0;
+                self.setup_seconds
+                    .unwrap_or(5.0 + f64::from(self.users) / self.login_rate + memberships / 1000.0 + fanout)
+            }
             _ => 0.0,
+        }
+    }
+
+    /// muc-light, muc: rooms in the run (users * K / N).
+    pub fn room_count(&self) -> u32 {
+        (u64::from(self.users) * u64::from(self.rooms_per_user) / u64::from(self.room_size.max(1))) as u32
+    }
+
+    /// muc-light, muc: the rooms' service domain.
+    pub fn room_service(&self) -> String {
+        match (&self.room_service, self.scenario) {
+            (Some(s), _) => s.clone(),
+            (None, Scenario::Muc) => format!("conference.{}", self.domain),
+            (None, _) => format!("muclight.{}", self.domain),
         }
     }
 
@@ -536,6 +626,30 @@ mod tests {
         assert!(mam(&["--archive-size", "600", "--page", "13"]).validate().is_err());
         assert!(mam(&["--archive-size", "600", "--page", "12"]).validate().is_ok());
         assert!((args(&[]).send_seconds() - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn room_shape() {
+        let muc = |extra: &[&str]| {
+            let mut v = vec!["b", "muc-light", "--users", "20"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).unwrap()
+        };
+        let a = muc(&[]);
+        assert_eq!((a.room_size, a.rooms_per_user, a.room_rate), (5, 10, 0.1));
+        assert!(a.validate().is_ok());
+        assert_eq!(a.room_count(), 40);
+        assert_eq!(a.room_service(), "muclight.localhost");
+        assert!((a.setup_seconds() - 5.04).abs() < 1e-9);
+        assert!(muc(&["--room-size", "3"]).validate().is_err(), "20 * 10 is not a multiple of 3");
+        assert!(muc(&["--room-size", "21"]).validate().is_err());
+        assert!(muc(&["--room-size", "20", "--rooms-per-user", "1", "--room-rate", "1"]).validate().is_ok());
+        let m = Args::try_parse_from(["b", "muc", "--users", "1000", "--room-size", "1000", "--rooms-per-user", "1"])
+            .unwrap();
+        assert!(m.validate().is_ok());
+        assert_eq!((m.room_count(), m.room_service().as_str()), (1, "conference.localhost"));
+        // 5 + 1000 / 500 (paced joins) + 1000 / 1000 + 1000² / 200000.
+        assert!((m.setup_seconds() - 13.0).abs() < 1e-9);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The parent process (`parent`) fixes the timeline and starts W worker processes of
 //! this same binary (`worker`, hidden `--worker I/W` flag); each runs its users as
-//! tokio tasks (`login`, then `session`, `presence`, `smresume` or `mam` by scenario) over
+//! tokio tasks (`login`, then `session`, `presence`, `smresume`, `mam` or `muc` by scenario) over
 //! hand-driven TCP/TLS or WebSocket connections (`conn`, `ws`) and
 //! prints a `report::WorkerReport` as one JSON line; the parent merges them with the
 //! /proc samples of the server (`procfs`) into the result line (`output`).
@@ -14,7 +14,7 @@ mod conn;
 mod hist;
 mod login;
 mod mam;
-mod muclight;
+mod muc;
 mod output;
 mod parent;
 mod presence;

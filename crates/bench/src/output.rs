@@ -170,6 +170,9 @@ fn offered(args: &Args) -> u64 {
     if !args.scenario.sends() {
         return 0;
     }
+    if args.scenario.rooms() {
+        return crate::muc::offered(args);
+    }
     let plan = SendPlan {
         start_us: 0,
         end_us: (args.send_seconds() * 1e6) as u64,
@@ -212,16 +215,14 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
     // gap counts; messages: what was sent and not delivered.
     let lost = match args.scenario {
         Scenario::Presence => x.presence_lost as i64,
-        Scenario::MucLight => x.expected_deliveries as i64 - r.delivered as i64,
+        // Each room message is due to all N occupants, the sender included.
+        Scenario::MucLight | Scenario::Muc => (r.sent * u64::from(args.room_size)) as i64 - r.delivered as i64,
         _ => r.sent as i64 - r.delivered as i64,
     };
     let late_p99 = r.late.pct(99.0);
     let disconnects: u64 = r.disconnects.values().sum();
     let valid = match args.scenario {
         Scenario::OneToOne => late_p99 <= 1000 && lost == 0 && r.duplicated == 0,
-        Scenario::MucLight => {
-            late_p99 <= 1000 && lost == 0 && r.duplicated == 0 && r.failures() == 0 && x.rooms_failed == 0
-        }
         Scenario::Connect => r.failures() == 0 && disconnects == 0,
         Scenario::Register => r.failures() == 0,
         Scenario::Presence => {
@@ -247,6 +248,20 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
                 && x.lookups_skipped == 0
                 && x.lookups_failed() == 0
                 && x.lookups_ok == lookups_offered(args)
+        }
+        Scenario::MucLight | Scenario::Muc => {
+            late_p99 <= 1000
+                && lost == 0
+                && r.duplicated == 0
+                && r.errors == 0
+                && r.sent == offered(args)
+                && r.failures() == 0
+                && disconnects == 0
+                && x.setup_incomplete == 0
+                && x.rooms_failed() == 0
+                && x.rooms_ready == u64::from(args.room_count())
+                && (args.scenario == Scenario::MucLight
+                    || x.joins_ok == u64::from(args.users) * u64::from(args.rooms_per_user))
         }
         Scenario::SmResume => {
             late_p99 <= 1000
@@ -318,15 +333,6 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
     if let Value::Object(m) = &mut v {
         m.insert("transport".into(), json!(args.transport));
         match args.scenario {
-            Scenario::MucLight => {
-                let more = json!({
-                    "room_size": args.bucket(),
-                    "deliveries_expected": x.expected_deliveries,
-                    "deliveries_per_s": round1(r.delivered as f64 / duration),
-                    "rooms_failed": x.rooms_failed,
-                });
-                m.extend(more.as_object().cloned().unwrap_or_default());
-            }
             Scenario::Presence => {
                 let more = json!({
                     "contacts": args.contacts,
@@ -381,6 +387,44 @@ pub fn result(args: &Args, workers: u32, plan: &Plan, r: &WorkerReport, server: 
                     "lookup_p999_us": x.lookup.pct(99.9),
                     "lookup_max_us": x.lookup.max(),
                     "server_cpu_us_per_lookup": server_v["server_cpu_us_per_lookup"].clone(),
+                });
+                m.extend(more.as_object().cloned().unwrap_or_default());
+            }
+            Scenario::MucLight | Scenario::Muc => {
+                let cpu_per_delivery = server_v["server_cpu_us_per_msg"].as_f64();
+                let more = json!({
+                    "room_size": args.room_size,
+                    "rooms_per_user": args.rooms_per_user,
+                    "rooms": args.room_count(),
+                    "room_rate": args.room_rate,
+                    "room_service": args.room_service(),
+                    "setup_seconds": round1(args.setup_seconds()),
+                    "rooms_created": x.rooms_created,
+                    "rooms_existed": x.rooms_existed,
+                    "rooms_ready": x.rooms_ready,
+                    "rooms_failed": x.rooms_failed(),
+                    "room_failure_reasons": x.room_failures,
+                    "joins_expected": if args.scenario == Scenario::Muc {
+                        u64::from(args.users) * u64::from(args.rooms_per_user)
+                    } else {
+                        0
+                    },
+                    "joins_ok": x.joins_ok,
+                    "join_retries": x.join_retries,
+                    "room_presence_rx": x.room_presence_rx,
+                    "setup_done": x.setup.len(),
+                    "setup_p50_us": x.setup.pct(50.0),
+                    "setup_max_us": x.setup.max(),
+                    "setup_incomplete": x.setup_incomplete,
+                    "deliveries_expected": r.sent * u64::from(args.room_size),
+                    "deliveries": r.delivered,
+                    "deliveries_per_s": round1(r.delivered as f64 / duration),
+                    "room_msgs_per_s": round1(r.sent as f64 / duration),
+                    "server_cpu_us_per_delivery": server_v["server_cpu_us_per_msg"].clone(),
+                    "server_cpu_us_per_room_msg": match cpu_per_delivery {
+                        Some(c) if r.sent > 0 => json!(round1(c * r.delivered as f64 / r.sent as f64)),
+                        _ => Value::Null,
+                    },
                 });
                 m.extend(more.as_object().cloned().unwrap_or_default());
             }
@@ -518,6 +562,41 @@ pub fn summary(v: &Value) -> String {
             g("server_cpu_us_per_lookup"),
         );
     }
+    if matches!(v["scenario"].as_str(), Some("muc-light" | "muc")) {
+        s += &format!(
+            "  {} rooms of {} ({} per user) on {}; setup ({} s): {} created, {} existed, {} ready, {} failed; \
+             {} joins ok ({} retried, {} presences); done after p50 {} µs max {} µs, {} users incomplete\n",
+            g("rooms"),
+            g("room_size"),
+            g("rooms_per_user"),
+            v["room_service"].as_str().unwrap_or("?"),
+            g("setup_seconds"),
+            g("rooms_created"),
+            g("rooms_existed"),
+            g("rooms_ready"),
+            g("rooms_failed"),
+            g("joins_ok"),
+            g("join_retries"),
+            g("room_presence_rx"),
+            g("setup_p50_us"),
+            g("setup_max_us"),
+            g("setup_incomplete"),
+        );
+        s += &format!(
+            "  room messages offered {} sent {} ({} /s); deliveries expected {} delivered {} lost {} duplicated {} \
+             bounced {}; {} deliveries/s; server {} µs CPU per delivery\n",
+            g("offered"),
+            g("sent"),
+            g("room_msgs_per_s"),
+            g("deliveries_expected"),
+            g("delivered"),
+            g("lost"),
+            g("duplicated"),
+            g("bounced"),
+            g("deliveries_per_s"),
+            g("server_cpu_us_per_delivery"),
+        );
+    }
     if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "mam")) {
         s += &format!(
             "  messages offered {} sent {} delivered {} lost {} duplicated {}; {} msgs/s\n",
@@ -529,21 +608,7 @@ pub fn summary(v: &Value) -> String {
             g("msgs_per_s"),
         );
     }
-    if v["scenario"] == "muc-light" {
-        s += &format!(
-            "  room messages offered {} sent {}; deliveries expected {} delivered {} lost {} duplicated {}; \
-             {} deliveries/s; rooms failed {}\n",
-            g("offered"),
-            g("sent"),
-            g("deliveries_expected"),
-            g("delivered"),
-            g("lost"),
-            g("duplicated"),
-            g("deliveries_per_s"),
-            g("rooms_failed"),
-        );
-    }
-    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "presence" | "mam" | "muc-light")) {
+    if matches!(v["scenario"].as_str(), Some("one-to-one" | "sm-resume" | "presence" | "mam" | "muc-light" | "muc")) {
         s += &format!(
             "  TTD µs p50 {} p90 {} p99 {} p99.9 {} max {}; generator lateness p99 {} µs\n",
             g("ttd_p50_us"),
@@ -578,7 +643,13 @@ pub fn summary(v: &Value) -> String {
             );
         }
     }
-    for key in ["login_failure_reasons", "disconnect_reasons", "resume_failure_reasons", "lookup_failure_reasons"] {
+    for key in [
+        "login_failure_reasons",
+        "disconnect_reasons",
+        "resume_failure_reasons",
+        "lookup_failure_reasons",
+        "room_failure_reasons",
+    ] {
         if let Some(Value::Object(m)) = v.get(key) {
             for (reason, n) in m {
                 s += &format!("  {}: {reason}: {n}\n", key.trim_end_matches("_reasons"));

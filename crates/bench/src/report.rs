@@ -67,10 +67,6 @@ pub struct WorkerReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Extra {
-    /// muc-light: deliveries the rooms owe (each message to every member, its sender included).
-    pub expected_deliveries: u64,
-    /// muc-light: rooms whose creation was not confirmed by the end of the run.
-    pub rooms_failed: u64,
     /// presence: updates lost, from gaps in each sender's update counter as seen by
     /// each online contact (and at the end of the run, from each sender's final count).
     pub presence_lost: u64,
@@ -91,10 +87,12 @@ pub struct Extra {
     /// presence: roster items removed at setup (benchmark users that are not contacts).
     pub roster_removed: u64,
     /// presence: from the start of the setup phase until the user's roster was at
-    /// `both` with every contact (µs), for the users that got there.
+    /// `both` with every contact (µs), for the users that got there; muc-light: until
+    /// each room was created; muc: until each join was complete.
     pub setup: Hist,
     /// presence: users whose roster had not reached `both` with every contact when
-    /// the measured phase started.
+    /// the measured phase started; muc-light, muc: users with a room not ready (or,
+    /// muc, not joined) then.
     pub setup_incomplete: u64,
     /// presence: logouts by churn.
     pub churn_logouts: u64,
@@ -144,12 +142,25 @@ pub struct Extra {
     pub lookup_results: u64,
     /// mam: lookup latency (µs), from the scheduled send to the `<fin/>`.
     pub lookup: Hist,
+    /// muc-light, muc: rooms created in the setup (muc: configured by their creator).
+    pub rooms_created: u64,
+    /// muc-light: rooms that existed already (`conflict`, same name and occupants).
+    pub rooms_existed: u64,
+    /// muc-light, muc: rooms ready in time or not: created, existing, or (muc) joined
+    /// by their creator and unlocked.
+    pub rooms_ready: u64,
+    /// muc-light, muc: rooms that could not be created, configured or joined, by reason.
+    pub room_failures: BTreeMap<String, u64>,
+    /// muc: joins completed (own presence, then the subject).
+    pub joins_ok: u64,
+    /// muc: joins sent again because the room was still locked (`item-not-found`).
+    pub join_retries: u64,
+    /// muc: other occupants' presence received (the joins' broadcasts).
+    pub room_presence_rx: u64,
 }
 
 impl Extra {
     fn merge(&mut self, o: &Extra) {
-        self.expected_deliveries += o.expected_deliveries;
-        self.rooms_failed += o.rooms_failed;
         self.presence_lost += o.presence_lost;
         self.presence_replayed += o.presence_replayed;
         self.finals_missing += o.finals_missing;
@@ -186,6 +197,20 @@ impl Extra {
         self.lookups_skipped += o.lookups_skipped;
         self.lookup_results += o.lookup_results;
         self.lookup.merge(&o.lookup);
+        self.rooms_created += o.rooms_created;
+        self.rooms_existed += o.rooms_existed;
+        self.rooms_ready += o.rooms_ready;
+        for (k, v) in &o.room_failures {
+            *self.room_failures.entry(k.clone()).or_default() += v;
+        }
+        self.joins_ok += o.joins_ok;
+        self.join_retries += o.join_retries;
+        self.room_presence_rx += o.room_presence_rx;
+    }
+
+    /// muc-light, muc: rooms that failed in total.
+    pub fn rooms_failed(&self) -> u64 {
+        self.room_failures.values().sum()
     }
 
     /// mam: failed lookups in total.

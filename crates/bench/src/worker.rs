@@ -19,7 +19,7 @@ use crate::sasl::{KeyCache, NonceGen};
 use crate::schedule::events;
 use crate::schedule::{spawn_scheduler, Bucket, SendPlan};
 use crate::ws::WsUrl;
-use crate::{mam, muclight, presence, session, smresume};
+use crate::{mam, muc, presence, session, smresume};
 
 /// Now, in Unix µs.
 pub fn unix_us() -> u64 {
@@ -100,6 +100,8 @@ pub struct Ctx {
     pub to_prefix: String,
     /// `to` after the user number: `@` and the escaped domain.
     pub to_suffix: String,
+    /// muc-light, muc: the rooms.
+    pub rooms: Option<muc::Rooms>,
     /// The counters.
     pub stats: Mutex<WorkerReport>,
 }
@@ -180,13 +182,18 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
     meerkat_xml::escape_attr(&args.user_prefix, &mut to_prefix);
     let mut to_suffix = String::from("@");
     meerkat_xml::escape_attr(&args.domain, &mut to_suffix);
-    let plan = SendPlan {
-        start_us,
-        end_us,
-        interval_us: args.interval_us(),
-        users: args.users,
-        tick_us: args.tick_us,
-        max_count: args.max_per_user(),
+    let rooms = args.scenario.rooms().then(|| muc::Rooms::from_args(args));
+    let plan = match &rooms {
+        // Slots (room, position) instead of users: see `muc`.
+        Some(r) => r.layout.plan(start_us, end_us, args.room_rate, args.tick_us),
+        None => SendPlan {
+            start_us,
+            end_us,
+            interval_us: args.interval_us(),
+            users: args.users,
+            tick_us: args.tick_us,
+            max_count: args.max_per_user(),
+        },
     };
     let lookups = SendPlan {
         start_us: lookup_start_us,
@@ -215,6 +222,7 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
         body: filler(args.body_size),
         to_prefix,
         to_suffix,
+        rooms,
         stats: Mutex::new(WorkerReport::new()),
     });
 
@@ -236,15 +244,26 @@ async fn work(args: &Args, idx: u32, count: u32) -> anyhow::Result<WorkerReport>
     let mut set = JoinSet::new();
     for (&k, disrupt) in mine.iter().zip(disruptions) {
         let sends = match args.scenario {
-            Scenario::OneToOne | Scenario::SmResume | Scenario::Mam | Scenario::MucLight => {
-                Bucket::of(k, args.users, args.bucket()).len > 1
-            }
+            Scenario::OneToOne | Scenario::SmResume | Scenario::Mam => Bucket::of(k, args.users, args.bucket()).len > 1,
             Scenario::Presence => true,
             _ => false,
         } && plan.count(k) > 0;
-        let notify = sends.then(|| Arc::new(Notify::new()));
+        // muc-light, muc: the scheduler wakes the user for each of its rooms' slots.
+        let slots: Vec<u32> = match &ctx.rooms {
+            Some(r) => r.of_user[k as usize - 1]
+                .iter()
+                .map(|&(room, pos)| r.layout.slot(room, pos))
+                .filter(|&s| plan.count(s) > 0)
+                .collect(),
+            None => Vec::new(),
+        };
+        let notify = (sends || !slots.is_empty()).then(|| Arc::new(Notify::new()));
         if let Some(n) = &notify {
-            senders.push((k, n.clone()));
+            if ctx.rooms.is_some() {
+                senders.extend(slots.iter().map(|&s| (s, n.clone())));
+            } else {
+                senders.push((k, n.clone()));
+            }
         }
         let looks = args.scenario == Scenario::Mam && lookups.count(k) > 0;
         let lookup = looks.then(|| Arc::new(Notify::new()));
@@ -324,8 +343,11 @@ async fn user(ctx: Arc<Ctx>, k: u32, wake: Wake, disrupt: Vec<u64>) {
             }
             Ok(sess) => {
                 st.login_ok(started, &sess.times);
-                // presence: the setup phase needs every user online.
-                let due = if ctx.scenario == Scenario::Presence { ctx.tl.setup_us } else { ctx.tl.start_us };
+                // presence, muc-light, muc: the setup phase needs every user online.
+                let due = match ctx.scenario {
+                    Scenario::Presence | Scenario::MucLight | Scenario::Muc => ctx.tl.setup_us,
+                    _ => ctx.tl.start_us,
+                };
                 if tokio::time::Instant::now() > ctx.tl.instant(due) {
                     st.late_logins += 1;
                 }
@@ -337,7 +359,7 @@ async fn user(ctx: Arc<Ctx>, k: u32, wake: Wake, disrupt: Vec<u64>) {
         Scenario::Presence => Box::pin(presence::online(&ctx, k, sess, notify, disrupt, nonces)).await,
         Scenario::SmResume => Box::pin(smresume::online(&ctx, k, sess, notify, disrupt, nonces)).await,
         Scenario::Mam => Box::pin(mam::online(&ctx, k, sess.conn, notify, wake.lookup)).await,
-        Scenario::MucLight => Box::pin(muclight::online(&ctx, k, sess.conn, notify)).await,
+        Scenario::MucLight | Scenario::Muc => Box::pin(muc::online(&ctx, k, sess.conn, notify)).await,
         _ => session::online(&ctx, k, sess.conn, notify).await,
     }
 }
