@@ -605,8 +605,8 @@ impl<'a> User<'a> {
             .map(|x| x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code")).collect())
             .unwrap_or_default();
         if !codes.contains(&"110") {
-            // Occupants leaving as the run ends (unavailable) race with our own
-            // close: only joins are counted.
+            // Joins only: the departures at the end of the run (the others closing
+            // first) are not announcements of the setup.
             if el.attr("type").is_none() {
                 st.extra.room_presence_rx += 1;
             }

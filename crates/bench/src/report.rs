@@ -155,7 +155,7 @@ pub struct Extra {
     pub joins_ok: u64,
     /// muc: joins sent again because the room was still locked (`item-not-found`).
     pub join_retries: u64,
-    /// muc: other occupants' presence received (the joins' broadcasts).
+    /// muc: other occupants' available presence received (the joins' broadcasts).
     pub room_presence_rx: u64,
 }
 
