@@ -236,8 +236,9 @@ pub struct Args {
     /// fill (after the drain) and the lookups, in which every user pages through its
     /// archive once [default: 5 + users * archive-size / page-size / 250].
     /// muc-light, muc: seconds between the login ramp and the measured phase in which
-    /// the rooms are created (and joined) [muc-light default: 5 + users * K / 5000;
-    /// muc: 5 + users / login-rate + users * K / 1000 + rooms * N² / 200000].
+    /// the rooms are created (and joined) [muc-light default: 5 + users * K / 5000,
+    /// plus rooms * N² / 2000000 for rooms above --create-chunk; muc: 5 + users /
+    /// login-rate + users * K / 1000 + rooms * N² / 200000].
     #[arg(long)]
     pub setup_seconds: Option<f64>,
     /// mam: messages each user's archive receives in this run (its pair's messages
@@ -431,7 +432,12 @@ impl Args {
             }
             Scenario::MucLight => {
                 let memberships = f64::from(self.users) * f64::from(self.rooms_per_user);
-                self.setup_seconds.unwrap_or(5.0 + memberships / 5000.0)
+                // Rooms above --create-chunk: each addition is announced to the
+                // members already there (about N² / 2 names per room).
+                let n = f64::from(self.room_size);
+                let additions =
+                    if self.room_size > self.create_chunk { self.room_count() as f64 * n * n / 2e6 } else { 0.0 };
+                self.setup_seconds.unwrap_or(5.0 + memberships / 5000.0 + additions)
             }
             Scenario::Muc => {
                 let memberships = f64::from(self.users) * f64::from(self.rooms_per_user);
@@ -644,6 +650,11 @@ mod tests {
         assert!(muc(&["--room-size", "3"]).validate().is_err(), "20 * 10 is not a multiple of 3");
         assert!(muc(&["--room-size", "21"]).validate().is_err());
         assert!(muc(&["--room-size", "20", "--rooms-per-user", "1", "--room-rate", "1"]).validate().is_ok());
+        // One room of 5,000 created in chunks of 1,000: + 5000² / 2e6 for the additions.
+        let big =
+            Args::try_parse_from(["b", "muc-light", "--users", "5000", "--room-size", "5000", "--rooms-per-user", "1"])
+                .unwrap();
+        assert!((big.setup_seconds() - 18.5).abs() < 1e-9);
         let m = Args::try_parse_from(["b", "muc", "--users", "1000", "--room-size", "1000", "--rooms-per-user", "1"])
             .unwrap();
         assert!(m.validate().is_ok());

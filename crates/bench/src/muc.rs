@@ -26,8 +26,9 @@
 //! submits the instant configuration (`muc#owner`, an empty `submit` form). The other
 //! occupants join from 0.5 s into the setup, paced at --login-rate users per second,
 //! and try again every 200 ms while the room answers `item-not-found` (not yet
-//! configured). A join is complete when the joiner has its own presence (status 110)
-//! and then the room's subject. The setup time of each room (creation) or join is
+//! configured), and every second while it answers an error of type `wait` (a room
+//! queue full of joins, in rooms of thousands). A join is complete when the joiner
+//! has its own presence (status 110) and then the room's subject. The setup time of each room (creation) or join is
 //! reported; a room not ready or a join not complete when the measured phase starts
 //! makes the run invalid (`setup_incomplete`, `room_failures`).
 //!
@@ -67,6 +68,8 @@ const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 const JOIN_DELAY: Duration = Duration::from_millis(500);
 /// muc: the wait before joining again a room that is still locked (`item-not-found`).
 const JOIN_RETRY: Duration = Duration::from_millis(200);
+/// muc: the wait before joining again after a `wait` error (the room is busy).
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Message numbers above this are not tracked for duplicates (bounds memory).
 const MAX_TRACKED_SEQ: u64 = 1 << 24;
 
@@ -589,11 +592,15 @@ impl<'a> User<'a> {
         };
         if el.attr("type") == Some("error") {
             let cond = condition(el);
-            if cond == "item-not-found" && self.ms[i].state == Join::Pending {
-                // Locked: its creator has not configured it yet.
+            let wait = el.children().any(|e| e.name() == "error" && e.attr("type") == Some("wait"));
+            if (cond == "item-not-found" || wait) && self.ms[i].state == Join::Pending {
+                // Locked (its creator has not configured it yet), or busy (RFC 6120
+                // §8.3.2 `wait`: a full room queue, as joins to a room of thousands
+                // cost the room thousands of presences each): try again.
                 st.extra.join_retries += 1;
                 self.retry.push(i);
-                self.retry_at.get_or_insert_with(|| Instant::now() + JOIN_RETRY);
+                let after = if wait { BUSY_RETRY } else { JOIN_RETRY };
+                self.retry_at.get_or_insert_with(|| Instant::now() + after);
             } else if self.ms[i].state != Join::Done {
                 self.ms[i].state = Join::Failed;
                 *st.extra.room_failures.entry(format!("join: {cond}")).or_default() += 1;
