@@ -223,6 +223,20 @@ impl Conn {
         drop(self);
     }
 
+    /// The next complete top-level element, skipping stream headers; `Ok(None)`
+    /// when more bytes are needed; `Err` names why the stream is over.
+    pub fn next_element(&mut self) -> Result<Option<meerkat_xml::Element>, String> {
+        loop {
+            return match self.next_decoded() {
+                Ok(None) => Ok(None),
+                Ok(Some(StreamEvent::Element(el))) => Ok(Some(el)),
+                Ok(Some(StreamEvent::Header(_))) => continue,
+                Ok(Some(StreamEvent::Close)) => Err("stream closed by server".into()),
+                Err(e) => Err(ConnError::Xml(e).to_string()),
+            };
+        }
+    }
+
     /// The next decoded event without reading. On WebSocket, the RFC 7395 framing
     /// elements become what they stand for: `<open/>` a header, `<close/>` the close.
     pub fn next_decoded(&mut self) -> Result<Option<StreamEvent>, meerkat_xml::Error> {

@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use meerkat_xml::{Element, StreamEvent, STREAM_NS};
+use meerkat_xml::{Element, STREAM_NS};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -161,13 +161,7 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen) -> Result<(), String> {
     let now = unix_us();
     let mut stats: Option<MutexGuard<'_, WorkerReport>> = None;
     loop {
-        let el = match conn.next_decoded() {
-            Ok(None) => return Ok(()),
-            Ok(Some(StreamEvent::Element(el))) => el,
-            Ok(Some(StreamEvent::Header(_))) => continue,
-            Ok(Some(StreamEvent::Close)) => return Err("stream closed by server".into()),
-            Err(e) => return Err(ConnError::Xml(e).to_string()),
-        };
+        let Some(el) = conn.next_element()? else { return Ok(()) };
         match el.name() {
             "message" => {
                 if let Some(b) = el.get_child("bench", NS_BENCH) {

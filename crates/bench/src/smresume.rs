@@ -22,7 +22,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meerkat_xml::{StreamEvent, STREAM_NS};
+use meerkat_xml::STREAM_NS;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -200,13 +200,7 @@ async fn send_due(
 fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen, sm: &mut Sm) -> Result<(), String> {
     let now = unix_us();
     loop {
-        let el = match conn.next_decoded() {
-            Ok(None) => return Ok(()),
-            Ok(Some(StreamEvent::Element(el))) => el,
-            Ok(Some(StreamEvent::Header(_))) => continue,
-            Ok(Some(StreamEvent::Close)) => return Err("stream closed by server".into()),
-            Err(e) => return Err(ConnError::Xml(e).to_string()),
-        };
+        let Some(el) = conn.next_element()? else { return Ok(()) };
         if el.ns() == NS_SM {
             match el.name() {
                 "r" => {

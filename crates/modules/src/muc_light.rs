@@ -397,7 +397,7 @@ impl MucLight {
         el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(room_str));
         let id = self.archive(ctx, &r.jid, &from, el.clone());
         el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", room_str).build());
-        crate::rooms::fan_out(ctx, &el, r.member_jids()).await;
+        crate::rooms::fan_out(ctx, &el, r.member_jids().iter().cloned()).await;
     }
 
     /// IQs to a room. `Ok(Some(el))`: a complete reply was built already.

@@ -43,7 +43,7 @@ const OWNER_RECHECK: Duration = Duration::from_secs(1);
 /// bare JIDs): its children are serialised once and shared by all copies
 /// ([`Element::freeze_children`]), so a copy costs its envelope only, and its
 /// addresses are parsed once.
-pub(crate) async fn fan_out<'a>(ctx: &ServerContext, el: &Element, targets: impl IntoIterator<Item = &'a Jid>) {
+pub(crate) async fn fan_out(ctx: &ServerContext, el: &Element, targets: impl IntoIterator<Item = Jid>) {
     let mut shared = el.clone();
     shared.freeze_children();
     let from = shared.attr("from").and_then(|f| Jid::new(f).ok());
@@ -55,7 +55,7 @@ pub(crate) async fn fan_out<'a>(ctx: &ServerContext, el: &Element, targets: impl
     for to in targets {
         let mut el = shared.clone();
         el.set_attr("to", to.as_str());
-        ctx.route(Stanza { kind, from: from.clone(), to: Some(to.clone()), el }).await;
+        ctx.route(Stanza { kind, from: from.clone(), to: Some(to), el }).await;
     }
 }
 

@@ -15,15 +15,8 @@ use meerkat_xml::Element;
 
 /// Authenticates (PLAIN); the client is at the bind stage.
 async fn authenticated(s: &TestServer, user: &str) -> RawClient {
-    use base64::Engine as _;
     let mut c = RawClient::connect(s.addr(TlsMode::None)).await.unwrap();
-    c.open().await;
-    c.expect().await;
-    let data = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{user}-pass"));
-    c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{data}</auth>")).await;
-    assert_eq!(c.expect().await.name(), "success");
-    c.open().await;
-    c.expect().await;
+    c.authenticate_plain(user, &format!("{user}-pass")).await;
     c
 }
 

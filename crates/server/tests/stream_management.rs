@@ -23,15 +23,8 @@ async fn server(resume_timeout: u64) -> TestServer {
 
 /// Authenticates (PLAIN) and returns the client at the bind stage.
 async fn authenticated(s: &TestServer, user: &str) -> RawClient {
-    use base64::Engine as _;
     let mut c = RawClient::connect(s.addr(TlsMode::None)).await.unwrap();
-    c.open().await;
-    c.expect().await;
-    let data = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{user}-pass"));
-    c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{data}</auth>")).await;
-    assert_eq!(c.expect().await.name(), "success");
-    c.open().await;
-    let f = c.expect().await;
+    let f = c.authenticate_plain(user, &format!("{user}-pass")).await;
     assert!(f.has_child("sm", ns::SM), "XEP-0198 feature: {f}");
     c
 }

@@ -239,29 +239,37 @@ impl C2s {
         self.last_status = std::mem::take(&mut old.last_status);
         self.deadline = None;
         self.detached_until = None;
+        if self.finish_resume(previd, bare, h).await {
+            if let State::Bound(s) = &self.state {
+                tracing::debug!(jid = %s.jid, "session resumed");
+            }
+        }
+    }
+
+    /// The end of a resumption (local or from another node): the client's `h`
+    /// is checked, the id registered here, `<resumed/>` sent, then everything not
+    /// acknowledged, in order (§5). `false`: the `h` was wrong and the stream ends.
+    async fn finish_resume(&mut self, previd: String, bare: BareJid, h: u32) -> bool {
         if !self.sm_ack(h) {
             let inbound = self.sm.as_ref().map_or(0, |s| s.inbound);
             self.out.push(Output::Element(failed("undefined-condition", Some(inbound))));
             self.terminate().await;
             self.out.push(Output::Close);
-            return;
+            return false;
         }
         let (tx, rx) = mpsc::channel(1);
         self.ctx.resumptions.register(&previd, &bare, tx);
         self.takeover = Some(rx);
-        let Some(sm) = &mut self.sm else { return };
+        let Some(sm) = &mut self.sm else { return false };
         sm.requested_at = 0;
         let resumed =
             Element::builder("resumed", ns::SM).attr("previd", previd).attr("h", sm.inbound.to_string()).build();
         self.out.push(Output::Element(resumed));
-        // §5: everything not acknowledged is sent again, in order.
         let again: Vec<Element> = sm.unacked.iter().cloned().collect();
         for el in again {
             self.out.push(Output::Element(el));
         }
-        if let State::Bound(s) = &self.state {
-            tracing::debug!(jid = %s.jid, "session resumed");
-        }
+        true
     }
 }
 
@@ -356,23 +364,8 @@ impl C2s {
             unacked: m.unacked.into(),
             requested_at: 0,
         });
-        if !self.sm_ack(h) {
-            let inbound = self.sm.as_ref().map_or(0, |s| s.inbound);
-            self.out.push(Output::Element(failed("undefined-condition", Some(inbound))));
-            self.terminate().await;
-            self.out.push(Output::Close);
+        if !self.finish_resume(previd, bare, h).await {
             return;
-        }
-        let (tx, rx) = mpsc::channel(1);
-        self.ctx.resumptions.register(&previd, &bare, tx);
-        self.takeover = Some(rx);
-        let Some(sm) = &self.sm else { return };
-        let resumed =
-            Element::builder("resumed", ns::SM).attr("previd", previd).attr("h", sm.inbound.to_string()).build();
-        self.out.push(Output::Element(resumed));
-        let again: Vec<Element> = sm.unacked.iter().cloned().collect();
-        for el in again {
-            self.out.push(Output::Element(el));
         }
         for el in m.pending {
             self.emit(el);

@@ -292,7 +292,7 @@ impl Room {
     async fn broadcast(&self, env: &Env<'_>, el: &Element) {
         let targets: Vec<Jid> =
             self.occupants.values().flat_map(|o| o.sessions.iter().map(|(j, _)| Jid::from(j.clone()))).collect();
-        crate::rooms::fan_out(env.ctx, el, &targets).await;
+        crate::rooms::fan_out(env.ctx, el, targets).await;
     }
 
     async fn send(env: &Env<'_>, el: Element) {

@@ -204,9 +204,10 @@ impl RawClient {
         }
     }
 
-    /// Opens the stream, authenticates with SASL PLAIN (on a `tls.mode = "none"`
-    /// listener) and binds `resource`; returns the bound full JID.
-    pub async fn login_plain(&mut self, user: &str, password: &str, resource: &str) -> String {
+    /// Opens the stream and authenticates with SASL PLAIN (on a `tls.mode =
+    /// "none"` listener); returns the features of the restarted stream (the
+    /// client is at the bind stage, where it may also resume, XEP-0198).
+    pub async fn authenticate_plain(&mut self, user: &str, password: &str) -> Element {
         use base64::Engine as _;
         self.open().await;
         let f = self.expect().await;
@@ -216,7 +217,13 @@ impl RawClient {
         let r = self.expect().await;
         assert_eq!(r.name(), "success", "SASL PLAIN for {user}: {r}");
         self.open().await;
-        let f = self.expect().await;
+        self.expect().await
+    }
+
+    /// Opens the stream, authenticates with SASL PLAIN (on a `tls.mode = "none"`
+    /// listener) and binds `resource`; returns the bound full JID.
+    pub async fn login_plain(&mut self, user: &str, password: &str, resource: &str) -> String {
+        let f = self.authenticate_plain(user, password).await;
         assert!(f.has_child("bind", meerkat_stanza::ns::BIND));
         self.send(&format!("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
         let r = self.expect().await;
