@@ -688,6 +688,7 @@ fn encode_forward(what: Forward) -> Option<Payload> {
                 SessionMsg::Event(ev) => SessionMsgWire::Event(ev.to_element()?.to_string_with_ns()),
                 SessionMsg::Replaced => SessionMsgWire::Replaced,
                 SessionMsg::Kick(cond, text) => SessionMsgWire::Kick(cond.as_str().to_string(), text),
+                SessionMsg::Batch(sts) => SessionMsgWire::Stanzas(sts.iter().map(|st| st.el.to_string_with_ns()).collect()),
                 SessionMsg::Stanza(st) => {
                     // Stanzas travel as Forward::Stanza; one sent as a session
                     // message keeps the session's own delivery path.
@@ -747,6 +748,14 @@ fn decode_forward(ctx: &ServerContext, p: Payload) -> Option<Forward> {
                 SessionMsgWire::Replaced => SessionMsg::Replaced,
                 SessionMsgWire::Kick(cond, text) => {
                     SessionMsg::Kick(StreamError::parse(&cond).unwrap_or(StreamError::UndefinedCondition), text)
+                }
+                SessionMsgWire::Stanzas(xmls) => {
+                    let mut sts = Vec::with_capacity(xmls.len());
+                    for xml in xmls {
+                        let Ok(el) = meerkat_xml::parse_element(&xml, &peer_limits()) else { return bad("stanza") };
+                        sts.push(Stanza::from_trusted(el));
+                    }
+                    SessionMsg::Batch(sts)
                 }
             };
             Forward::Msg { to, msg }

@@ -44,6 +44,8 @@ pub enum SessionMsgWire {
     Replaced,
     /// Close with this stream error condition and text.
     Kick(String, Option<String>),
+    /// Stanzas for the client, in order, in one mailbox slot (XML each).
+    Stanzas(Vec<String>),
 }
 
 /// What travels inside a `Data` message.
@@ -281,6 +283,13 @@ impl Envelope {
                                 w.str(cond);
                                 w.opt(text.as_deref());
                             }
+                            SessionMsgWire::Stanzas(xmls) => {
+                                w.u8(4);
+                                w.u64(xmls.len() as u64);
+                                for x in xmls {
+                                    w.str(x);
+                                }
+                            }
                         }
                     }
                 }
@@ -351,6 +360,14 @@ impl Envelope {
                             1 => SessionMsgWire::Event(r.str()?),
                             2 => SessionMsgWire::Replaced,
                             3 => SessionMsgWire::Kick(r.str()?, r.opt()?),
+                            4 => {
+                                let n = r.u64()?;
+                                let mut xmls = Vec::with_capacity(n.min(4096) as usize);
+                                for _ in 0..n {
+                                    xmls.push(r.str()?);
+                                }
+                                SessionMsgWire::Stanzas(xmls)
+                            }
                             _ => return None,
                         };
                         Payload::Msg { to, msg }
@@ -416,6 +433,7 @@ mod tests {
             SessionMsgWire::Event("<x xmlns='y'/>".into()),
             SessionMsgWire::Replaced,
             SessionMsgWire::Kick("conflict".into(), Some("why".into())),
+            SessionMsgWire::Stanzas(vec!["<presence/>".into(), "<message/>".into()]),
         ] {
             roundtrip(Msg::Data {
                 to_inc: 5,

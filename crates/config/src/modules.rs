@@ -342,10 +342,17 @@ impl Default for MamCfg {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmCfg {
-    /// Most stanzas sent and not yet acknowledged; beyond it the stream closes
-    /// with `resource-constraint` (the client stopped acknowledging).
+    /// Most stanzas sent and not yet acknowledged once the client has had
+    /// `ack_timeout` to catch up; a client that stays beyond it without
+    /// acknowledging anything, or goes beyond 100 × it, is disconnected with
+    /// `resource-constraint`.
     #[serde(default = "default_sm_buffer")]
     pub buffer_max: usize,
+    /// Seconds a client may stay beyond `buffer_max` without acknowledging
+    /// anything (a burst, such as a room's occupant list, passes it for the
+    /// round trip the client needs to acknowledge).
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: u64,
     /// Ask for an acknowledgement after this many unacknowledged stanzas.
     #[serde(default = "default_ack_freq")]
     pub ack_freq: usize,
@@ -359,6 +366,9 @@ pub struct SmCfg {
 
 fn default_sm_buffer() -> usize {
     100
+}
+fn default_ack_timeout() -> u64 {
+    30
 }
 fn default_ack_freq() -> usize {
     1
@@ -374,6 +384,7 @@ impl Default for SmCfg {
     fn default() -> Self {
         SmCfg {
             buffer_max: default_sm_buffer(),
+            ack_timeout: default_ack_timeout(),
             ack_freq: default_ack_freq(),
             resume_timeout: default_resume_timeout(),
             stale_h_timeout: default_stale_h(),
@@ -487,11 +498,11 @@ impl Modules {
             }
         }
         if let Some(s) = &self.mod_stream_management {
-            if s.buffer_max == 0 || s.ack_freq == 0 || s.resume_timeout == 0 {
+            if s.buffer_max == 0 || s.ack_freq == 0 || s.resume_timeout == 0 || s.ack_timeout == 0 {
                 report(
                     None,
                     "modules.mod_stream_management".into(),
-                    "buffer_max, ack_freq and resume_timeout must be at least 1".into(),
+                    "buffer_max, ack_freq, ack_timeout and resume_timeout must be at least 1".into(),
                 );
             }
         }

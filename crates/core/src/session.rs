@@ -45,6 +45,10 @@ pub enum SessionMsg {
     /// a mailbox slot stays small (tokio allocates slots in blocks of 32, and an
     /// idle session's first block is part of its memory footprint).
     Stanza(Box<Stanza>),
+    /// Stanzas for the client in this order, taking one mailbox slot: a burst
+    /// whose size the sender bounds on its own (the occupant list a MUC room
+    /// sends a joiner), which would overflow the mailbox one by one.
+    Batch(Vec<Stanza>),
     /// A module event (see [`SessionEvent`]).
     Event(SessionEvent),
     /// RFC 6120 §7.7.2.2: another session bound the same full JID; close with `conflict`.

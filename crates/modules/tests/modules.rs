@@ -226,31 +226,32 @@ impl Client {
         self.flush();
     }
 
+    /// One stanza from the mailbox, after the receive hooks, like the session task.
+    async fn deliver(&mut self, ctx: &ServerContext, mut st: Stanza) {
+        for h in &ctx.hooks.session {
+            match h.on_user_receive(ctx, &mut self.s, &mut st) {
+                Flow::Continue => {}
+                Flow::Drop => return,
+                Flow::Bounce(e) => {
+                    if let Some(reply) = st.error_reply(&e) {
+                        ctx.route(reply).await;
+                    }
+                    return;
+                }
+            }
+        }
+        self.out.push(st.el);
+    }
+
     /// Processes the mailbox like the session task.
     async fn pump(&mut self) {
         let ctx = self.ctx.clone();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                SessionMsg::Stanza(mut st) => {
-                    let mut deliver = true;
-                    for h in &ctx.hooks.session {
-                        match h.on_user_receive(&ctx, &mut self.s, &mut st) {
-                            Flow::Continue => {}
-                            Flow::Drop => {
-                                deliver = false;
-                                break;
-                            }
-                            Flow::Bounce(e) => {
-                                deliver = false;
-                                if let Some(reply) = st.error_reply(&e) {
-                                    ctx.route(reply).await;
-                                }
-                                break;
-                            }
-                        }
-                    }
-                    if deliver {
-                        self.out.push(st.el);
+                SessionMsg::Stanza(st) => self.deliver(&ctx, *st).await,
+                SessionMsg::Batch(sts) => {
+                    for st in sts {
+                        self.deliver(&ctx, st).await;
                     }
                 }
                 SessionMsg::Event(ev) => {

@@ -640,3 +640,57 @@ async fn presence_broadcast_for_chosen_roles_only() {
     assert_eq!(error_condition(&e).as_deref(), Some("bad-request"), "{e}");
     s.stop().await;
 }
+
+/// A room larger than a session's mailbox and its stream-management buffer:
+/// the joiner gets every occupant's presence as one burst (one mailbox slot)
+/// and, with XEP-0198 on, has `ack_timeout` to acknowledge it; a client that
+/// then stops acknowledging is disconnected.
+#[tokio::test]
+async fn a_room_larger_than_the_mailbox_and_the_sm_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.general.session_mailbox = 16;
+    let sm = cfg.modules.mod_stream_management.as_mut().unwrap();
+    sm.buffer_max = 10;
+    sm.ack_timeout = 1;
+    let s = TestServer::start_with(cfg, Some(dir)).await.unwrap();
+    const N: usize = 40;
+    let names: Vec<String> = (0..N).map(|i| format!("u{i}")).chain(["late".to_owned()]).collect();
+    users(&s, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let room = "big@conference.localhost";
+    let mut occupants = Vec::new();
+    for (i, name) in names[..N].iter().enumerate() {
+        let mut c = online(&s, name).await;
+        if i == 0 {
+            create_instant(&mut c, room, name).await;
+            occupants.push(c);
+            continue;
+        }
+        let seen = join(&mut c, room, name, "").await;
+        let presences = seen.iter().filter(|e| e.name() == "presence").count();
+        assert_eq!(presences, i + 1, "{name} sees everyone before it and itself");
+        occupants.push(c);
+    }
+    let mut late = online(&s, "late").await;
+    late.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    late.expect_where(|e| e.name() == "enabled").await;
+    let seen = join(&mut late, room, "late", "").await;
+    let presences: Vec<&Element> = seen.iter().filter(|e| e.name() == "presence").collect();
+    assert_eq!(presences.len(), N + 1, "every occupant, then itself");
+    assert_eq!(codes(presences[N]).first().map(String::as_str), Some("110"), "its own presence comes last");
+    // Everything since <enable/> (N + 1 presences, the subject) is
+    // acknowledged, well past buffer_max but within ack_timeout.
+    late.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", N + 2)).await;
+    occupants[0].send(&format!("<message to='{room}' type='groupchat' id='hi'><body>hi</body></message>")).await;
+    late.expect_where(|e| e.name() == "message" && e.attr("id") == Some("hi")).await;
+    // A client that stops acknowledging beyond buffer_max is disconnected once
+    // ack_timeout passes.
+    for (i, c) in occupants.iter_mut().enumerate().take(12) {
+        c.send(&format!("<message to='{room}' type='groupchat' id='m{i}'><body>{i}</body></message>")).await;
+    }
+    late.expect_where(|e| e.name() == "message" && e.attr("id") == Some("m11")).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    occupants[0].send(&format!("<message to='{room}' type='groupchat' id='last'><body>!</body></message>")).await;
+    assert_eq!(late.expect_stream_error().await.as_deref(), Some("resource-constraint"));
+    s.stop().await;
+}

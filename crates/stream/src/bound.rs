@@ -222,6 +222,27 @@ impl C2s {
         }
     }
 
+    /// Writes one stanza from the mailbox to the client, after the receive hooks
+    /// (which may drop it, hold it back or bounce it).
+    async fn deliver(&mut self, s: &mut SessionState, mut st: Stanza) {
+        for h in &self.ctx.hooks.session {
+            match h.on_user_receive(&self.ctx, s, &mut st) {
+                Flow::Continue => {}
+                Flow::Drop => return,
+                Flow::Bounce(e) => {
+                    if let Some(reply) = st.error_reply(&e) {
+                        let ctx = self.ctx.clone();
+                        ctx.route(reply).await;
+                    }
+                    return;
+                }
+            }
+        }
+        // What hooks queued (e.g. presence held back by CSI) goes first.
+        self.flush_outbox(s);
+        self.emit(st.el);
+    }
+
     /// A message from the session's mailbox.
     pub async fn on_mailbox(&mut self, m: crate::Mailbox) {
         let msg = match m {
@@ -236,30 +257,10 @@ impl C2s {
             return;
         };
         match msg {
-            SessionMsg::Stanza(mut st) => {
-                let mut deliver = true;
-                for h in &self.ctx.hooks.session {
-                    match h.on_user_receive(&self.ctx, &mut s, &mut st) {
-                        Flow::Continue => {}
-                        Flow::Drop => {
-                            deliver = false;
-                            break;
-                        }
-                        Flow::Bounce(e) => {
-                            deliver = false;
-                            if let Some(reply) = st.error_reply(&e) {
-                                let ctx = self.ctx.clone();
-                                ctx.route(reply).await;
-                            }
-                            break;
-                        }
-                    }
-                }
-                if deliver {
-                    // What hooks queued (e.g. presence held back by CSI) goes first.
-                    self.flush_outbox(&mut s);
-                    let st = *st;
-                    self.emit(st.el);
+            SessionMsg::Stanza(st) => self.deliver(&mut s, *st).await,
+            SessionMsg::Batch(sts) => {
+                for st in sts {
+                    self.deliver(&mut s, st).await;
                 }
             }
             SessionMsg::Event(ev) => {

@@ -544,8 +544,14 @@ impl C2s {
             if let Some((mut rx, _)) = self.mailbox.take() {
                 rx.close();
                 while let Ok(msg) = rx.try_recv() {
-                    if let SessionMsg::Stanza(st) = msg {
-                        crate::bound::reroute_undelivered(&self.ctx, &s, *st).await;
+                    match msg {
+                        SessionMsg::Stanza(st) => crate::bound::reroute_undelivered(&self.ctx, &s, *st).await,
+                        SessionMsg::Batch(sts) => {
+                            for st in sts {
+                                crate::bound::reroute_undelivered(&self.ctx, &s, st).await;
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }

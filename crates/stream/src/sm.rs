@@ -27,6 +27,9 @@ pub(crate) struct Sm {
     pub unacked: VecDeque<Element>,
     /// Unacked count when the last `<r/>` was sent.
     pub requested_at: usize,
+    /// Since when more than `buffer_max` stanzas are unacknowledged with no
+    /// acknowledgement arriving (reset by each one that makes progress).
+    pub behind_since: Option<Instant>,
 }
 
 fn failed(cond: &str, h: Option<u32>) -> Element {
@@ -74,12 +77,19 @@ impl C2s {
     }
 
     /// The buffer limit: a client that stopped acknowledging is disconnected.
+    /// A burst may pass `buffer_max` while the client acknowledges (it has
+    /// `ack_timeout` from the last acknowledgement that made progress), up to
+    /// a hard 100 × `buffer_max`.
     pub(crate) async fn sm_check_buffer(&mut self) {
-        let over = match (&self.sm, self.sm_cfg()) {
-            (Some(sm), Some(cfg)) => sm.unacked.len() > cfg.buffer_max,
-            _ => false,
-        };
-        if over {
+        let Some(cfg) = self.ctx.config.modules.mod_stream_management.as_ref() else { return };
+        let Some(sm) = &mut self.sm else { return };
+        let n = sm.unacked.len();
+        if n <= cfg.buffer_max {
+            sm.behind_since = None;
+            return;
+        }
+        let since = *sm.behind_since.get_or_insert_with(Instant::now);
+        if n > cfg.buffer_max.saturating_mul(100) || since.elapsed() >= Duration::from_secs(cfg.ack_timeout) {
             self.stream_error(StreamError::ResourceConstraint, Some("too many unacknowledged stanzas")).await;
         }
     }
@@ -110,7 +120,7 @@ impl C2s {
                     enabled.set_attr("max", cfg.resume_timeout.to_string());
                     id = Some(rid);
                 }
-                self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), requested_at: 0 });
+                self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), requested_at: 0, behind_since: None });
                 self.out.push(Output::Element(enabled));
             }
             "r" => {
@@ -144,6 +154,9 @@ impl C2s {
         }
         sm.unacked.drain(..newly);
         sm.requested_at = sm.requested_at.saturating_sub(newly);
+        if newly > 0 && sm.behind_since.is_some() {
+            sm.behind_since = Some(Instant::now());
+        }
         true
     }
 
@@ -308,8 +321,10 @@ impl C2s {
         if let Some((mut rx, _)) = self.mailbox.take() {
             rx.close();
             while let Ok(msg) = rx.try_recv() {
-                if let meerkat_core::SessionMsg::Stanza(st) = msg {
-                    pending.push(st.el);
+                match msg {
+                    meerkat_core::SessionMsg::Stanza(st) => pending.push(st.el),
+                    meerkat_core::SessionMsg::Batch(sts) => pending.extend(sts.into_iter().map(|st| st.el)),
+                    _ => {}
                 }
             }
         }
@@ -363,6 +378,7 @@ impl C2s {
             outbound: m.outbound,
             unacked: m.unacked.into(),
             requested_at: 0,
+            behind_since: None,
         });
         if !self.finish_resume(previd, bare, h).await {
             return;

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use meerkat_core::util::{now_ms, random_id, xep82_datetime};
+use meerkat_core::SessionMsg;
 use meerkat_stanza::{
     make_error_reply, make_iq_result, ns, BareJid, ErrorType, FullJid, IqType, Jid, Stanza, StanzaError,
     StanzaErrorCondition, StanzaKind,
@@ -299,6 +300,16 @@ impl Room {
         env.ctx.route(Stanza::from_trusted(el)).await;
     }
 
+    /// Stanzas for one session, in order, in one slot of its mailbox (a join's
+    /// occupant list and history): the room bounds their number, the mailbox
+    /// counts them as one. Nothing is sent if the session is gone.
+    fn send_burst(env: &Env<'_>, to: &FullJid, els: Vec<Element>) {
+        if !els.is_empty() {
+            let sts = els.into_iter().map(Stanza::from_trusted).collect();
+            env.ctx.router.send(to, SessionMsg::Batch(sts));
+        }
+    }
+
     /// An occupant's presence as `viewer` (a moderator or, in a non-anonymous
     /// room, anyone sees real JIDs) receives it.
     fn presence_of(&self, nick: &str, o: &Occupant, viewer_is_moderator: bool, extra: &[Element]) -> Element {
@@ -464,16 +475,20 @@ impl Room {
         if let Some(o) = self.occupants.get_mut(&nick) {
             o.sessions.push((real.clone(), presence));
         }
-        // §7.2.3: the others' presence first, to the new session only.
+        // §7.2.3: the others' presence first, to the new session only, as one
+        // burst: a room of thousands would overflow the session's mailbox one
+        // presence at a time.
         let me_moderator = self.occupants.get(&nick).is_some_and(|o| o.role == Role::Moderator);
+        let mut burst = Vec::with_capacity(self.occupants.len());
         for (onick, o) in &self.occupants {
             if *onick == nick || !self.broadcasts(o.role) {
                 continue;
             }
             let mut p = self.presence_of(onick, o, me_moderator, &[]);
             p.set_attr("to", real.as_str());
-            Self::send(env, p).await;
+            burst.push(p);
         }
+        Self::send_burst(env, &real, burst);
         // Then its own presence, to everyone (its own sessions with 110 and friends).
         let mut self_codes = vec![status("110")];
         if self.cfg.non_anonymous {
@@ -492,8 +507,9 @@ impl Room {
             p.set_attr("to", real.as_str());
             Self::send(env, p).await;
         }
-        // §7.2.15: history, then §7.2.16: the subject (always, even empty).
-        self.send_history(env, &real, x.and_then(|x| x.get_child("history", NS_MUC))).await;
+        // §7.2.15: history, then §7.2.16: the subject (always, even empty), as
+        // one burst.
+        let mut burst = self.history_for(&real, x.and_then(|x| x.get_child("history", NS_MUC)));
         let mut subject = Element::builder("message", ns::CLIENT)
             .attr("type", "groupchat")
             .attr(
@@ -508,10 +524,12 @@ impl Room {
             subject.remove_attr("from");
             subject.set_attr("from", self.jid.as_str());
         }
-        Self::send(env, subject).await;
+        burst.push(subject);
+        Self::send_burst(env, &real, burst);
     }
 
-    async fn send_history(&self, env: &Env<'_>, to: &FullJid, h: Option<&Element>) {
+    /// The history a joiner asked for (§7.2.15), addressed to it.
+    fn history_for(&self, to: &FullJid, h: Option<&Element>) -> Vec<Element> {
         let now = now_ms();
         let num = |a: &str| h.and_then(|h| h.attr(a)).and_then(|v| v.parse::<i64>().ok());
         let maxstanzas = num("maxstanzas").map_or(usize::MAX, |n| n.max(0) as usize);
@@ -533,17 +551,21 @@ impl Room {
             }
             picked.push(it);
         }
-        for it in picked.into_iter().rev() {
-            let mut el = it.el.clone();
-            el.set_attr("to", to.as_str());
-            el.append_child(
-                Element::builder("delay", ns::DELAY)
-                    .attr("from", self.jid.as_str())
-                    .attr("stamp", xep82_datetime(it.at_ms))
-                    .build(),
-            );
-            Self::send(env, el).await;
-        }
+        picked
+            .into_iter()
+            .rev()
+            .map(|it| {
+                let mut el = it.el.clone();
+                el.set_attr("to", to.as_str());
+                el.append_child(
+                    Element::builder("delay", ns::DELAY)
+                        .attr("from", self.jid.as_str())
+                        .attr("stamp", xep82_datetime(it.at_ms))
+                        .build(),
+                );
+                el
+            })
+            .collect()
     }
 
     async fn change_nick(&mut self, env: &Env<'_>, st: &Stanza, real: FullJid, old: &str, new: String) {
