@@ -678,8 +678,13 @@ async fn a_room_larger_than_the_mailbox_and_the_sm_buffer() {
     let presences: Vec<&Element> = seen.iter().filter(|e| e.name() == "presence").collect();
     assert_eq!(presences.len(), N + 1, "every occupant, then itself");
     assert_eq!(codes(presences[N]).first().map(String::as_str), Some("110"), "its own presence comes last");
+    // One request for acknowledgement covers the whole burst.
+    assert_eq!(seen.iter().filter(|e| e.name() == "r").count(), 1, "one <r/> while it is unanswered");
     // Everything since <enable/> (N + 1 presences, the subject) is
-    // acknowledged, well past buffer_max but within ack_timeout.
+    // acknowledged, well past buffer_max but within ack_timeout; an answer
+    // that leaves some unacknowledged gets a new request at once.
+    late.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", N + 1)).await;
+    late.expect_where(|e| e.name() == "r").await;
     late.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", N + 2)).await;
     occupants[0].send(&format!("<message to='{room}' type='groupchat' id='hi'><body>hi</body></message>")).await;
     late.expect_where(|e| e.name() == "message" && e.attr("id") == Some("hi")).await;

@@ -27,6 +27,9 @@ pub(crate) struct Sm {
     pub unacked: VecDeque<Element>,
     /// Unacked count when the last `<r/>` was sent.
     pub requested_at: usize,
+    /// An `<r/>` is out and not answered yet: no other is sent until it is
+    /// (a burst of N stanzas costs one round trip of acks, not N).
+    pub r_pending: bool,
     /// Since when more than `buffer_max` stanzas are unacknowledged with no
     /// acknowledgement arriving (reset by each one that makes progress).
     pub behind_since: Option<Instant>,
@@ -58,8 +61,9 @@ impl C2s {
                 sm.outbound = sm.outbound.wrapping_add(1);
                 sm.unacked.push_back(el.clone());
                 let ack_freq = self.ctx.config.modules.mod_stream_management.as_ref().map_or(1, |c| c.ack_freq);
-                if sm.unacked.len() >= sm.requested_at + ack_freq {
+                if !sm.r_pending && sm.unacked.len() >= sm.requested_at + ack_freq {
                     sm.requested_at = sm.unacked.len();
+                    sm.r_pending = true;
                     self.out.push(Output::Element(el));
                     self.out.push(Output::Element(Element::new("r", ns::SM)));
                     return;
@@ -120,7 +124,7 @@ impl C2s {
                     enabled.set_attr("max", cfg.resume_timeout.to_string());
                     id = Some(rid);
                 }
-                self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), requested_at: 0, behind_since: None });
+                self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), requested_at: 0, r_pending: false, behind_since: None });
                 self.out.push(Output::Element(enabled));
             }
             "r" => {
@@ -136,6 +140,16 @@ impl C2s {
                 };
                 if !self.sm_ack(h) {
                     self.stream_error(StreamError::UndefinedCondition, Some("h is larger than the stanzas sent")).await;
+                    return true;
+                }
+                // The answer to our request: ask again for what was sent since.
+                if let Some(sm) = &mut self.sm {
+                    sm.r_pending = false;
+                    if sm.unacked.len() >= sm.requested_at + cfg.ack_freq {
+                        sm.requested_at = sm.unacked.len();
+                        sm.r_pending = true;
+                        self.out.push(Output::Element(Element::new("r", ns::SM)));
+                    }
                 }
             }
             _ => self.stream_error(StreamError::UnsupportedStanzaType, None).await,
@@ -274,13 +288,18 @@ impl C2s {
         self.ctx.resumptions.register(&previd, &bare, tx);
         self.takeover = Some(rx);
         let Some(sm) = &mut self.sm else { return false };
-        sm.requested_at = 0;
         let resumed =
             Element::builder("resumed", ns::SM).attr("previd", previd).attr("h", sm.inbound.to_string()).build();
         self.out.push(Output::Element(resumed));
         let again: Vec<Element> = sm.unacked.iter().cloned().collect();
         for el in again {
             self.out.push(Output::Element(el));
+        }
+        // What was sent again is asked for at once.
+        sm.r_pending = !sm.unacked.is_empty();
+        sm.requested_at = sm.unacked.len();
+        if sm.r_pending {
+            self.out.push(Output::Element(Element::new("r", ns::SM)));
         }
         true
     }
@@ -378,6 +397,7 @@ impl C2s {
             outbound: m.outbound,
             unacked: m.unacked.into(),
             requested_at: 0,
+            r_pending: false,
             behind_since: None,
         });
         if !self.finish_resume(previd, bare, h).await {

@@ -337,16 +337,27 @@ impl Room {
     async fn broadcast_presence(&self, env: &Env<'_>, nick: &str, self_extra: &[Element], all_extra: &[Element]) {
         let Some(o) = self.occupants.get(nick) else { return };
         let to_all = self.broadcasts(o.role);
+        // The others see one of two forms (a moderator's, with the real JID, or
+        // anyone else's), each built once with its children serialised once.
+        let mut views: [Option<Element>; 2] = [None, None];
         for (vnick, v) in &self.occupants {
             let is_self = vnick == nick;
             if !is_self && !to_all {
                 continue;
             }
-            let mut extra: Vec<Element> = all_extra.to_vec();
-            if is_self {
-                extra.extend(self_extra.iter().cloned());
-            }
-            let p = self.presence_of(nick, o, v.role == Role::Moderator, &extra);
+            let moderator = v.role == Role::Moderator;
+            let own;
+            let p = if is_self {
+                let extra: Vec<Element> = all_extra.iter().chain(self_extra).cloned().collect();
+                own = self.presence_of(nick, o, moderator, &extra);
+                &own
+            } else {
+                views[usize::from(moderator)].get_or_insert_with(|| {
+                    let mut p = self.presence_of(nick, o, moderator, all_extra);
+                    p.freeze_children();
+                    p
+                })
+            };
             for (jid, _) in &v.sessions {
                 let mut c = p.clone();
                 c.set_attr("to", jid.as_str());
