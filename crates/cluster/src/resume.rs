@@ -103,6 +103,7 @@ pub(crate) fn encode_moved(m: &MovedSession) -> Element {
         directed.append_child(Element::builder("jid", NS).text(j.as_str()).build());
     }
     el.append_child(directed);
+    el.append_child(Element::builder("state", NS).append_all(m.state.iter().cloned()).build());
     el
 }
 
@@ -126,6 +127,7 @@ pub(crate) fn decode(el: &Element) -> Option<Found> {
         presence: el.get_child("presence", NS).and_then(|p| p.children().next().cloned()),
         priority: el.attr("priority")?.parse().ok()?,
         directed: el.get_child("directed", NS).map(|d| d.children().map(Element::text).collect()).unwrap_or_default(),
+        state: list("state"),
     }))
 }
 
@@ -157,6 +159,7 @@ mod tests {
             ),
             priority: -3,
             directed: vec!["room@conference.b/nick".into()],
+            state: vec![Element::new("enable", "urn:xmpp:carbons:2")],
         };
         let wire = encode_moved(&m).to_string_with_ns();
         let back = meerkat_xml::parse_element(&wire, &limits()).unwrap();

@@ -115,6 +115,16 @@ pub trait SessionHooks: Send + Sync + 'static {
     async fn on_event(&self, _ctx: &ServerContext, _s: &mut SessionState, _ev: &SessionEvent) {}
     /// The session is closing (`status` = text of the last unavailable presence).
     async fn on_closed(&self, _ctx: &ServerContext, _s: &mut SessionState, _status: &str) {}
+    /// This module's state of the session, as XML, when the session moves to
+    /// another node (a XEP-0198 resumption there); `None` when it has none.
+    fn export_state(&self, _s: &SessionState) -> Option<Element> {
+        None
+    }
+    /// State that [`SessionHooks::export_state`] gave on another node, after the
+    /// moved session was bound here; `true` if `el` was this module's.
+    fn import_state(&self, _s: &mut SessionState, _el: &Element) -> bool {
+        false
+    }
 }
 
 /// What happened to a message for a user with no session to take it.

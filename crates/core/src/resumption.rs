@@ -43,6 +43,9 @@ pub struct MovedSession {
     pub priority: i8,
     /// Entities that got directed presence (they get unavailable at the end).
     pub directed: Vec<String>,
+    /// Modules' state of the session ([`crate::hooks::SessionHooks::export_state`]):
+    /// carbons enabled, client state, blocklist pushes requested.
+    pub state: Vec<Element>,
 }
 
 /// What a resumption id is, wherever it was found.

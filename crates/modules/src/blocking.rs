@@ -58,6 +58,9 @@ impl Module for Blocking {
 }
 
 /// The blocklist a session keeps (see the module documentation).
+/// A moved session's blocklist state between nodes.
+const NS_STATE: &str = "urn:meerkat:session:blocking";
+
 #[derive(Debug, Default)]
 struct Cache {
     /// Blocked JIDs, normalised.
@@ -293,6 +296,23 @@ impl IqHandler for Blocking {
 
 #[async_trait::async_trait]
 impl SessionHooks for Blocking {
+    /// A session that asked for the blocklist keeps getting its pushes on the
+    /// node it moves to (the list itself is loaded there when it is bound).
+    fn export_state(&self, s: &SessionState) -> Option<Element> {
+        s.ext::<Cache>(EXT).filter(|c| c.requested).map(|_| Element::new("requested", NS_STATE))
+    }
+
+    fn import_state(&self, s: &mut SessionState, el: &Element) -> bool {
+        if !el.is("requested", NS_STATE) {
+            return false;
+        }
+        match s.ext_mut::<Cache>(EXT) {
+            Some(c) => c.requested = true,
+            None => s.ext.insert(EXT, Box::new(Cache { list: HashSet::new(), requested: true })),
+        }
+        true
+    }
+
     async fn on_bound(&self, ctx: &ServerContext, s: &mut SessionState) -> Result<(), StanzaError> {
         let list = stored(ctx, &s.bare).await?;
         s.ext.insert(EXT, Box::new(Cache { list: list.into_iter().collect(), requested: false }));

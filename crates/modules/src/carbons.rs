@@ -113,6 +113,18 @@ impl IqHandler for Carbons {
 
 #[async_trait::async_trait]
 impl SessionHooks for Carbons {
+    fn export_state(&self, s: &SessionState) -> Option<Element> {
+        s.ext.contains_key(EXT).then(|| Element::new("enable", ns::CARBONS))
+    }
+
+    fn import_state(&self, s: &mut SessionState, el: &Element) -> bool {
+        if !el.is("enable", ns::CARBONS) {
+            return false;
+        }
+        s.ext.insert(EXT, Box::new(Enabled));
+        true
+    }
+
     fn on_user_send(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         // Only when another session of the user could want the copy: no clone and
         // no mailbox traffic for the common single-device case.

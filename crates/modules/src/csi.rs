@@ -76,6 +76,21 @@ impl SessionHooks for Csi {
         }
     }
 
+    /// An inactive session moves as `<inactive/>` holding what it held back.
+    fn export_state(&self, s: &SessionState) -> Option<Element> {
+        let held = s.ext::<Held>(EXT)?;
+        Some(Element::builder("inactive", ns::CSI).append_all(held.0.iter().map(|(_, el)| el.clone())).build())
+    }
+
+    fn import_state(&self, s: &mut SessionState, el: &Element) -> bool {
+        if !el.is("inactive", ns::CSI) {
+            return false;
+        }
+        let held = el.children().map(|p| (p.attr("from").unwrap_or("").to_owned(), p.clone())).collect();
+        s.ext.insert(EXT, Box::new(Held(held)));
+        true
+    }
+
     fn on_user_receive(&self, _ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
         let buffer_max = self.cfg.buffer_max;
         let Some(held) = s.ext_mut::<Held>(EXT) else { return Flow::Continue };
@@ -91,5 +106,36 @@ impl SessionHooks for Csi {
         // Anything else is urgent enough: send what was held first.
         flush(s);
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meerkat_core::SessionId;
+
+    fn session() -> SessionState {
+        SessionState::new(SessionId(1), "a@b/c".parse().unwrap(), "127.0.0.1:1".parse().unwrap())
+    }
+
+    /// An inactive session moving to another node stays inactive there, with
+    /// the presence it held back; an active one moves nothing.
+    #[test]
+    fn client_state_moves_with_the_session() {
+        let csi = Csi::new(CsiCfg::default());
+        let mut s = session();
+        assert!(csi.export_state(&s).is_none(), "an active session has no state to move");
+        s.ext.insert(EXT, Box::new(Held::default()));
+        let p = Element::builder("presence", ns::CLIENT).attr("from", "d@b/e").build();
+        s.ext_mut::<Held>(EXT).unwrap().0.push(("d@b/e".into(), p.clone()));
+        let state = csi.export_state(&s).expect("inactive");
+        let mut moved = session();
+        assert!(!csi.import_state(&mut moved, &Element::new("enable", ns::CARBONS)), "not its state");
+        assert!(csi.import_state(&mut moved, &state));
+        let held = moved.ext::<Held>(EXT).expect("inactive after the move");
+        assert_eq!(held.0, vec![("d@b/e".to_owned(), p)]);
+        // Becoming active sends what was held.
+        flush(&mut moved);
+        assert_eq!(moved.outbox.len(), 1);
     }
 }

@@ -49,6 +49,8 @@ async fn a_session_resumes_on_another_node() {
     )
     .await;
     a.expect_where(|e| e.attr("id") == Some("b")).await;
+    a.send("<iq type='set' id='cc'><enable xmlns='urn:xmpp:carbons:2'/></iq>").await;
+    a.expect_where(|e| e.attr("id") == Some("cc") && e.attr("type") == Some("result")).await;
     a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
     let id = a.expect_where(|e| e.is("enabled", ns::SM)).await.attr("id").unwrap().to_owned();
     a.send("<presence/>").await;
@@ -82,6 +84,13 @@ async fn a_session_resumes_on_another_node() {
     let m = b.expect_where(|e| e.name() == "message" && e.attr("id") == Some("r1")).await;
     assert_eq!(m.attr("from"), Some("alice@localhost/phone"));
     assert_eq!(n1.ctx.router.user_session_count(&"alice@localhost".parse().unwrap()), 1, "one session, on n2");
+    // Carbons, enabled on n1, came along: a message to Alice's laptop on n1
+    // reaches the phone on n2 as a carbon copy.
+    let mut laptop = online(n1.addr(TlsMode::None), "alice", "alice-pass", "laptop").await;
+    b.send("<message to='alice@localhost/laptop' type='chat' id='c1'><body>to the laptop</body></message>").await;
+    laptop.expect_where(|e| e.attr("id") == Some("c1")).await;
+    let copy = a.expect_where(|e| e.name() == "message" && e.has_child("received", ns::CARBONS)).await;
+    assert_eq!(copy.attr("from"), Some("alice@localhost"), "{copy}");
     // An id no node knows fails cleanly.
     let mut c = authenticated(&n2, "alice").await;
     c.send("<resume xmlns='urn:xmpp:sm:3' previd='nobody-has-this' h='0'/>").await;

@@ -365,6 +365,7 @@ impl C2s {
             presence: s.presence.as_deref().cloned(),
             priority: s.priority,
             directed: s.directed.iter().map(|j| j.as_str().to_owned()).collect(),
+            state: self.ctx.hooks.session.iter().filter_map(|h| h.export_state(&s)).collect(),
         })
     }
 
@@ -383,6 +384,11 @@ impl C2s {
             return;
         };
         s.roster_requested = true;
+        for el in &m.state {
+            if !self.ctx.hooks.session.iter().any(|h| h.import_state(&mut s, el)) {
+                tracing::warn!(state = %el.name(), "a moved session's state that no module here takes");
+            }
+        }
         s.directed = m.directed.iter().filter_map(|j| Jid::new(j).ok()).collect();
         if let Some(p) = m.presence {
             let p = std::sync::Arc::new(p);
