@@ -197,6 +197,21 @@ impl C2s {
         }
     }
 
+    /// Handles up to `max` mailbox messages that are already waiting, without
+    /// waiting for more: the transport calls it after [`C2s::on_mailbox`] so a
+    /// backlog (a busy room, a burst of presence) goes out in one write rather
+    /// than one write per stanza. Costs nothing when the mailbox is empty.
+    pub async fn drain_mailbox(&mut self, max: usize) {
+        for _ in 0..max {
+            if self.is_closed() || self.is_detached() {
+                return;
+            }
+            let Some((rx, _)) = &mut self.mailbox else { return };
+            let Ok(m) = rx.try_recv() else { return };
+            self.on_mailbox(Mailbox::Msg(m)).await;
+        }
+    }
+
     /// Waits for the next mailbox message (pending forever before binding). The
     /// transport polls this alongside the socket and hands the result to
     /// [`C2s::on_mailbox`].

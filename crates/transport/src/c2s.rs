@@ -21,6 +21,10 @@ use crate::tls::{channel_binding, TlsMaterial};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 4096;
+/// Most mailbox messages handled before one write: what is already waiting goes
+/// out together (one syscall for a backlog), bounded so the socket is read too.
+const MAILBOX_BATCH: usize = 64;
+
 /// Initial capacity of the write buffer for one flush.
 const WRITE_RESERVE: usize = 1024;
 
@@ -272,7 +276,10 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
             },
             m = c2s.recv() => match m {
                 meerkat_stream::Mailbox::Takeover(tx) => handover = Some(tx),
-                m => c2s.on_mailbox(m).await,
+                m => {
+                    c2s.on_mailbox(m).await;
+                    c2s.drain_mailbox(MAILBOX_BATCH).await;
+                }
             },
             _ = sleep_until(deadline) => c2s.on_timer().await,
             _ = shutdown.changed() => c2s.on_shutdown().await,
