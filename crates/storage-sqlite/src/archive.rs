@@ -13,6 +13,20 @@ use crate::store::{write_tx, SqliteStore};
 
 const COLUMNS: &str = "id, with_jid, with_resource, direction, sender, origin_id, stanza";
 
+/// The archive owner's key for the account in parameters 1 and 2 (`NULL`, which
+/// matches no row, when it never had an archive).
+macro_rules! owner {
+    () => {
+        "(SELECT owner FROM mam_owners WHERE domain = ?1 AND username = ?2)"
+    };
+}
+
+/// How many of a conversation's most recent rows a retraction (XEP-0424)
+/// searches for the message it names: the lookup walks the (owner, with_jid,
+/// id) index backwards rather than keeping an index on origin ids, which would
+/// cost every archived row another B-tree insert.
+const RETRACT_WINDOW: i64 = 1000;
+
 fn read_row(r: &Row<'_>) -> rusqlite::Result<(ArchivedMessage, String)> {
     let direction: String = r.get(3)?;
     Ok((
@@ -47,15 +61,23 @@ impl ArchiveStore for SqliteStore {
             let err = db_err("archive append");
             let tx = write_tx(conn, "archive append")?;
             {
-                let mut st = tx
+                let mut owner = tx
                     .prepare_cached(
-                        "INSERT INTO mam_messages (domain, username, id, with_jid, with_resource, direction, sender,
-                         origin_id, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                         ON CONFLICT (domain, username, id) DO NOTHING",
+                        "INSERT INTO mam_owners (domain, username) VALUES (?1, ?2)
+                         ON CONFLICT (domain, username) DO NOTHING",
                     )
+                    .map_err(&err)?;
+                let mut st = tx
+                    .prepare_cached(concat!(
+                        "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender,
+                         origin_id, stanza) VALUES (",
+                        owner!(),
+                        ", ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (owner, id) DO NOTHING"
+                    ))
                     .map_err(&err)?;
                 for r in &rows {
                     let m = &r.msg;
+                    owner.execute(params![r.domain, r.user]).map_err(&err)?;
                     st.execute(params![
                         r.domain,
                         r.user,
@@ -80,7 +102,7 @@ impl ArchiveStore for SqliteStore {
             return Ok(ArchivePage { rows: Vec::new(), complete: q.min_id > q.max_id });
         }
         let mut sql =
-            format!("SELECT {COLUMNS} FROM mam_messages WHERE domain = ?1 AND username = ?2 AND id >= ?3 AND id <= ?4");
+            format!(concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id >= ?3 AND id <= ?4"), COLUMNS);
         let mut args: Vec<rusqlite::types::Value> =
             vec![acc.domain.to_owned().into(), acc.user.to_owned().into(), q.min_id.into(), q.max_id.into()];
         if let Some(w) = &q.with_jid {
@@ -118,9 +140,7 @@ impl ArchiveStore for SqliteStore {
         self.read(move |conn| {
             let err = db_err("archive fetch_ids");
             let mut st = conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM mam_messages WHERE domain = ?1 AND username = ?2 AND id = ?3"
-                ))
+                .prepare_cached(&format!(concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id = ?3"), COLUMNS))
                 .map_err(&err)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
@@ -147,16 +167,18 @@ impl ArchiveStore for SqliteStore {
             let err = db_err("archive retract");
             let tx = write_tx(conn, "archive retract")?;
             let id: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM mam_messages WHERE domain = ?1 AND username = ?2 AND with_jid = ?3
-                     AND origin_id = ?4 AND direction = ?5 ORDER BY id DESC LIMIT 1",
-                )
-                .and_then(|mut st| st.query_row(params![d, u, w, o, direction.as_str()], |r| r.get(0)).optional())
+                .prepare_cached(concat!(
+                    "SELECT id FROM (SELECT id, origin_id, direction FROM mam_messages WHERE owner = ",
+                    owner!(),
+                    " AND with_jid = ?3 ORDER BY id DESC LIMIT ?6)
+                     WHERE origin_id = ?4 AND direction = ?5 ORDER BY id DESC LIMIT 1"
+                ))
+                .and_then(|mut st| {
+                    st.query_row(params![d, u, w, o, direction.as_str(), RETRACT_WINDOW], |r| r.get(0)).optional()
+                })
                 .map_err(&err)?;
             if let Some(id) = id {
-                tx.prepare_cached(
-                    "UPDATE mam_messages SET stanza = ?4 WHERE domain = ?1 AND username = ?2 AND id = ?3",
-                )
+                tx.prepare_cached(concat!("UPDATE mam_messages SET stanza = ?4 WHERE owner = ", owner!(), " AND id = ?3"))
                 .and_then(|mut st| st.execute(params![d, u, id, t]))
                 .map_err(&err)?;
             }
@@ -237,7 +259,8 @@ impl ArchiveStore for SqliteStore {
             let err = db_err("archive remove");
             let tx = write_tx(conn, "archive remove")?;
             for sql in [
-                "DELETE FROM mam_messages WHERE domain = ?1 AND username = ?2",
+                concat!("DELETE FROM mam_messages WHERE owner = ", owner!()),
+                "DELETE FROM mam_owners WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM mam_prefs WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM mam_prefs_jids WHERE domain = ?1 AND username = ?2",
             ] {

@@ -128,7 +128,8 @@ impl AuthStore for SqliteStore {
                 "DELETE FROM xml_blobs WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM last_activity WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM mam_messages WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM mam_messages WHERE owner = (SELECT owner FROM mam_owners WHERE domain = ?1 AND username = ?2)",
+                "DELETE FROM mam_owners WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM mam_prefs WHERE domain = ?1 AND username = ?2",
                 "DELETE FROM mam_prefs_jids WHERE domain = ?1 AND username = ?2",
             ] {
@@ -735,7 +736,8 @@ impl meerkat_storage::MucStore for SqliteStore {
                 .map_err(&err)?;
             for sql in [
                 "DELETE FROM muc_affiliations WHERE service = ?1 AND room = ?2",
-                "DELETE FROM mam_messages WHERE domain = ?1 AND username = ?2",
+                "DELETE FROM mam_messages WHERE owner = (SELECT owner FROM mam_owners WHERE domain = ?1 AND username = ?2)",
+                "DELETE FROM mam_owners WHERE domain = ?1 AND username = ?2",
             ] {
                 tx.prepare_cached(sql).and_then(|mut st| st.execute(params![service, room])).map_err(&err)?;
             }

@@ -87,3 +87,76 @@ async fn corrupt_rows_are_backend_errors_not_panics() {
     assert!(matches!(stores.roster.get_roster(acc).await, Err(Error::Backend(_))));
     assert!(matches!(stores.roster.get_item(acc, "x@y").await, Err(Error::Backend(_))));
 }
+
+/// An archive written under schema version 4 (owners as domain and user name in
+/// every row) reads the same after migration 5 (integer owner keys): every row
+/// with its id, both owners kept apart, retraction and removal working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_from_schema_4_survives_the_owner_key_migration() {
+    use meerkat_storage::{ArchiveQuery, Direction};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+        conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+            .expect("migrations table");
+        for (v, sql) in [
+            (1, include_str!("../migrations/0001_init.sql")),
+            (2, include_str!("../migrations/0002_archive.sql")),
+            (3, include_str!("../migrations/0003_singletons.sql")),
+            (4, include_str!("../migrations/0004_muc.sql")),
+        ] {
+            conn.execute_batch(sql).expect("old migration");
+            conn.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [v]).expect("record");
+        }
+        let mut st = conn
+            .prepare(
+                "INSERT INTO mam_messages (domain, username, id, with_jid, with_resource, direction, sender,
+                 origin_id, stanza) VALUES ('example.org', ?1, ?2, ?3, 'r', ?4, ?3, ?5, ?6)",
+            )
+            .expect("prepare");
+        for i in 1..=30i64 {
+            let (user, with) = if i % 3 == 0 { ("bob", "alice@example.org") } else { ("alice", "bob@example.org") };
+            let dir = if i % 2 == 0 { "in" } else { "out" };
+            st.execute(rusqlite::params![user, i * 10, with, dir, format!("o{i}"), format!("<message n='{i}'/>")])
+                .expect("old row");
+        }
+    }
+    let stores = meerkat_storage_sqlite::open(&path).await.expect("migrate");
+    assert_eq!(applied(&path).last().map(|r| r.0), Some(SCHEMA_VERSION));
+    let all = ArchiveQuery { limit: 100, max_id: i64::MAX, ..ArchiveQuery::default() };
+    let alice = Account::new("alice", "example.org");
+    let page = stores.archive.query(alice, &all).await.expect("query");
+    let ids: Vec<i64> = page.rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids, (1..=30).filter(|i| i % 3 != 0).map(|i| i * 10).collect::<Vec<_>>(), "alice's rows, ids kept");
+    assert!(page.complete);
+    assert_eq!(page.rows[0].stanza, "<message n='1'/>");
+    assert_eq!(page.rows[0].direction, Direction::Outgoing);
+    let bob = Account::new("bob", "example.org");
+    let with_alice = ArchiveQuery { with_jid: Some("alice@example.org".into()), ..all.clone() };
+    assert_eq!(stores.archive.query(bob, &with_alice).await.expect("bob").rows.len(), 10);
+    let tomb = "<message><retracted/></message>";
+    assert_eq!(
+        stores.archive.retract(alice, "bob@example.org", Direction::Incoming, "o2", tomb).await.expect("retract"),
+        Some(20)
+    );
+    assert_eq!(stores.archive.fetch_ids(alice, &[20]).await.expect("fetch")[0].stanza, tomb);
+    // New rows go on after the migrated ones, under the same owner.
+    let msg = meerkat_storage::ArchivedMessage {
+        id: 400,
+        with_jid: "bob@example.org".into(),
+        with_resource: "r".into(),
+        direction: Direction::Incoming,
+        sender: "bob@example.org/r".into(),
+        origin_id: None,
+        stanza: "<message n='new'/>".into(),
+    };
+    let entry = meerkat_storage::ArchiveEntry { user: "alice".into(), domain: "example.org".into(), msg };
+    stores.archive.append(&[entry]).await.expect("append");
+    let page = stores.archive.query(alice, &all).await.expect("query");
+    assert_eq!(page.rows.len(), 21);
+    assert_eq!(page.rows.last().map(|r| r.stanza.as_str()), Some("<message n='new'/>"));
+    stores.archive.remove_archive(alice).await.expect("remove");
+    assert!(stores.archive.query(alice, &all).await.expect("query").rows.is_empty());
+    assert_eq!(stores.archive.query(bob, &all).await.expect("bob").rows.len(), 10, "bob's archive stays");
+}
