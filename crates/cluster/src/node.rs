@@ -688,7 +688,9 @@ fn encode_forward(what: Forward) -> Option<Payload> {
                 SessionMsg::Event(ev) => SessionMsgWire::Event(ev.to_element()?.to_string_with_ns()),
                 SessionMsg::Replaced => SessionMsgWire::Replaced,
                 SessionMsg::Kick(cond, text) => SessionMsgWire::Kick(cond.as_str().to_string(), text),
-                SessionMsg::Batch(sts) => SessionMsgWire::Stanzas(sts.iter().map(|st| st.el.to_string_with_ns()).collect()),
+                SessionMsg::Batch(sts) => {
+                    SessionMsgWire::Stanzas(sts.iter().map(|st| st.el.to_string_with_ns()).collect())
+                }
                 SessionMsg::Stanza(st) => {
                     // Stanzas travel as Forward::Stanza; one sent as a session
                     // message keeps the session's own delivery path.

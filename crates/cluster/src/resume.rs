@@ -118,7 +118,7 @@ pub(crate) fn decode(el: &Element) -> Option<Found> {
     let list = |name: &str| -> Vec<Element> {
         el.get_child(name, NS).map(|l| l.children().cloned().collect()).unwrap_or_default()
     };
-    Some(Found::Moved(MovedSession {
+    Some(Found::Moved(Box::new(MovedSession {
         jid: FullJid::new(el.attr("jid")?).ok()?,
         inbound: el.attr("in")?.parse().ok()?,
         outbound: el.attr("out")?.parse().ok()?,
@@ -128,7 +128,7 @@ pub(crate) fn decode(el: &Element) -> Option<Found> {
         priority: el.attr("priority")?.parse().ok()?,
         directed: el.get_child("directed", NS).map(|d| d.children().map(Element::text).collect()).unwrap_or_default(),
         state: list("state"),
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -164,7 +164,7 @@ mod tests {
         let wire = encode_moved(&m).to_string_with_ns();
         let back = meerkat_xml::parse_element(&wire, &limits()).unwrap();
         match decode(&back) {
-            Some(Found::Moved(got)) => assert_eq!(got, m),
+            Some(Found::Moved(got)) => assert_eq!(*got, m),
             other => panic!("{other:?}"),
         }
         let stale = Element::builder("stale", NS).attr("h", "12").build();

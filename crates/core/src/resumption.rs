@@ -52,7 +52,7 @@ pub struct MovedSession {
 #[derive(Debug)]
 pub enum Found {
     /// A live or detached session, now handed over.
-    Moved(MovedSession),
+    Moved(Box<MovedSession>),
     /// The session timed out; this many stanzas from the client were handled.
     Stale(u32),
     /// Unknown id, or another user's.

@@ -101,8 +101,10 @@ impl ArchiveStore for SqliteStore {
         if q.min_id > q.max_id || q.limit == 0 {
             return Ok(ArchivePage { rows: Vec::new(), complete: q.min_id > q.max_id });
         }
-        let mut sql =
-            format!(concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id >= ?3 AND id <= ?4"), COLUMNS);
+        let mut sql = format!(
+            concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id >= ?3 AND id <= ?4"),
+            COLUMNS
+        );
         let mut args: Vec<rusqlite::types::Value> =
             vec![acc.domain.to_owned().into(), acc.user.to_owned().into(), q.min_id.into(), q.max_id.into()];
         if let Some(w) = &q.with_jid {
@@ -140,7 +142,10 @@ impl ArchiveStore for SqliteStore {
         self.read(move |conn| {
             let err = db_err("archive fetch_ids");
             let mut st = conn
-                .prepare_cached(&format!(concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id = ?3"), COLUMNS))
+                .prepare_cached(&format!(
+                    concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id = ?3"),
+                    COLUMNS
+                ))
                 .map_err(&err)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
@@ -178,7 +183,11 @@ impl ArchiveStore for SqliteStore {
                 })
                 .map_err(&err)?;
             if let Some(id) = id {
-                tx.prepare_cached(concat!("UPDATE mam_messages SET stanza = ?4 WHERE owner = ", owner!(), " AND id = ?3"))
+                tx.prepare_cached(concat!(
+                    "UPDATE mam_messages SET stanza = ?4 WHERE owner = ",
+                    owner!(),
+                    " AND id = ?3"
+                ))
                 .and_then(|mut st| st.execute(params![d, u, id, t]))
                 .map_err(&err)?;
             }

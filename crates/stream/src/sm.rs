@@ -124,7 +124,15 @@ impl C2s {
                     enabled.set_attr("max", cfg.resume_timeout.to_string());
                     id = Some(rid);
                 }
-                self.sm = Some(Sm { id, inbound: 0, outbound: 0, unacked: VecDeque::new(), requested_at: 0, r_pending: false, behind_since: None });
+                self.sm = Some(Sm {
+                    id,
+                    inbound: 0,
+                    outbound: 0,
+                    unacked: VecDeque::new(),
+                    requested_at: 0,
+                    r_pending: false,
+                    behind_since: None,
+                });
                 self.out.push(Output::Element(enabled));
             }
             "r" => {
@@ -233,7 +241,7 @@ impl C2s {
                     None => Found::Unknown,
                 };
                 match found {
-                    Found::Moved(m) => return self.adopt_moved(m, previd.to_string(), bare, h).await,
+                    Found::Moved(m) => return self.adopt_moved(*m, previd.to_string(), bare, h).await,
                     Found::Stale(h) => self.out.push(Output::Element(failed("item-not-found", Some(h)))),
                     Found::Unknown => self.out.push(Output::Element(failed("item-not-found", None))),
                 }
@@ -323,7 +331,7 @@ impl SessionMover for Mover {
             Err(_) => None,
         };
         match taken.and_then(|b| b.downcast::<C2s>().ok()) {
-            Some(old) => old.export().map_or(Found::Unknown, Found::Moved),
+            Some(old) => old.export().map_or(Found::Unknown, |m| Found::Moved(Box::new(m))),
             None => Found::Unknown,
         }
     }
