@@ -10,6 +10,9 @@ use meerkat_storage::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+/// [`meerkat_storage::RETRACT_WINDOW`] as an SQL parameter.
+const RETRACT_WINDOW: i64 = meerkat_storage::RETRACT_WINDOW as i64;
+
 use crate::store::{col, PgStore};
 
 const COLUMNS: &str = "id, with_jid, with_resource, direction, sender, origin_id, stanza";
@@ -127,18 +130,26 @@ impl ArchiveStore for PgStore {
     ) -> Result<Option<i64>> {
         let c = self.conn("archive retract").await?;
         let err = self.err("archive retract");
-        // One statement: the newest match is picked and replaced atomically.
+        // One statement: the newest match among the conversation's last 1,000
+        // rows (walked backwards through the with_jid index; there is no index
+        // on origin ids) is picked and replaced atomically.
         let st = c
             .prepare_cached(
                 "UPDATE mam_messages SET stanza = $6 WHERE domain = $1 AND username = $2 AND id = (
-                     SELECT id FROM mam_messages WHERE domain = $1 AND username = $2 AND with_jid = $3
-                     AND origin_id = $4 AND direction = $5 ORDER BY id DESC LIMIT 1)
+                     SELECT id FROM (
+                         SELECT id, origin_id, direction FROM mam_messages
+                         WHERE domain = $1 AND username = $2 AND with_jid = $3 ORDER BY id DESC LIMIT $7
+                     ) recent
+                     WHERE origin_id = $4 AND direction = $5 ORDER BY id DESC LIMIT 1)
                  RETURNING id",
             )
             .await
             .map_err(&err)?;
         let row = c
-            .query_opt(&st, &[&acc.domain, &acc.user, &with_jid, &origin_id, &direction.as_str(), &tombstone])
+            .query_opt(
+                &st,
+                &[&acc.domain, &acc.user, &with_jid, &origin_id, &direction.as_str(), &tombstone, &RETRACT_WINDOW],
+            )
             .await
             .map_err(&err)?;
         row.map(|r| col(&r, 0, "archive retract")).transpose()

@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_archive.sql")),
     (3, include_str!("../migrations/0003_singletons.sql")),
     (4, include_str!("../migrations/0004_muc.sql")),
+    (5, include_str!("../migrations/0005_archive_origin.sql")),
 ];
 
 /// The schema version this build creates and understands.

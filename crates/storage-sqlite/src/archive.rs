@@ -21,11 +21,8 @@ macro_rules! owner {
     };
 }
 
-/// How many of a conversation's most recent rows a retraction (XEP-0424)
-/// searches for the message it names: the lookup walks the (owner, with_jid,
-/// id) index backwards rather than keeping an index on origin ids, which would
-/// cost every archived row another B-tree insert.
-const RETRACT_WINDOW: i64 = 1000;
+/// [`meerkat_storage::RETRACT_WINDOW`] as an SQL parameter.
+const RETRACT_WINDOW: i64 = meerkat_storage::RETRACT_WINDOW as i64;
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<(ArchivedMessage, String)> {
     let direction: String = r.get(3)?;

@@ -158,6 +158,12 @@ pub struct ArchivePrefs {
     pub never: Vec<String>,
 }
 
+/// How many of a conversation's newest rows a retraction (XEP-0424) searches
+/// for the message it names: backends find it through the `(owner, with_jid,
+/// id)` index instead of keeping an index of origin ids, which would cost every
+/// archived row one more index insert.
+pub const RETRACT_WINDOW: usize = 1000;
+
 /// Message archive storage (XEP-0313, XEP-0441, XEP-0424 tombstones).
 #[async_trait::async_trait]
 pub trait ArchiveStore: Send + Sync {
@@ -169,7 +175,8 @@ pub trait ArchiveStore: Send + Sync {
     /// The rows with these ids that exist, oldest first.
     async fn fetch_ids(&self, acc: Account<'_>, ids: &[i64]) -> Result<Vec<ArchivedMessage>>;
     /// Replaces the stanza of the newest row with `with_jid`, `direction` and
-    /// `origin_id` by `tombstone`; returns its id (`None` when there is none).
+    /// `origin_id` by `tombstone`, among the [`RETRACT_WINDOW`] newest rows with
+    /// `with_jid`; returns its id (`None` when there is none).
     async fn retract(
         &self,
         acc: Account<'_>,

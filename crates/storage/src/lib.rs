@@ -20,7 +20,7 @@ pub mod memory;
 
 pub use archive::{
     ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, Direction,
-    PageFrom,
+    PageFrom, RETRACT_WINDOW,
 };
 
 pub use meerkat_sasl::StoredCredentials;

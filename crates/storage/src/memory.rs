@@ -331,7 +331,9 @@ impl ArchiveStore for MemoryStore {
         let hit = a
             .values_mut()
             .rev()
-            .find(|m| m.with_jid == with_jid && m.direction == direction && m.origin_id.as_deref() == Some(origin_id));
+            .filter(|m| m.with_jid == with_jid)
+            .take(crate::archive::RETRACT_WINDOW)
+            .find(|m| m.direction == direction && m.origin_id.as_deref() == Some(origin_id));
         Ok(hit.map(|m| {
             m.stanza = tombstone.to_owned();
             m.id

@@ -155,6 +155,21 @@ pub(super) async fn archive(s: &Stores, domain: &str) {
     assert_eq!(got[1].origin_id.as_deref(), Some("o1"));
     assert_eq!(got[2].stanza, "<keep/>");
 
+    // A retraction searches the conversation's RETRACT_WINDOW newest rows only.
+    let dave_jid = "dave@example.org".to_owned();
+    let mut rows = vec![entry(alice, msg(5000, &dave_jid, "", Direction::Incoming, Some("old")))];
+    rows.extend(
+        (1..=crate::archive::RETRACT_WINDOW as i64)
+            .map(|i| entry(alice, msg(5000 + i, &dave_jid, "", Direction::Outgoing, Some(&format!("n{i}"))))),
+    );
+    s.archive.append(&rows).await.unwrap();
+    assert_eq!(s.archive.retract(alice, &dave_jid, Direction::Incoming, "old", tomb).await.unwrap(), None);
+    assert_eq!(
+        s.archive.retract(alice, &dave_jid, Direction::Outgoing, "n1", tomb).await.unwrap(),
+        Some(5001),
+        "the oldest row within the window"
+    );
+
     // Preferences: stored sorted and deduplicated, replaced as a whole.
     let prefs = ArchivePrefs {
         default_mode: ArchiveMode::Roster,
