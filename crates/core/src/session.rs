@@ -139,6 +139,12 @@ pub struct RosterCache {
     pub items: HashMap<String, RosterItem>,
     /// Roster version.
     pub version: u64,
+    /// The roster's version when it was loaded: `items` holds every change up
+    /// to it.
+    pub loaded: u64,
+    /// The version of the last change applied to a contact's item since (a
+    /// removal included).
+    pub item_versions: HashMap<String, u64>,
 }
 
 impl RosterCache {
@@ -152,14 +158,24 @@ impl RosterCache {
         use meerkat_storage::Subscription::*;
         self.items.values().filter(|i| matches!(i.subscription, To | Both))
     }
-    /// Applies a change.
-    pub fn apply(&mut self, change: &RosterChange) {
-        if change.removed {
-            self.items.remove(&change.item.jid);
-        } else {
-            self.items.insert(change.item.jid.clone(), change.item.clone());
+    /// Applies a change unless the cache already holds that item in a newer
+    /// state; returns whether it did. Changes reach a session by two paths (the
+    /// session that made one applies it at once, the others get it through
+    /// their mailboxes), so an older change can arrive after a newer one.
+    pub fn apply(&mut self, change: &RosterChange) -> bool {
+        let jid = &change.item.jid;
+        let seen = self.item_versions.get(jid).copied().unwrap_or(self.loaded);
+        if change.version <= seen {
+            return false;
         }
-        self.version = change.version;
+        if change.removed {
+            self.items.remove(jid);
+        } else {
+            self.items.insert(jid.clone(), change.item.clone());
+        }
+        self.item_versions.insert(jid.clone(), change.version);
+        self.version = self.version.max(change.version);
+        true
     }
 }
 
@@ -244,6 +260,8 @@ pub async fn ensure_roster<'a>(
         s.roster = Some(RosterCache {
             items: roster.items.into_iter().map(|i| (i.jid.clone(), i)).collect(),
             version: roster.version,
+            loaded: roster.version,
+            item_versions: HashMap::new(),
         });
     }
     Ok(s.roster.as_mut().expect("loaded just above"))
@@ -327,5 +345,33 @@ mod ext_tests {
         *m.get_or_insert_with("c", || Box::new(100u32)).downcast_mut::<u32>().unwrap() += 1;
         assert_eq!(m.get("c").and_then(|v| v.downcast_ref::<u32>()), Some(&6));
         assert!(m.remove("b").is_some() && !m.contains_key("b") && m.contains_key("a"));
+    }
+}
+
+#[cfg(test)]
+mod roster_cache_tests {
+    use super::*;
+    use meerkat_storage::Subscription;
+
+    fn change(jid: &str, sub: Subscription, version: u64, removed: bool) -> RosterChange {
+        let item = RosterItem { jid: jid.into(), subscription: sub, ..RosterItem::default() };
+        RosterChange { item, removed, version, origin: None }
+    }
+
+    /// A change that reaches the session after a newer one of the same item
+    /// (through the mailbox, while the session applied its own at once) is
+    /// ignored; changes to other items, and anything newer than the load, apply.
+    #[test]
+    fn older_changes_never_overwrite_newer_ones() {
+        let mut r = RosterCache { version: 5, loaded: 5, ..RosterCache::default() };
+        assert!(!r.apply(&change("a@x", Subscription::To, 4, false)), "already in the loaded roster");
+        assert!(r.apply(&change("a@x", Subscription::Both, 7, false)));
+        assert!(!r.apply(&change("a@x", Subscription::To, 6, false)), "older than what is cached");
+        assert_eq!(r.items["a@x"].subscription, Subscription::Both);
+        assert!(r.apply(&change("b@x", Subscription::From, 6, false)), "another item's older version applies");
+        assert_eq!(r.version, 7);
+        assert!(r.apply(&change("a@x", Subscription::None, 8, true)));
+        assert!(!r.apply(&change("a@x", Subscription::Both, 7, false)), "a removal is remembered");
+        assert!(!r.items.contains_key("a@x"));
     }
 }

@@ -155,7 +155,9 @@ fn versioning_of(ctx: &ServerContext) -> bool {
 /// asked for the roster (RFC 6121 §2.1.6).
 fn apply_and_push(s: &mut SessionState, change: &RosterChange, versioning: bool) {
     if let Some(r) = &mut s.roster {
-        r.apply(change);
+        if !r.apply(change) {
+            return; // older than what the session holds: neither cached nor pushed
+        }
     }
     if s.roster_requested && (change.removed || change.item.visible) {
         let mut q = Element::new("query", ns::ROSTER);
