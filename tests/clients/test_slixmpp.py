@@ -368,6 +368,48 @@ async def test_muc_refusals_with_slixmpp(server):
     await other.close()
 
 
+async def test_room_registration_with_slixmpp(server):
+    """XEP-0045 §7.10 through slixmpp's XEP-0077 plugin: the room's registration
+    form, a submitted nickname (membership and a reservation), <registered/>
+    afterwards, and another user refused that nickname on join."""
+    from slixmpp.exceptions import PresenceError
+    room = "club@conference.localhost"
+    owner = Client("dave@localhost/reg", "dave-secret")
+    member = Client("erin@localhost/reg", "erin-secret")
+    for c in (owner, member):
+        for p in ("xep_0030", "xep_0045", "xep_0004", "xep_0077"):
+            c.register_plugin(p)
+    assert await owner.login(server) and await member.login(server)
+    muc = owner.plugin["xep_0045"]
+    await muc.join_muc_wait(room, "Dave", timeout=10)
+    submit = owner.plugin["xep_0004"].make_form(ftype="submit")
+    submit.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+    await muc.set_room_config(room, submit)
+
+    reg = member.plugin["xep_0077"]
+    form = (await reg.get_registration(jid=room))["register"]["form"]
+    assert "muc#register_roomnick" in [f["var"] for f in form["fields"]], form
+    iq = member.Iq(stype="set", sto=room)
+    answer = iq["register"]["form"]
+    answer["type"] = "submit"
+    answer.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#register")
+    answer.add_field(var="muc#register_roomnick", value="Erin")
+    await iq.send(timeout=10)
+    again = (await reg.get_registration(jid=room))["register"]
+    assert again["registered"] and again["username"] == "Erin", again
+    members = await muc.get_affiliation_list(room, "member")
+    assert [str(j) for j in members] == ["erin@localhost"]
+
+    # The owner may not take the reserved nickname.
+    try:
+        await owner.plugin["xep_0045"].join_muc_wait(room, "Erin", timeout=10)
+        raise AssertionError("a reserved nickname was accepted")
+    except PresenceError as e:
+        assert e.condition == "conflict", e
+    await owner.close()
+    await member.close()
+
+
 async def test_muc_light_with_slixmpp(server):
     """MUC Light driven through slixmpp's stanza API (no plugin exists for it):
     create a room with a member, chat, read the occupant list, leave."""

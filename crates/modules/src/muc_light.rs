@@ -584,7 +584,7 @@ impl MucLight {
         let rows: Vec<RoomAffiliation> = room
             .occupants
             .iter()
-            .map(|(j, a)| RoomAffiliation { jid: j.clone(), affiliation: a.as_str().to_owned(), reason: String::new() })
+            .map(|(j, a)| RoomAffiliation { jid: j.clone(), affiliation: a.as_str().to_owned(), ..Default::default() })
             .collect();
         let (service, name) = room.service_and_name();
         match ctx.stores.muc.create_room(service, name, &room.to_stored(), &rows).await {
@@ -749,7 +749,7 @@ impl MucLight {
                 .map(|(j, a)| RoomAffiliation {
                     jid: j.clone(),
                     affiliation: aff_name(*a).to_owned(),
-                    reason: String::new(),
+                    ..Default::default()
                 })
                 .collect();
             let prev_version = std::mem::replace(&mut r.version, random_id(10));

@@ -699,3 +699,121 @@ async fn a_room_larger_than_the_mailbox_and_the_sm_buffer() {
     assert_eq!(late.expect_stream_error().await.as_deref(), Some("resource-constraint"));
     s.stop().await;
 }
+
+/// §7.10 registration: the form, registering (membership and a reserved
+/// nickname), `<registered/>` afterwards, the reservation enforced on join and
+/// nick change, §7.12 discovery of the reserved nickname, the member list, the
+/// refusals (taken nickname, banned user, members-only room, bad form),
+/// cancellation with `<remove/>`, and the reservation kept across a restart.
+#[tokio::test]
+async fn registration_reserves_a_nickname_and_grants_membership() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path());
+    let s = TestServer::start_with(cfg.clone(), None).await.unwrap();
+    users(&s, &["owner", "bob", "carol", "troll"]).await;
+    let mut owner = online(&s, "owner").await;
+    create_instant(&mut owner, ROOM, "Boss").await;
+    configure(&mut owner, ROOM, "<field var='muc#roomconfig_persistentroom'><value>1</value></field>").await;
+    let reg = |id: &str, body: &str| {
+        format!("<iq type='set' to='{ROOM}' id='{id}'><query xmlns='jabber:iq:register'>{body}</query></iq>")
+    };
+    let submit = |nick: &str| {
+        format!(
+            "<x xmlns='jabber:x:data' type='submit'>\
+               <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>\
+               <field var='muc#register_roomnick'><value>{nick}</value></field></x>"
+        )
+    };
+    let info = iq(
+        &mut owner,
+        "f",
+        &format!("<iq type='get' to='{ROOM}' id='f'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+    )
+    .await;
+    assert!(info.to_string().contains("jabber:iq:register"), "registration is advertised: {info}");
+
+    // Bob (no affiliation) gets the form, joins, then registers: he becomes a
+    // member and the room tells everyone.
+    let mut bob = online(&s, "bob").await;
+    let form =
+        iq(&mut bob, "g", &format!("<iq type='get' to='{ROOM}' id='g'><query xmlns='jabber:iq:register'/></iq>")).await;
+    assert_eq!(form.attr("type"), Some("result"), "{form}");
+    let f = form.to_string();
+    assert!(f.contains("muc#register_roomnick") && f.contains("http://jabber.org/protocol/muc#register"), "{f}");
+    join(&mut bob, ROOM, "Bobby", "").await;
+    owner.expect_where(|e| e.name() == "presence").await;
+    let r = iq(&mut bob, "r", &reg("r", &submit("Bobby"))).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let p = owner.expect_where(|e| e.name() == "presence").await;
+    assert_eq!(muc_item(&p).and_then(|i| i.attr("affiliation")), Some("member"), "{p}");
+    let again =
+        iq(&mut bob, "g2", &format!("<iq type='get' to='{ROOM}' id='g2'><query xmlns='jabber:iq:register'/></iq>"))
+            .await;
+    let q = again.get_child("query", ns::REGISTER).expect("query");
+    assert!(q.has_child("registered", ns::REGISTER), "{again}");
+    assert_eq!(q.child_text("username", ns::REGISTER).as_deref(), Some("Bobby"));
+    let mine = iq(&mut bob, "n", &format!("<iq type='get' to='{ROOM}' id='n'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>")).await;
+    let id = mine
+        .get_child("query", ns::DISCO_INFO)
+        .and_then(|q| q.get_child("identity", ns::DISCO_INFO))
+        .map(|i| i.attr("name").map(str::to_owned));
+    assert_eq!(id, Some(Some("Bobby".to_owned())), "{mine}");
+    let members = iq(&mut owner, "m", &format!("<iq type='get' to='{ROOM}' id='m'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='member'/></query></iq>")).await;
+    assert!(
+        members.to_string().contains("jid=\"bob@localhost\"") || members.to_string().contains("jid='bob@localhost'"),
+        "{members}"
+    );
+    assert!(members.to_string().contains("Bobby"), "the member list shows the reserved nick: {members}");
+
+    // Carol: the reserved nick is refused on registration, on join and on a
+    // nick change; she has no reservation of her own to discover.
+    let mut carol = online(&s, "carol").await;
+    let r = iq(&mut carol, "r", &reg("r", &submit("Bobby"))).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("conflict"), "{r}");
+    let none = iq(&mut carol, "n", &format!("<iq type='get' to='{ROOM}' id='n'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>")).await;
+    assert!(none.get_child("query", ns::DISCO_INFO).is_some_and(|q| q.children().next().is_none()), "{none}");
+    bob.send(&format!("<presence to='{ROOM}/Bobby' type='unavailable'/>")).await;
+    bob.expect_where(|e| e.name() == "presence").await;
+    carol.send(&format!("<presence to='{ROOM}/Bobby'><x xmlns='{MUC}'/></presence>")).await;
+    let e = carol.expect_where(|e| e.name() == "presence").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("conflict"), "a reserved nick is refused on join: {e}");
+    join(&mut carol, ROOM, "Caro", "").await;
+    carol.send(&format!("<presence to='{ROOM}/Bobby'/>")).await;
+    let e = carol.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("error")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("conflict"), "a reserved nick is refused on nick change: {e}");
+    // Bad forms.
+    let r = iq(&mut carol, "b", &reg("b", "<x xmlns='jabber:x:data' type='submit'/>")).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"), "{r}");
+    let r = iq(&mut carol, "b2", &reg("b2", "")).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"), "{r}");
+
+    // A banned user may not register.
+    let ban = iq(&mut owner, "ban", &format!("<iq type='set' to='{ROOM}' id='ban'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='troll@localhost' affiliation='outcast'/></query></iq>")).await;
+    assert_eq!(ban.attr("type"), Some("result"));
+    let mut troll = online(&s, "troll").await;
+    let r = iq(&mut troll, "r", &reg("r", &submit("Troll"))).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-allowed"), "{r}");
+    drop((bob, carol, troll, owner));
+    s.stop().await;
+
+    // The reservation survives a restart; <remove/> ends it and the membership.
+    let s = TestServer::start_with(cfg, None).await.unwrap();
+    let mut carol = online(&s, "carol").await;
+    carol.send(&format!("<presence to='{ROOM}/Bobby'><x xmlns='{MUC}'/></presence>")).await;
+    let e = carol.expect_where(|e| e.name() == "presence").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("conflict"), "still reserved after a restart: {e}");
+    let mut bob = online(&s, "bob").await;
+    let r = iq(&mut bob, "x", &reg("x", "<remove/>")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let seen = join(&mut carol, ROOM, "Bobby", "").await;
+    let own =
+        seen.iter().find(|e| e.name() == "presence" && codes(e).contains(&"110".to_owned())).expect("own presence");
+    assert_eq!(muc_item(own).and_then(|i| i.attr("affiliation")), Some("none"), "{own}");
+    // Bob is no longer a member, and a members-only room refuses registration
+    // to non-members.
+    let mut owner = online(&s, "owner").await;
+    configure(&mut owner, ROOM, "<field var='muc#roomconfig_membersonly'><value>1</value></field>").await;
+    let r = iq(&mut bob, "y", &reg("y", &submit("Bob"))).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-allowed"), "{r}");
+    s.stop().await;
+}

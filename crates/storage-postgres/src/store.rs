@@ -597,12 +597,13 @@ async fn write_affiliations(
         } else {
             let st = tx
                 .prepare_cached(
-                    "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (service, room, jid) DO UPDATE SET affiliation = excluded.affiliation, reason = excluded.reason",
+                    "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason, nick) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (service, room, jid) DO UPDATE
+                     SET affiliation = excluded.affiliation, reason = excluded.reason, nick = excluded.nick",
                 )
                 .await
                 .map_err(err)?;
-            tx.execute(&st, &[&service, &room, &c.jid, &c.affiliation, &c.reason]).await.map_err(err)?;
+            tx.execute(&st, &[&service, &room, &c.jid, &c.affiliation, &c.reason, &c.nick]).await.map_err(err)?;
         }
     }
     Ok(())
@@ -674,7 +675,7 @@ impl meerkat_storage::MucStore for PgStore {
         let config: String = col(&row, 0, "load_room")?;
         let st = c
             .prepare_cached(
-                "SELECT jid, affiliation, reason FROM muc_affiliations WHERE service = $1 AND room = $2 ORDER BY jid",
+                "SELECT jid, affiliation, reason, nick FROM muc_affiliations WHERE service = $1 AND room = $2 ORDER BY jid",
             )
             .await
             .map_err(&err)?;
@@ -688,6 +689,7 @@ impl meerkat_storage::MucStore for PgStore {
                     jid: col(r, 0, "load_room")?,
                     affiliation: col(r, 1, "load_room")?,
                     reason: col(r, 2, "load_room")?,
+                    nick: col(r, 3, "load_room")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -51,6 +51,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_singletons.sql")),
     (4, include_str!("../migrations/0004_muc.sql")),
     (5, include_str!("../migrations/0005_archive_owner.sql")),
+    (6, include_str!("../migrations/0006_muc_nick.sql")),
 ];
 
 /// The schema version this build creates and understands.

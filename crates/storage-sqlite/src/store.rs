@@ -622,10 +622,11 @@ fn write_affiliations(
                 .map_err(db_err(what))?;
         } else {
             tx.prepare_cached(
-                "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (service, room, jid) DO UPDATE SET affiliation = excluded.affiliation, reason = excluded.reason",
+                "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason, nick) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (service, room, jid) DO UPDATE
+                 SET affiliation = excluded.affiliation, reason = excluded.reason, nick = excluded.nick",
             )
-            .and_then(|mut st| st.execute(params![service, room, c.jid, c.affiliation, c.reason]))
+            .and_then(|mut st| st.execute(params![service, room, c.jid, c.affiliation, c.reason, c.nick]))
             .map_err(db_err(what))?;
         }
     }
@@ -711,12 +712,17 @@ impl meerkat_storage::MucStore for SqliteStore {
             let Some(config) = config else { return Ok(None) };
             let mut st = conn
                 .prepare_cached(
-                    "SELECT jid, affiliation, reason FROM muc_affiliations WHERE service = ?1 AND room = ?2 ORDER BY jid",
+                    "SELECT jid, affiliation, reason, nick FROM muc_affiliations WHERE service = ?1 AND room = ?2 ORDER BY jid",
                 )
                 .map_err(&err)?;
             let affiliations = st
                 .query_map(params![service, room], |r| {
-                    Ok(meerkat_storage::RoomAffiliation { jid: r.get(0)?, affiliation: r.get(1)?, reason: r.get(2)? })
+                    Ok(meerkat_storage::RoomAffiliation {
+                        jid: r.get(0)?,
+                        affiliation: r.get(1)?,
+                        reason: r.get(2)?,
+                        nick: r.get(3)?,
+                    })
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(&err)?;

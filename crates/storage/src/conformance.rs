@@ -84,7 +84,7 @@ async fn rooms(stores: &Stores, tag: &str) {
     use crate::{ArchiveEntry, ArchiveQuery, ArchivedMessage, Direction, RoomAffiliation};
     let m = &stores.muc;
     let service = format!("conference.{tag}.example");
-    let aff = |jid: &str, a: &str| RoomAffiliation { jid: jid.into(), affiliation: a.into(), reason: String::new() };
+    let aff = |jid: &str, a: &str| RoomAffiliation { jid: jid.into(), affiliation: a.into(), ..Default::default() };
     assert_eq!(m.load_room(&service, "lobby").await.unwrap(), None);
     assert!(matches!(m.update_room(&service, "lobby", "x").await, Err(Error::NotFound)));
     assert!(matches!(m.set_affiliations(&service, "lobby", &[aff("a@x", "member")]).await, Err(Error::NotFound)));
@@ -94,13 +94,31 @@ async fn rooms(stores: &Stores, tag: &str) {
     assert!(matches!(m.create_room(&service, "lobby", "other", &[]).await, Err(Error::AlreadyExists)));
     m.create_room(&service, "attic", "<config v='a'/>", &[aff("bob@x", "admin")]).await.unwrap();
     m.update_room(&service, "lobby", "<config v='2'/>").await.unwrap();
-    let banned = RoomAffiliation { jid: "troll@x".into(), affiliation: "outcast".into(), reason: "spam".into() };
-    m.set_affiliations(&service, "lobby", &[aff("bob@x", "none"), banned.clone(), aff("carol@x", "admin")])
-        .await
-        .unwrap();
+    let banned = RoomAffiliation {
+        jid: "troll@x".into(),
+        affiliation: "outcast".into(),
+        reason: "spam".into(),
+        ..Default::default()
+    };
+    // A registered member's reserved nickname (XEP-0045 §7.10) is kept, and
+    // replaced by a later change of the row.
+    let dave = |nick: &str| RoomAffiliation {
+        jid: "dave@x".into(),
+        affiliation: "member".into(),
+        nick: nick.into(),
+        ..Default::default()
+    };
+    m.set_affiliations(&service, "lobby", &[dave("davy")]).await.unwrap();
+    m.set_affiliations(
+        &service,
+        "lobby",
+        &[aff("bob@x", "none"), banned.clone(), aff("carol@x", "admin"), dave("dave")],
+    )
+    .await
+    .unwrap();
     let r = m.load_room(&service, "lobby").await.unwrap().unwrap();
     assert_eq!(r.config, "<config v='2'/>");
-    assert_eq!(r.affiliations, vec![aff("carol@x", "admin"), aff("owner@x", "owner"), banned]);
+    assert_eq!(r.affiliations, vec![aff("carol@x", "admin"), dave("dave"), aff("owner@x", "owner"), banned]);
     let listed = m.list_rooms(&service).await.unwrap();
     assert_eq!(listed, vec![("attic".into(), "<config v='a'/>".into()), ("lobby".into(), "<config v='2'/>".into())]);
     assert_eq!(m.rooms_of(&service, "bob@x").await.unwrap(), vec![("attic".into(), "admin".into())]);

@@ -252,8 +252,9 @@ pub trait SingletonStore: Send + Sync {
 
 /// A room's affiliation of one user (XEP-0045 §5.2, MUC Light): the user's bare
 /// JID and the affiliation as the module names it (`owner`, `admin`, `member`,
-/// `outcast`), with a reason. Storage never interprets either.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `outcast`), with a reason and the nickname the user reserved in the room
+/// (XEP-0045 §7.10). Storage never interprets them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RoomAffiliation {
     /// The user's bare JID.
     pub jid: String,
@@ -261,6 +262,8 @@ pub struct RoomAffiliation {
     pub affiliation: String,
     /// Why it was given (may be empty).
     pub reason: String,
+    /// The nickname reserved by registering with the room (empty: none).
+    pub nick: String,
 }
 
 /// A stored room: its configuration (opaque text the module writes and reads)

@@ -21,7 +21,7 @@ use crate::{Direction, PageFrom};
 use crate::{MucStore, RoomAffiliation, StoredRoom};
 
 /// A room's affiliations: JID → (affiliation, reason).
-type Affiliations = BTreeMap<String, (String, String)>;
+type Affiliations = BTreeMap<String, RoomAffiliation>;
 
 /// Map key of an account: `(domain, user)`, so that one domain's users form a
 /// contiguous, sorted range of a `BTreeMap`.
@@ -398,19 +398,17 @@ impl crate::SingletonStore for MemoryStore {
 }
 
 /// A room's affiliations as rows, sorted by JID.
-fn affiliation_rows(affs: &BTreeMap<String, (String, String)>) -> Vec<RoomAffiliation> {
-    affs.iter()
-        .map(|(jid, (a, r))| RoomAffiliation { jid: jid.clone(), affiliation: a.clone(), reason: r.clone() })
-        .collect()
+fn affiliation_rows(affs: &Affiliations) -> Vec<RoomAffiliation> {
+    affs.values().cloned().collect()
 }
 
 /// Applies affiliation changes (`none` removes).
-fn apply_affiliations(affs: &mut BTreeMap<String, (String, String)>, changes: &[RoomAffiliation]) {
+fn apply_affiliations(affs: &mut Affiliations, changes: &[RoomAffiliation]) {
     for c in changes {
         if c.affiliation == "none" {
             affs.remove(&c.jid);
         } else {
-            affs.insert(c.jid.clone(), (c.affiliation.clone(), c.reason.clone()));
+            affs.insert(c.jid.clone(), c.clone());
         }
     }
 }
@@ -474,7 +472,7 @@ impl MucStore for MemoryStore {
             .rooms
             .iter()
             .filter(|((s, _), _)| s == service)
-            .filter_map(|((_, r), (_, a))| a.get(jid).map(|(aff, _)| (r.clone(), aff.clone())))
+            .filter_map(|((_, r), (_, a))| a.get(jid).map(|x| (r.clone(), x.affiliation.clone())))
             .collect())
     }
 }

@@ -92,6 +92,22 @@ struct Occupant {
     id: String,
 }
 
+/// A user's affiliation with the room, why it was given, and the nickname the
+/// user reserved by registering (§7.10; empty: none).
+#[derive(Debug, Clone)]
+struct Aff {
+    aff: Affiliation,
+    reason: String,
+    nick: String,
+}
+
+/// An affiliation change: who, to what, why, and the reserved nickname to
+/// keep (`None`: the current one).
+type AffChange = (BareJid, Affiliation, String, Option<String>);
+
+/// FORM_TYPE of the registration form (§7.10, §15.5.2).
+const NS_MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
+
 /// A message kept for history on join.
 #[derive(Debug)]
 struct HistoryItem {
@@ -129,7 +145,7 @@ impl Removal {
 pub(crate) struct Room {
     pub(crate) jid: BareJid,
     pub(crate) cfg: RoomConfig,
-    affs: HashMap<String, (Affiliation, String)>,
+    affs: HashMap<String, Aff>,
     occupants: HashMap<String, Occupant>,
     /// Real full JID → nick.
     by_jid: HashMap<FullJid, String>,
@@ -177,13 +193,7 @@ fn status(code: &str) -> Element {
 }
 
 impl Room {
-    fn new(
-        jid: BareJid,
-        cfg: RoomConfig,
-        affs: HashMap<String, (Affiliation, String)>,
-        locked: bool,
-        stored: bool,
-    ) -> Room {
+    fn new(jid: BareJid, cfg: RoomConfig, affs: HashMap<String, Aff>, locked: bool, stored: bool) -> Room {
         Room {
             jid,
             cfg,
@@ -200,7 +210,8 @@ impl Room {
 
     /// A new room created by `owner` (locked until configured, unless `instant`).
     pub(crate) fn create(jid: BareJid, cfg: RoomConfig, owner: &BareJid, locked: bool) -> Room {
-        let affs = HashMap::from([(owner.as_str().to_owned(), (Affiliation::Owner, String::new()))]);
+        let owner_aff = Aff { aff: Affiliation::Owner, reason: String::new(), nick: String::new() };
+        let affs = HashMap::from([(owner.as_str().to_owned(), owner_aff)]);
         Room::new(jid, cfg, affs, locked, false)
     }
 
@@ -213,7 +224,10 @@ impl Room {
     ) -> Room {
         let affs = affiliations
             .into_iter()
-            .filter_map(|a| Affiliation::parse(&a.affiliation).map(|aff| (a.jid, (aff, a.reason))))
+            .filter_map(|a| {
+                let aff = Affiliation::parse(&a.affiliation)?;
+                Some((a.jid, Aff { aff, reason: a.reason, nick: a.nick }))
+            })
             .collect();
         let mut room = Room::new(jid, cfg, affs, false, true);
         let limits = meerkat_xml::Limits::default();
@@ -239,7 +253,17 @@ impl Room {
     }
 
     fn affiliation(&self, bare: &BareJid) -> Affiliation {
-        self.affs.get(bare.as_str()).map_or(Affiliation::None, |(a, _)| *a)
+        self.affs.get(bare.as_str()).map_or(Affiliation::None, |a| a.aff)
+    }
+
+    /// Who reserved `nick` by registering (§7.10), if anyone.
+    fn reserved_by(&self, nick: &str) -> Option<&str> {
+        self.affs.iter().find(|(_, a)| !a.nick.is_empty() && a.nick == nick).map(|(j, _)| j.as_str())
+    }
+
+    /// The nickname `bare` reserved, if any.
+    fn reserved_nick(&self, bare: &BareJid) -> Option<&str> {
+        self.affs.get(bare.as_str()).map(|a| a.nick.as_str()).filter(|n| !n.is_empty())
     }
 
     fn owners(&self) -> Vec<String> {
@@ -247,7 +271,7 @@ impl Room {
     }
 
     fn with_affiliation(&self, a: Affiliation) -> Vec<String> {
-        let mut v: Vec<String> = self.affs.iter().filter(|(_, (x, _))| *x == a).map(|(j, _)| j.clone()).collect();
+        let mut v: Vec<String> = self.affs.iter().filter(|(_, x)| x.aff == a).map(|(j, _)| j.clone()).collect();
         v.sort();
         v
     }
@@ -451,6 +475,9 @@ impl Room {
             Some(refuse(StanzaErrorCondition::Forbidden, "you are banned from this room"))
         } else if self.occupants.get(&nick).is_some_and(|o| o.bare != bare) {
             Some(refuse(StanzaErrorCondition::Conflict, "this nickname is in use").with_type(ErrorType::Cancel))
+        } else if self.reserved_by(&nick).is_some_and(|j| j != bare.as_str()) {
+            // §7.2.9: a nickname another user registered with the room.
+            Some(refuse(StanzaErrorCondition::Conflict, "this nickname is reserved").with_type(ErrorType::Cancel))
         } else if self.cfg.members_only && aff < Affiliation::Member {
             Some(refuse(StanzaErrorCondition::RegistrationRequired, "the room is members-only"))
         } else if !self.cfg.password.is_empty()
@@ -584,6 +611,8 @@ impl Room {
         let new_jid = self.occupant_jid(&new);
         let err = if self.occupants.contains_key(&new) {
             Some(StanzaError::new(StanzaErrorCondition::Conflict).with_text("this nickname is in use"))
+        } else if self.reserved_by(&new).is_some_and(|j| j != bare.as_str()) {
+            Some(StanzaError::new(StanzaErrorCondition::Conflict).with_text("this nickname is reserved"))
         } else if self.occupants.get(old).is_some_and(|o| o.sessions.len() > 1) {
             Some(
                 StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("leave with your other sessions first"),
@@ -875,7 +904,7 @@ impl Room {
                 };
                 // §9.4: in a members-only room, an invitation by an admin makes the invitee a member.
                 if self.cfg.members_only && self.affiliation(&to.to_bare()) < Affiliation::Member {
-                    let change = vec![(to.to_bare(), Affiliation::Member, String::new())];
+                    let change = vec![(to.to_bare(), Affiliation::Member, String::new(), None)];
                     if self.apply_affiliations(env, change, None).await.is_err() {
                         return;
                     }
@@ -1049,6 +1078,20 @@ impl Room {
         };
         let aff = self.affiliation(&from.to_bare());
         match (q.ns(), is_set) {
+            // §7.12: the nickname the requester reserved.
+            (ns::DISCO_INFO, false) if q.attr("node") == Some("x-roomuser-item") => {
+                let mut out = Element::builder("query", ns::DISCO_INFO).attr("node", "x-roomuser-item").build();
+                if let Some(n) = self.reserved_nick(&from.to_bare()) {
+                    out.append_child(
+                        Element::builder("identity", ns::DISCO_INFO)
+                            .attr("category", "conference")
+                            .attr("type", "text")
+                            .attr("name", n)
+                            .build(),
+                    );
+                }
+                Ok(Some(out))
+            }
             (ns::DISCO_INFO, false) => Ok(Some(self.disco_info(env))),
             (ns::DISCO_ITEMS, false) => Ok(Some(self.disco_items(from))),
             (ns::PING, false) => Ok(None),
@@ -1063,6 +1106,8 @@ impl Room {
             (NS_MUC_OWNER, _) => Err(StanzaError::forbidden().with_text("only owners may configure the room")),
             (NS_MODERATE, true) => self.moderate(env, q, from).await.map(|()| None),
             (NS_MAM2 | NS_MAM1, _) => self.mam(env, st, q, from, aff, is_set).await,
+            (ns::REGISTER, false) => self.register_get(&from.to_bare(), aff).map(Some),
+            (ns::REGISTER, true) => self.register_set(env, q, &from.to_bare(), aff).await.map(|()| None),
             _ => Err(StanzaError::service_unavailable()),
         }
     }
@@ -1080,6 +1125,7 @@ impl Room {
             if c.non_anonymous { "muc_nonanonymous" } else { "muc_semianonymous" },
             NS_OCCUPANT_ID,
             NS_MODERATE,
+            ns::REGISTER,
             "http://jabber.org/protocol/muc#self-ping-optimization",
         ];
         if env.archived() {
@@ -1249,10 +1295,12 @@ impl Room {
                     .attr("affiliation", a.as_str())
                     .attr("jid", jid.as_str())
                     .build();
-                if let Some(n) = self.occupants.iter().find(|(_, o)| o.bare.as_str() == jid).map(|(n, _)| n) {
-                    i.set_attr("nick", n.as_str());
+                let entry = &self.affs[&jid];
+                let in_room = || self.occupants.iter().find(|(_, o)| o.bare.as_str() == jid).map(|(n, _)| n.as_str());
+                if let Some(n) = Some(entry.nick.as_str()).filter(|n| !n.is_empty()).or_else(in_room) {
+                    i.set_attr("nick", n);
                 }
-                let reason = &self.affs[&jid].1;
+                let reason = &entry.reason;
                 if !reason.is_empty() {
                     i.append_child(Element::builder("reason", NS_MUC_ADMIN).text(reason.as_str()).build());
                 }
@@ -1287,7 +1335,7 @@ impl Room {
         let my_nick = self.nick_of(from).map(str::to_owned);
         let my_role = my_nick.as_ref().and_then(|n| self.occupants.get(n)).map_or(Role::None, |o| o.role);
         let mut roles: Vec<(String, Role, String)> = Vec::new();
-        let mut affs: Vec<(BareJid, Affiliation, String)> = Vec::new();
+        let mut affs: Vec<AffChange> = Vec::new();
         let items: Vec<&Element> = q.children().filter(|c| c.is("item", NS_MUC_ADMIN)).collect();
         if items.is_empty() {
             return Err(StanzaError::bad_request("expected <item/>"));
@@ -1316,7 +1364,7 @@ impl Room {
                 if !ok {
                     return Err(StanzaError::not_allowed().with_text("you may not change this affiliation"));
                 }
-                affs.push((target, a, reason));
+                affs.push((target, a, reason, None));
             } else if let Some(r) = it.attr("role") {
                 let r = Role::parse(r).ok_or_else(|| StanzaError::bad_request("unknown role"))?;
                 let nick = it.attr("nick").ok_or_else(|| StanzaError::bad_request("a role change names a nick"))?;
@@ -1340,7 +1388,7 @@ impl Room {
         }
         // The room keeps an owner.
         let mut owners: Vec<String> = self.owners();
-        for (j, a, _) in &affs {
+        for (j, a, _, _) in &affs {
             owners.retain(|o| o != j.as_str());
             if *a == Affiliation::Owner {
                 owners.push(j.as_str().to_owned());
@@ -1368,20 +1416,34 @@ impl Room {
         self.broadcast_presence(env, nick, &[status("110")], &[]).await;
     }
 
-    /// Stores and applies affiliation changes, then tells the occupants concerned.
+    /// Stores and applies affiliation changes, then tells the occupants
+    /// concerned (those whose affiliation changed). A change's nickname is the
+    /// reservation to keep (`None`: the current one); a user who loses the
+    /// affiliation, or is banned, loses the reservation too.
     async fn apply_affiliations(
         &mut self,
         env: &Env<'_>,
-        changes: Vec<(BareJid, Affiliation, String)>,
+        changes: Vec<AffChange>,
         actor: Option<&str>,
     ) -> Result<(), StanzaError> {
+        let changes: Vec<(BareJid, Affiliation, String, String)> = changes
+            .into_iter()
+            .map(|(j, a, reason, nick)| {
+                let nick = match a {
+                    Affiliation::None | Affiliation::Outcast => String::new(),
+                    _ => nick.unwrap_or_else(|| self.reserved_nick(&j).unwrap_or_default().to_owned()),
+                };
+                (j, a, reason, nick)
+            })
+            .collect();
         if self.stored {
             let rows: Vec<RoomAffiliation> = changes
                 .iter()
-                .map(|(j, a, r)| RoomAffiliation {
+                .map(|(j, a, r, nick)| RoomAffiliation {
                     jid: j.as_str().to_owned(),
                     affiliation: a.as_str().to_owned(),
                     reason: r.clone(),
+                    nick: nick.clone(),
                 })
                 .collect();
             let (service, room) = (self.jid.domain().as_str(), self.jid.node().map_or("", |n| n.as_str()));
@@ -1390,11 +1452,15 @@ impl Room {
                 return Err(StanzaError::internal());
             }
         }
-        for (jid, a, reason) in changes {
+        for (jid, a, reason, nick) in changes {
+            let before = self.affiliation(&jid);
             if a == Affiliation::None {
                 self.affs.remove(jid.as_str());
             } else {
-                self.affs.insert(jid.as_str().to_owned(), (a, reason.clone()));
+                self.affs.insert(jid.as_str().to_owned(), Aff { aff: a, reason: reason.clone(), nick });
+            }
+            if before == a {
+                continue;
             }
             let nicks: Vec<String> =
                 self.occupants.iter().filter(|(_, o)| o.bare == jid).map(|(n, _)| n.clone()).collect();
@@ -1413,6 +1479,110 @@ impl Room {
             }
         }
         Ok(())
+    }
+
+    // ---- registration (§7.10) ----
+
+    /// Whether `aff` may register: not banned, and in a members-only room
+    /// already on the member list (registration then only reserves a
+    /// nickname; membership there is granted by admins).
+    fn may_register(&self, aff: Affiliation) -> Result<(), StanzaError> {
+        if aff == Affiliation::Outcast {
+            return Err(StanzaError::not_allowed().with_text("you are banned from this room"));
+        }
+        if self.cfg.members_only && aff < Affiliation::Member {
+            return Err(
+                StanzaError::not_allowed().with_text("the room is members-only: membership is granted by its admins")
+            );
+        }
+        Ok(())
+    }
+
+    /// The registration form, or the nickname already registered.
+    fn register_get(&self, bare: &BareJid, aff: Affiliation) -> Result<Element, StanzaError> {
+        self.may_register(aff)?;
+        let mut q = Element::new("query", ns::REGISTER);
+        if let Some(n) = self.reserved_nick(bare) {
+            q.append_child(Element::new("registered", ns::REGISTER));
+            q.append_child(Element::builder("username", ns::REGISTER).text(n).build());
+            return Ok(q);
+        }
+        let field =
+            |var: &str, kind: &str| Element::builder("field", ns::DATA_FORMS).attr("var", var).attr("type", kind);
+        let x = Element::builder("x", ns::DATA_FORMS)
+            .attr("type", "form")
+            .append(Element::builder("title", ns::DATA_FORMS).text(format!("Registration with {}", self.jid)).build())
+            .append(
+                Element::builder("instructions", ns::DATA_FORMS)
+                    .text("Choose the nickname to reserve in this room; registering makes you a member.")
+                    .build(),
+            )
+            .append(
+                field("FORM_TYPE", "hidden")
+                    .append(Element::builder("value", ns::DATA_FORMS).text(NS_MUC_REGISTER).build())
+                    .build(),
+            )
+            .append(
+                field("muc#register_roomnick", "text-single")
+                    .attr("label", "Nickname")
+                    .append(Element::new("required", ns::DATA_FORMS))
+                    .build(),
+            )
+            .build();
+        q.append_child(x);
+        Ok(q)
+    }
+
+    /// A submitted registration form (the user becomes a member with the
+    /// nickname reserved), a cancelled one, or `<remove/>` (XEP-0077 §3.2:
+    /// the reservation goes, and a member's membership with it).
+    async fn register_set(
+        &mut self,
+        env: &Env<'_>,
+        q: &Element,
+        bare: &BareJid,
+        aff: Affiliation,
+    ) -> Result<(), StanzaError> {
+        self.may_register(aff)?;
+        if q.has_child("remove", ns::REGISTER) {
+            let change = match aff {
+                Affiliation::Member => (bare.clone(), Affiliation::None, String::new(), None),
+                a if a > Affiliation::Member => {
+                    let reason = self.affs.get(bare.as_str()).map(|e| e.reason.clone()).unwrap_or_default();
+                    (bare.clone(), a, reason, Some(String::new()))
+                }
+                _ => return Err(StanzaError::item_not_found().with_text("you are not registered with this room")),
+            };
+            return self.apply_affiliations(env, vec![change], None).await;
+        }
+        let x = q
+            .get_child("x", ns::DATA_FORMS)
+            .ok_or_else(|| StanzaError::bad_request("expected a muc#register data form"))?;
+        if x.attr("type") == Some("cancel") {
+            return Ok(());
+        }
+        if x.attr("type") != Some("submit")
+            || super::config::form_value(x, "FORM_TYPE").is_some_and(|t| t != NS_MUC_REGISTER)
+        {
+            return Err(StanzaError::bad_request("expected a submitted muc#register form"));
+        }
+        let wanted = super::config::form_value(x, "muc#register_roomnick").unwrap_or_default();
+        // The nickname as an occupant JID's resource (RFC 7622 resourceprep).
+        let nick = Jid::new(&format!("{}/{}", self.jid, wanted.trim()))
+            .ok()
+            .and_then(|j| j.resource().map(|r| r.as_str().to_owned()))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| StanzaError::bad_request("muc#register_roomnick is not a valid nickname"))?;
+        let taken = self.reserved_by(&nick).is_some_and(|j| j != bare.as_str())
+            || self.occupants.get(&nick).is_some_and(|o| o.bare != *bare);
+        if taken {
+            return Err(
+                StanzaError::new(StanzaErrorCondition::Conflict).with_text("this nickname is reserved or in use")
+            );
+        }
+        let reason = self.affs.get(bare.as_str()).map(|e| e.reason.clone()).unwrap_or_default();
+        let change = (bare.clone(), aff.max(Affiliation::Member), reason, Some(nick));
+        self.apply_affiliations(env, vec![change], None).await
     }
 
     // ---- owner (§10) ----
@@ -1439,7 +1609,7 @@ impl Room {
         let max_users = env.svc.cfg.max_users;
         let max_history = env.svc.cfg.history_length;
         let lists = self.cfg.apply_form(x, max_users, max_history)?;
-        let mut changes: Vec<(BareJid, Affiliation, String)> = Vec::new();
+        let mut changes: Vec<AffChange> = Vec::new();
         for (list, a) in [(&lists.owners, Affiliation::Owner), (&lists.admins, Affiliation::Admin)] {
             let Some(list) = list else { continue };
             let wanted: Vec<BareJid> = list
@@ -1451,12 +1621,12 @@ impl Room {
             for j in self.with_affiliation(a) {
                 if !wanted.iter().any(|w| w.as_str() == j) {
                     if let Ok(b) = BareJid::new(&j) {
-                        changes.push((b, Affiliation::None, String::new()));
+                        changes.push((b, Affiliation::None, String::new(), None));
                     }
                 }
             }
             for w in wanted {
-                changes.push((w, a, String::new()));
+                changes.push((w, a, String::new(), None));
             }
         }
         if lists.owners.as_ref().is_some_and(|o| o.iter().all(|s| s.trim().is_empty())) {
@@ -1511,10 +1681,11 @@ impl Room {
             let rows: Vec<RoomAffiliation> = self
                 .affs
                 .iter()
-                .map(|(j, (a, r))| RoomAffiliation {
+                .map(|(j, a)| RoomAffiliation {
                     jid: j.clone(),
-                    affiliation: a.as_str().to_owned(),
-                    reason: r.clone(),
+                    affiliation: a.aff.as_str().to_owned(),
+                    reason: a.reason.clone(),
+                    nick: a.nick.clone(),
                 })
                 .collect();
             match muc.create_room(service, room, &self.cfg.to_stored(), &rows).await {
