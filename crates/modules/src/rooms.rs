@@ -46,6 +46,9 @@ const OWNER_RECHECK: Duration = Duration::from_secs(1);
 pub(crate) async fn fan_out(ctx: &ServerContext, el: &Element, targets: impl IntoIterator<Item = Jid>) {
     let mut shared = el.clone();
     shared.freeze_children();
+    // Each copy's `to` replaces this one in place: a copy's attributes are
+    // cloned once, never grown.
+    shared.set_attr("to", "");
     let from = shared.attr("from").and_then(|f| Jid::new(f).ok());
     let kind = match shared.name() {
         "message" => StanzaKind::Message,

@@ -162,7 +162,12 @@ impl LocalRouter {
     /// RFC 6121 §8.5.2 / §8.5.3.1 / §8.5.3.2.1 for messages.
     async fn message(&self, ctx: &ServerContext, to: Jid, mut st: Stanza, hops: u8) {
         let ty = MessageType::of(&st);
-        let bare = to.to_bare();
+        // A bare address (most chat messages, every group chat copy) becomes
+        // the bare JID without a copy.
+        let (bare, full) = match to.try_into_full() {
+            Ok(full) => (full.to_bare(), Some(full)),
+            Err(bare) => (bare, None),
+        };
         if hops == 0 && matches!(ty, MessageType::Chat | MessageType::Normal | MessageType::Headline) {
             self.stamp(ctx, &bare, &mut st);
         }
@@ -173,7 +178,7 @@ impl LocalRouter {
             && ctx.hooks.delivery.iter().any(|h| h.wants_delivered_messages())
             && self.table.with_user(bare.as_str(), |l| l.len()) > 1)
             .then(|| st.clone());
-        if let Ok(full) = to.try_as_full() {
+        if let Some(full) = &full {
             // §8.5.3.1: a connected resource that matches exactly gets it.
             match self.deliver_full(full, st, hops) {
                 Ok(id) => return self.delivered(ctx, &bare, copy, &[id]),
