@@ -710,7 +710,7 @@ async fn registration_reserves_a_nickname_and_grants_membership() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path());
     let s = TestServer::start_with(cfg.clone(), None).await.unwrap();
-    users(&s, &["owner", "bob", "carol", "troll"]).await;
+    users(&s, &["owner", "bob", "carol", "troll", "dan"]).await;
     let mut owner = online(&s, "owner").await;
     create_instant(&mut owner, ROOM, "Boss").await;
     configure(&mut owner, ROOM, "<field var='muc#roomconfig_persistentroom'><value>1</value></field>").await;
@@ -764,6 +764,17 @@ async fn registration_reserves_a_nickname_and_grants_membership() {
         "{members}"
     );
     assert!(members.to_string().contains("Bobby"), "the member list shows the reserved nick: {members}");
+    // Registering again changes the reservation; the old nickname is free again.
+    let r = iq(&mut bob, "r2", &reg("r2", &submit("Robert"))).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = iq(&mut bob, "r3", &reg("r3", &submit("Bobby"))).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let mut dan = online(&s, "dan").await;
+    join(&mut dan, ROOM, "Robert", "").await;
+    dan.send(&format!("<presence to='{ROOM}/Robert' type='unavailable'/>")).await;
+    dan.expect_where(|e| e.name() == "presence" && e.attr("type") == Some("unavailable")).await;
+    quiet(&mut owner).await;
+    quiet(&mut bob).await;
 
     // Carol: the reserved nick is refused on registration, on join and on a
     // nick change; she has no reservation of her own to discover.
@@ -793,7 +804,7 @@ async fn registration_reserves_a_nickname_and_grants_membership() {
     let mut troll = online(&s, "troll").await;
     let r = iq(&mut troll, "r", &reg("r", &submit("Troll"))).await;
     assert_eq!(error_condition(&r).as_deref(), Some("not-allowed"), "{r}");
-    drop((bob, carol, troll, owner));
+    drop((bob, carol, troll, owner, dan));
     s.stop().await;
 
     // The reservation survives a restart; <remove/> ends it and the membership.

@@ -146,6 +146,8 @@ pub(crate) struct Room {
     pub(crate) jid: BareJid,
     pub(crate) cfg: RoomConfig,
     affs: HashMap<String, Aff>,
+    /// Reserved nickname → the bare JID that registered it (from `affs`).
+    reserved: HashMap<String, String>,
     occupants: HashMap<String, Occupant>,
     /// Real full JID → nick.
     by_jid: HashMap<FullJid, String>,
@@ -194,10 +196,13 @@ fn status(code: &str) -> Element {
 
 impl Room {
     fn new(jid: BareJid, cfg: RoomConfig, affs: HashMap<String, Aff>, locked: bool, stored: bool) -> Room {
+        let reserved =
+            affs.iter().filter(|(_, a)| !a.nick.is_empty()).map(|(j, a)| (a.nick.clone(), j.clone())).collect();
         Room {
             jid,
             cfg,
             affs,
+            reserved,
             occupants: HashMap::new(),
             by_jid: HashMap::new(),
             history: VecDeque::new(),
@@ -258,7 +263,7 @@ impl Room {
 
     /// Who reserved `nick` by registering (§7.10), if anyone.
     fn reserved_by(&self, nick: &str) -> Option<&str> {
-        self.affs.iter().find(|(_, a)| !a.nick.is_empty() && a.nick == nick).map(|(j, _)| j.as_str())
+        self.reserved.get(nick).map(String::as_str)
     }
 
     /// The nickname `bare` reserved, if any.
@@ -1454,10 +1459,21 @@ impl Room {
         }
         for (jid, a, reason, nick) in changes {
             let before = self.affiliation(&jid);
-            if a == Affiliation::None {
-                self.affs.remove(jid.as_str());
+            let old = if a == Affiliation::None {
+                self.affs.remove(jid.as_str())
             } else {
-                self.affs.insert(jid.as_str().to_owned(), Aff { aff: a, reason: reason.clone(), nick });
+                if !nick.is_empty() {
+                    self.reserved.insert(nick.clone(), jid.as_str().to_owned());
+                }
+                self.affs.insert(jid.as_str().to_owned(), Aff { aff: a, reason: reason.clone(), nick })
+            };
+            // The previous reservation ends unless it is the one just kept.
+            if let Some(old) = old.filter(|o| !o.nick.is_empty()) {
+                if self.reserved.get(&old.nick).is_some_and(|j| *j == *jid.as_str())
+                    && self.affs.get(jid.as_str()).is_none_or(|e| e.nick != old.nick)
+                {
+                    self.reserved.remove(&old.nick);
+                }
             }
             if before == a {
                 continue;
