@@ -38,37 +38,39 @@ impl ArchiveStore for PgStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut c = self.conn("archive append").await?;
+        // One statement per batch (arrays unnested server-side): a row costs no
+        // round trip and no statement of its own.
+        let mut cols: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+        let mut origin: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+        let mut stanza: Vec<&str> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let m = &r.msg;
+            cols.0.push(&r.domain);
+            cols.1.push(&r.user);
+            cols.2.push(m.id);
+            cols.3.push(&m.with_jid);
+            cols.4.push(&m.with_resource);
+            cols.5.push(m.direction.as_str());
+            cols.6.push(&m.sender);
+            origin.push(m.origin_id.as_deref());
+            stanza.push(&m.stanza);
+        }
+        let c = self.conn("archive append").await?;
         let err = self.err("archive append");
-        let tx = c.transaction().await.map_err(&err)?;
-        let st = tx
+        let st = c
             .prepare_cached(
                 "INSERT INTO mam_messages (domain, username, id, with_jid, with_resource, direction, sender,
-                 origin_id, stanza) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 origin_id, stanza)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                                      $7::text[], $8::text[], $9::text[])
                  ON CONFLICT (domain, username, id) DO NOTHING",
             )
             .await
             .map_err(&err)?;
-        for r in rows {
-            let m = &r.msg;
-            tx.execute(
-                &st,
-                &[
-                    &r.domain,
-                    &r.user,
-                    &m.id,
-                    &m.with_jid,
-                    &m.with_resource,
-                    &m.direction.as_str(),
-                    &m.sender,
-                    &m.origin_id,
-                    &m.stanza,
-                ],
-            )
+        c.execute(&st, &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &origin, &stanza])
             .await
             .map_err(&err)?;
-        }
-        tx.commit().await.map_err(&err)
+        Ok(())
     }
 
     async fn query(&self, acc: Account<'_>, q: &ArchiveQuery) -> Result<ArchivePage> {

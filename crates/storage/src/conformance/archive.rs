@@ -78,7 +78,11 @@ pub(super) async fn archive(s: &Stores, domain: &str) {
     let mut second: Vec<ArchiveEntry> = all[50..].iter().map(|m| entry(alice, m.clone())).collect();
     second.push(entry(bob, msg(5, &format!("alice-mam@{domain}"), "x", Direction::Incoming, None)));
     s.archive.append(&second).await.unwrap();
-    s.archive.append(&first).await.unwrap();
+    // Again, with a row twice in the same batch (two sessions of one user took
+    // the same message): each id is stored once.
+    let mut again = first.clone();
+    again.push(first[0].clone());
+    s.archive.append(&again).await.unwrap();
     s.archive.append(&[]).await.unwrap();
 
     let everything = ArchiveQuery { limit: 1000, ..ArchiveQuery::default() };
