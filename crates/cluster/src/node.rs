@@ -20,12 +20,8 @@ use crate::link::Work;
 use crate::singletons::{owner_value, Alive, Held};
 use crate::wire::{Envelope, Msg, Payload, SessionMsgWire, SnapEntry, Target};
 
-/// How often acknowledgements go out, stalled streams and lost nodes are
-/// checked. Every acknowledgement is a NATS message each way: at 10 ms they were
-/// a quarter of a busy cluster's NATS messages (one per peer per tick); at 50 ms
-/// a twentieth, and a message stays unacknowledged 50 ms longer (memory only:
-/// retransmission waits a second).
-const TICK: Duration = Duration::from_millis(50);
+/// How often acknowledgements go out and stalled streams are checked.
+const TICK: Duration = Duration::from_millis(10);
 /// Unacknowledged traffic is sent again after this long without progress.
 const RETRANSMIT_AFTER: Duration = Duration::from_millis(1000);
 /// Sessions per snapshot message (keeps messages well under NATS's 1 MB).
