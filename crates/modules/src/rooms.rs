@@ -204,16 +204,31 @@ async fn run_room<K: RoomKind>(
     summary: Arc<Mutex<Summary>>,
 ) {
     let key = format!("room:{jid}");
+    // A stanza that came back from the node this one forwarded to (that node
+    // left or was lost meanwhile): it goes to whoever owns the room now.
+    let mut back: Option<(Stanza, u8, NodeName)> = None;
     loop {
         match ctx.singletons().claim(&key).await {
             Ok(Owner::Me(lease)) => {
-                run_owned(&host, &ctx, &jid, &mut rx, &summary, lease).await;
+                let first = back.take().map(|(st, hops, _)| (st, hops));
+                run_owned(&host, &ctx, &jid, &mut rx, &summary, lease, first).await;
                 ctx.singletons().release(&key).await;
                 return;
             }
             Ok(Owner::Node(node)) => {
-                if forward_to_owner(&host, &ctx, &jid, &mut rx, &node).await {
-                    return;
+                if let Some((st, hops, from)) = back.take() {
+                    if from == node {
+                        // Still the node it came back from: give up on it.
+                        refuse_moving(&ctx, &jid, &node, st).await;
+                    } else if let Err(st) = ctx.router.forward_to_node(&node, st, hops) {
+                        if let Some(e) = st.error_reply(&StanzaError::internal()) {
+                            ctx.route(e).await;
+                        }
+                    }
+                }
+                match forward_to_owner(&host, &ctx, &jid, &mut rx, &node).await {
+                    Forwarding::End => return,
+                    Forwarding::Reclaim(b) => back = b.map(|(st, hops)| (st, hops, node)),
                 }
             }
             Err(e) => {
@@ -225,38 +240,52 @@ async fn run_room<K: RoomKind>(
     }
 }
 
-/// Forwards the room's stanzas to the node that runs it. Returns `true` when
-/// the task may end (no traffic for a while), `false` to claim again.
+/// What a forwarding room task does next.
+enum Forwarding {
+    /// The task may end (no traffic for a while).
+    End,
+    /// Claim the room again; with the stanza that came back, if one did.
+    Reclaim(Option<(Stanza, u8)>),
+}
+
+/// Answers a stanza that went round between nodes without finding the room.
+async fn refuse_moving(ctx: &ServerContext, jid: &BareJid, node: &NodeName, st: Stanza) {
+    tracing::warn!(room = %jid, %node, "not forwarding a room's stanza again");
+    let e = StanzaError::service_unavailable().with_type(ErrorType::Wait).with_text("the room is moving between nodes");
+    if let Some(e) = st.error_reply(&e) {
+        ctx.route(e).await;
+    }
+}
+
+/// Forwards the room's stanzas to the node that runs it, until there is no
+/// traffic for a while, the ownership check is due, or a stanza comes back
+/// (the owner left or was lost: the room is claimed again at once).
 async fn forward_to_owner<K: RoomKind>(
     host: &RoomHost<K>,
     ctx: &ServerContext,
     jid: &BareJid,
     rx: &mut mpsc::Receiver<(Stanza, u8)>,
     node: &NodeName,
-) -> bool {
+) -> Forwarding {
     let recheck = tokio::time::sleep(OWNER_RECHECK);
     tokio::pin!(recheck);
     let mut forwarded = false;
     loop {
         tokio::select! {
             m = rx.recv() => {
-                let Some((st, hops)) = m else { return true };
+                let Some((st, hops)) = m else { return Forwarding::End };
                 forwarded = true;
                 if hops >= MAX_HOPS {
-                    tracing::warn!(room = %jid, %node, "not forwarding a room's stanza again");
-                    let e = StanzaError::service_unavailable()
-                        .with_type(ErrorType::Wait)
-                        .with_text("the room is moving between nodes");
-                    if let Some(e) = st.error_reply(&e) {
-                        ctx.route(e).await;
-                    }
+                    return Forwarding::Reclaim(Some((st, hops)));
                 } else if let Err(st) = ctx.router.forward_to_node(node, st, hops + 1) {
                     if let Some(e) = st.error_reply(&StanzaError::internal()) {
                         ctx.route(e).await;
                     }
                 }
             }
-            () = &mut recheck => return !forwarded && host.retire(jid, rx),
+            () = &mut recheck => {
+                return if !forwarded && host.retire(jid, rx) { Forwarding::End } else { Forwarding::Reclaim(None) };
+            }
         }
     }
 }
@@ -269,12 +298,21 @@ async fn run_owned<K: RoomKind>(
     rx: &mut mpsc::Receiver<(Stanza, u8)>,
     summary: &Mutex<Summary>,
     mut lease: Lease,
+    first: Option<(Stanza, u8)>,
 ) {
     let kind = &host.kind;
     let mut room = match kind.load(ctx, jid).await {
         Ok(r) => r,
-        Err(e) => return fail_all(host, ctx, jid, rx, e).await,
+        Err(e) => {
+            if let Some(er) = first.and_then(|(st, _)| st.error_reply(&e)) {
+                ctx.route(er).await;
+            }
+            return fail_all(host, ctx, jid, rx, e).await;
+        }
     };
+    if let Some((st, _)) = first {
+        kind.handle(ctx, &mut room, st).await;
+    }
     let hibernate = kind.hibernate();
     loop {
         let idle = room.as_ref().is_none_or(|r| kind.idle(r));
