@@ -210,7 +210,7 @@ async fn run_room<K: RoomKind>(
     loop {
         match ctx.singletons().claim(&key).await {
             Ok(Owner::Me(lease)) => {
-                let first = back.take().map(|(st, hops, _)| (st, hops));
+                let first = back.take().map(|(st, _, _)| st);
                 run_owned(&host, &ctx, &jid, &mut rx, &summary, lease, first).await;
                 ctx.singletons().release(&key).await;
                 return;
@@ -220,10 +220,8 @@ async fn run_room<K: RoomKind>(
                     if from == node {
                         // Still the node it came back from: give up on it.
                         refuse_moving(&ctx, &jid, &node, st).await;
-                    } else if let Err(st) = ctx.router.forward_to_node(&node, st, hops) {
-                        if let Some(e) = st.error_reply(&StanzaError::internal()) {
-                            ctx.route(e).await;
-                        }
+                    } else {
+                        forward(&ctx, &node, st, hops).await;
                     }
                 }
                 match forward_to_owner(&host, &ctx, &jid, &mut rx, &node).await {
@@ -246,6 +244,15 @@ enum Forwarding {
     End,
     /// Claim the room again; with the stanza that came back, if one did.
     Reclaim(Option<(Stanza, u8)>),
+}
+
+/// Hands a room's stanza to the node that runs the room.
+async fn forward(ctx: &ServerContext, node: &NodeName, st: Stanza, hops: u8) {
+    if let Err(st) = ctx.router.forward_to_node(node, st, hops) {
+        if let Some(e) = st.error_reply(&StanzaError::internal()) {
+            ctx.route(e).await;
+        }
+    }
 }
 
 /// Answers a stanza that went round between nodes without finding the room.
@@ -277,11 +284,8 @@ async fn forward_to_owner<K: RoomKind>(
                 forwarded = true;
                 if hops >= MAX_HOPS {
                     return Forwarding::Reclaim(Some((st, hops)));
-                } else if let Err(st) = ctx.router.forward_to_node(node, st, hops + 1) {
-                    if let Some(e) = st.error_reply(&StanzaError::internal()) {
-                        ctx.route(e).await;
-                    }
                 }
+                forward(ctx, node, st, hops + 1).await;
             }
             () = &mut recheck => {
                 return if !forwarded && host.retire(jid, rx) { Forwarding::End } else { Forwarding::Reclaim(None) };
@@ -298,19 +302,19 @@ async fn run_owned<K: RoomKind>(
     rx: &mut mpsc::Receiver<(Stanza, u8)>,
     summary: &Mutex<Summary>,
     mut lease: Lease,
-    first: Option<(Stanza, u8)>,
+    first: Option<Stanza>,
 ) {
     let kind = &host.kind;
     let mut room = match kind.load(ctx, jid).await {
         Ok(r) => r,
         Err(e) => {
-            if let Some(er) = first.and_then(|(st, _)| st.error_reply(&e)) {
+            if let Some(er) = first.and_then(|st| st.error_reply(&e)) {
                 ctx.route(er).await;
             }
             return fail_all(host, ctx, jid, rx, e).await;
         }
     };
-    if let Some((st, _)) = first {
+    if let Some(st) = first {
         kind.handle(ctx, &mut room, st).await;
     }
     let hibernate = kind.hibernate();

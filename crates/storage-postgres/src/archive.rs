@@ -40,20 +40,23 @@ impl ArchiveStore for PgStore {
         }
         // One statement per batch (arrays unnested server-side): a row costs no
         // round trip and no statement of its own.
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-        let mut origin: Vec<Option<&str>> = Vec::with_capacity(rows.len());
-        let mut stanza: Vec<&str> = Vec::with_capacity(rows.len());
+        let n = rows.len();
+        let (mut domain, mut user, mut id) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut with, mut resource, mut direction) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut sender, mut origin, mut stanza) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for r in rows {
             let m = &r.msg;
-            cols.0.push(&r.domain);
-            cols.1.push(&r.user);
-            cols.2.push(m.id);
-            cols.3.push(&m.with_jid);
-            cols.4.push(&m.with_resource);
-            cols.5.push(m.direction.as_str());
-            cols.6.push(&m.sender);
+            domain.push(r.domain.as_str());
+            user.push(r.user.as_str());
+            id.push(m.id);
+            with.push(m.with_jid.as_str());
+            resource.push(m.with_resource.as_str());
+            direction.push(m.direction.as_str());
+            sender.push(m.sender.as_str());
             origin.push(m.origin_id.as_deref());
-            stanza.push(&m.stanza);
+            stanza.push(m.stanza.as_str());
         }
         let c = self.conn("archive append").await?;
         let err = self.err("archive append");
@@ -67,7 +70,7 @@ impl ArchiveStore for PgStore {
             )
             .await
             .map_err(&err)?;
-        c.execute(&st, &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &origin, &stanza])
+        c.execute(&st, &[&domain, &user, &id, &with, &resource, &direction, &sender, &origin, &stanza])
             .await
             .map_err(&err)?;
         Ok(())

@@ -20,7 +20,7 @@ use crate::{
 use crate::{Direction, PageFrom};
 use crate::{MucStore, RoomAffiliation, StoredRoom};
 
-/// A room's affiliations: JID → (affiliation, reason).
+/// A room's affiliations by JID.
 type Affiliations = BTreeMap<String, RoomAffiliation>;
 
 /// Map key of an account: `(domain, user)`, so that one domain's users form a

@@ -1560,13 +1560,11 @@ impl Room {
         aff: Affiliation,
     ) -> Result<(), StanzaError> {
         self.may_register(aff)?;
+        let reason = self.affs.get(bare.as_str()).map(|e| e.reason.clone()).unwrap_or_default();
         if q.has_child("remove", ns::REGISTER) {
             let change = match aff {
                 Affiliation::Member => (bare.clone(), Affiliation::None, String::new(), None),
-                a if a > Affiliation::Member => {
-                    let reason = self.affs.get(bare.as_str()).map(|e| e.reason.clone()).unwrap_or_default();
-                    (bare.clone(), a, reason, Some(String::new()))
-                }
+                a if a > Affiliation::Member => (bare.clone(), a, reason, Some(String::new())),
                 _ => return Err(StanzaError::item_not_found().with_text("you are not registered with this room")),
             };
             return self.apply_affiliations(env, vec![change], None).await;
@@ -1596,7 +1594,6 @@ impl Room {
                 StanzaError::new(StanzaErrorCondition::Conflict).with_text("this nickname is reserved or in use")
             );
         }
-        let reason = self.affs.get(bare.as_str()).map(|e| e.reason.clone()).unwrap_or_default();
         let change = (bare.clone(), aff.max(Affiliation::Member), reason, Some(nick));
         self.apply_affiliations(env, vec![change], None).await
     }
