@@ -88,10 +88,11 @@ fn mam_options_are_checked() {
     .unwrap();
     let m = c.modules.mod_mam.expect("enabled by its table");
     assert_eq!((m.default_mode.as_str(), m.max_result_limit, m.default_result_limit), ("always", 50, 50));
-    assert_eq!((m.async_writer.batch_size, m.async_writer.flush_interval), (300, 2000));
+    assert_eq!((m.async_writer.batch_size, m.async_writer.flush_interval), (3000, 2000));
     assert_eq!(m.async_writer.max_queue, 100_000);
     let c = Config::parse(
         "[modules.mod_mam.async_writer]
+batch_size = 100
 max_queue = 500
 ",
         "m.toml",

@@ -235,7 +235,7 @@ impl MucLight {
                 with_resource: String::new(),
                 direction: Direction::Incoming,
                 sender: sender.to_owned(),
-                origin_id: Some(encode_id(id)),
+                origin_id: Some(encode_id(id).into()),
                 stanza: el.to_string_with_ns(),
             };
             mam.archive_room(ctx, room, row);

@@ -1264,7 +1264,7 @@ struct DownArchive {
 
 #[async_trait::async_trait]
 impl meerkat_storage::ArchiveStore for DownArchive {
-    async fn append(&self, rows: &[meerkat_storage::ArchiveEntry]) -> meerkat_storage::Result<()> {
+    async fn append(&self, rows: Arc<Vec<meerkat_storage::ArchiveEntry>>) -> meerkat_storage::Result<()> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) && !rows.is_empty() {
             return Err(meerkat_storage::Error::Backend("storage is down".into()));
         }

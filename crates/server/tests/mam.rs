@@ -414,7 +414,7 @@ async fn page_everything(s: &TestServer) {
     let mut rows = Vec::new();
     for i in 0..1050 {
         let id = new_archive_id();
-        ids.push(encode_id(id));
+        ids.push(encode_id(id).to_string());
         let msg = ArchivedMessage {
             id,
             with_jid: "bob@localhost".into(),
@@ -427,7 +427,7 @@ async fn page_everything(s: &TestServer) {
         rows.push(ArchiveEntry { user: acc.user.into(), domain: acc.domain.into(), msg });
     }
     for chunk in rows.chunks(300) {
-        s.ctx.stores.archive.append(chunk).await.unwrap();
+        s.ctx.stores.archive.append(std::sync::Arc::new(chunk.to_vec())).await.unwrap();
     }
     let mut a = online(s, "alice", "desk").await;
     // Forwards: <max> above max_result_limit (50) is clamped.

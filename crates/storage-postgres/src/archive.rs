@@ -1,7 +1,9 @@
-//! [`ArchiveStore`] on PostgreSQL: a batch is one transaction of prepared inserts
-//! (`ON CONFLICT DO NOTHING`, so a retried batch is harmless); queries are keyset
+//! [`ArchiveStore`] on PostgreSQL: a batch is one `INSERT … SELECT FROM UNNEST`
+//! statement (`ON CONFLICT DO NOTHING`, so a retried batch is harmless); queries are keyset
 //! range scans over the `(owner, id)` primary key or the `(owner, with_jid, id)`
 //! index, fetching one row more than the page to learn whether it is complete.
+
+use std::sync::Arc;
 
 use meerkat_storage::{
     Account, ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
@@ -34,7 +36,7 @@ fn message(row: &Row, what: &'static str) -> Result<ArchivedMessage> {
 
 #[async_trait::async_trait]
 impl ArchiveStore for PgStore {
-    async fn append(&self, rows: &[ArchiveEntry]) -> Result<()> {
+    async fn append(&self, rows: Arc<Vec<ArchiveEntry>>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -46,7 +48,7 @@ impl ArchiveStore for PgStore {
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut sender, mut origin, mut stanza) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        for r in rows {
+        for r in rows.iter() {
             let m = &r.msg;
             domain.push(r.domain.as_str());
             user.push(r.user.as_str());

@@ -6,6 +6,9 @@ use meerkat_storage::{
     Account, ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
     Direction, Error, PageFrom, Result,
 };
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 
 use crate::db_err;
@@ -49,35 +52,43 @@ fn finish(raw: (ArchivedMessage, String)) -> Result<ArchivedMessage> {
 
 #[async_trait::async_trait]
 impl ArchiveStore for SqliteStore {
-    async fn append(&self, rows: &[ArchiveEntry]) -> Result<()> {
+    async fn append(&self, rows: Arc<Vec<ArchiveEntry>>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows = rows.to_vec();
         self.write(move |conn| {
             let err = db_err("archive append");
             let tx = write_tx(conn, "archive append")?;
             {
-                let mut owner = tx
+                let mut find = tx.prepare_cached(concat!("SELECT ", owner!())).map_err(&err)?;
+                let mut add =
+                    tx.prepare_cached("INSERT INTO mam_owners (domain, username) VALUES (?1, ?2)").map_err(&err)?;
+                let mut st = tx
                     .prepare_cached(
-                        "INSERT INTO mam_owners (domain, username) VALUES (?1, ?2)
-                         ON CONFLICT (domain, username) DO NOTHING",
+                        "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender,
+                         origin_id, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (owner, id) DO NOTHING",
                     )
                     .map_err(&err)?;
-                let mut st = tx
-                    .prepare_cached(concat!(
-                        "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender,
-                         origin_id, stanza) VALUES (",
-                        owner!(),
-                        ", ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (owner, id) DO NOTHING"
-                    ))
-                    .map_err(&err)?;
-                for r in &rows {
+                // Each owner's key is looked up (or created) once per batch, inside
+                // the transaction, so it cannot be stale.
+                let mut owners: HashMap<(&str, &str), i64> = HashMap::new();
+                for r in rows.iter() {
                     let m = &r.msg;
-                    owner.execute(params![r.domain, r.user]).map_err(&err)?;
+                    let owner = match owners.get(&(r.domain.as_str(), r.user.as_str())) {
+                        Some(&o) => o,
+                        None => {
+                            let found: Option<i64> =
+                                find.query_row(params![r.domain, r.user], |row| row.get(0)).map_err(&err)?;
+                            let o = match found {
+                                Some(o) => o,
+                                None => add.insert(params![r.domain, r.user]).map_err(&err)?,
+                            };
+                            owners.insert((r.domain.as_str(), r.user.as_str()), o);
+                            o
+                        }
+                    };
                     st.execute(params![
-                        r.domain,
-                        r.user,
+                        owner,
                         m.id,
                         m.with_jid,
                         m.with_resource,

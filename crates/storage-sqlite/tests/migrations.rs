@@ -152,7 +152,7 @@ async fn an_archive_from_schema_4_survives_the_owner_key_migration() {
         stanza: "<message n='new'/>".into(),
     };
     let entry = meerkat_storage::ArchiveEntry { user: "alice".into(), domain: "example.org".into(), msg };
-    stores.archive.append(&[entry]).await.expect("append");
+    stores.archive.append(std::sync::Arc::new(vec![entry])).await.expect("append");
     let page = stores.archive.query(alice, &all).await.expect("query");
     assert_eq!(page.rows.len(), 21);
     assert_eq!(page.rows.last().map(|r| r.stanza.as_str()), Some("<message n='new'/>"));

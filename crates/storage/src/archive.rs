@@ -8,6 +8,8 @@
 //! The owner is any bare JID with a localpart: a user today, a room later (the
 //! `sender` field then holds the occupant's nick or JID).
 
+use std::sync::Arc;
+
 use crate::{Account, Result};
 
 /// Which way an archived message went, seen from the archive's owner.
@@ -169,7 +171,9 @@ pub const RETRACT_WINDOW: usize = 1000;
 pub trait ArchiveStore: Send + Sync {
     /// Appends rows (of any owners) in one transaction; a row whose `(owner, id)`
     /// exists already is skipped, so a batch can be retried after an ambiguous failure.
-    async fn append(&self, rows: &[ArchiveEntry]) -> Result<()>;
+    /// The rows are shared: a backend that writes on another thread keeps them
+    /// without a copy, and a retry passes the same batch again.
+    async fn append(&self, rows: Arc<Vec<ArchiveEntry>>) -> Result<()>;
     /// One page of `acc`'s archive.
     async fn query(&self, acc: Account<'_>, q: &ArchiveQuery) -> Result<ArchivePage>;
     /// The rows with these ids that exist, oldest first.

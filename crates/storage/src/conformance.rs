@@ -134,7 +134,7 @@ async fn rooms(stores: &Stores, tag: &str) {
         stanza: "<message type='groupchat'><body>hi</body></message>".into(),
     };
     let entry = ArchiveEntry { user: "lobby".into(), domain: service.clone(), msg: row };
-    stores.archive.append(&[entry]).await.unwrap();
+    stores.archive.append(std::sync::Arc::new(vec![entry])).await.unwrap();
     let acc = Account::new("lobby", &service);
     assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 1);
     assert!(m.delete_room(&service, "lobby").await.unwrap());

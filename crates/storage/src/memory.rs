@@ -275,9 +275,9 @@ impl LastStore for MemoryStore {
 
 #[async_trait::async_trait]
 impl ArchiveStore for MemoryStore {
-    async fn append(&self, rows: &[ArchiveEntry]) -> Result<()> {
+    async fn append(&self, rows: Arc<Vec<ArchiveEntry>>) -> Result<()> {
         let mut inner = self.inner.lock();
-        for r in rows {
+        for r in rows.iter() {
             let a = inner.archive.entry((r.domain.clone(), r.user.clone())).or_default();
             a.entry(r.msg.id).or_insert_with(|| r.msg.clone());
         }

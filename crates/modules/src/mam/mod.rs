@@ -34,7 +34,7 @@ use meerkat_config::MamCfg;
 use meerkat_core::hooks::{AccountHooks, DeliveryHooks, Flow, IqScope, SessionHooks, ShutdownHook};
 use meerkat_core::util::{now_ms, xep82_datetime};
 use meerkat_core::{HookRegistry, Module, ServerContext, SessionState};
-use meerkat_stanza::{ns, BareJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
+use meerkat_stanza::{bare_str, ns, BareJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
 use meerkat_storage::{ArchiveEntry, ArchiveMode, ArchivePrefs, ArchivedMessage, Direction};
 use meerkat_xml::Element;
 use parking_lot::RwLock;
@@ -128,11 +128,11 @@ impl Mam {
         };
         let (Some(user), domain) = (owner.node(), owner.domain()) else { return };
         let entry = ArchiveEntry { user: user.as_str().to_owned(), domain: domain.as_str().to_owned(), msg };
-        self.writer.push(&ctx.stores, Op::Append(entry, check));
+        self.writer.push(&ctx.stores, owner.as_str(), Op::Append(entry, check));
     }
 
     /// Queues a retraction in `owner`'s archive, if `st` carries one.
-    fn retract(&self, ctx: &ServerContext, owner: &BareJid, with: &BareJid, direction: Direction, st: &Stanza) {
+    fn retract(&self, ctx: &ServerContext, owner: &BareJid, with: &str, direction: Direction, st: &Stanza) {
         let Some(origin) = st.el.get_child("retract", NS_RETRACT).and_then(|r| r.attr("id")) else { return };
         let (Some(user), domain) = (owner.node(), owner.domain()) else { return };
         // XEP-0424 §Tombstones: the original's addressing, a <retracted/> instead of its contents.
@@ -149,12 +149,12 @@ impl Mam {
         let op = Op::Retract {
             user: user.as_str().to_owned(),
             domain: domain.as_str().to_owned(),
-            with: with.as_str().to_owned(),
+            with: with.to_owned(),
             direction,
             origin_id: origin.to_owned(),
             tombstone: tomb.append(retracted.build()).build().to_string_with_ns(),
         };
-        self.writer.push(&ctx.stores, op);
+        self.writer.push(&ctx.stores, owner.as_str(), op);
     }
 }
 
@@ -170,7 +170,7 @@ impl Mam {
     pub(crate) fn archive_room(&self, ctx: &ServerContext, room: &BareJid, msg: ArchivedMessage) {
         let (Some(user), domain) = (room.node(), room.domain()) else { return };
         let entry = ArchiveEntry { user: user.as_str().to_owned(), domain: domain.as_str().to_owned(), msg };
-        self.writer.push(&ctx.stores, Op::Append(entry, Check::None));
+        self.writer.push(&ctx.stores, room.as_str(), Op::Append(entry, Check::None));
     }
 
     /// Queues the replacement of a room message (by the room's stanza id) with
@@ -185,7 +185,7 @@ impl Mam {
             origin_id: stanza_id.to_owned(),
             tombstone,
         };
-        self.writer.push(&ctx.stores, op);
+        self.writer.push(&ctx.stores, room.as_str(), op);
     }
 
     /// The room's newest archived messages, oldest first (history for a room
@@ -225,7 +225,7 @@ fn archivable(st: &Stanza) -> bool {
 fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction) -> ArchivedMessage {
     ArchivedMessage {
         id,
-        with_jid: other.to_bare().as_str().to_owned(),
+        with_jid: bare_str(other).to_owned(),
         with_resource: other.resource().map(|r| r.as_str().to_owned()).unwrap_or_default(),
         direction,
         sender: st.from.as_ref().map(|f| f.as_str().to_owned()).unwrap_or_default(),
@@ -271,18 +271,19 @@ impl SessionHooks for Mam {
                     .with_text("the message archive is behind; try again later"),
             );
         }
-        let Some(to) = st.to.clone() else { return Flow::Continue };
-        let to_bare = to.to_bare();
-        if to_bare == s.bare {
+        let Some(to) = &st.to else { return Flow::Continue };
+        if bare_str(to) == s.bare.as_str() {
             return Flow::Continue; // a note to self: archived once, on arrival
         }
         let by = s.bare.as_str();
         st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
         let id = new_archive_id();
         st.el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", by).build());
-        let roster = s.roster.as_ref().map(|r| r.items.get(to_bare.as_str()).is_some_and(|i| i.visible));
-        self.archive(ctx, &s.bare, row(id, st, &to, Direction::Outgoing), roster);
-        self.retract(ctx, &s.bare, &to_bare, Direction::Outgoing, st);
+        let Some(to) = &st.to else { return Flow::Continue };
+        let with = bare_str(to);
+        let roster = s.roster.as_ref().map(|r| r.items.get(with).is_some_and(|i| i.visible));
+        self.archive(ctx, &s.bare, row(id, st, to, Direction::Outgoing), roster);
+        self.retract(ctx, &s.bare, with, Direction::Outgoing, st);
         Flow::Continue
     }
 
@@ -293,7 +294,7 @@ impl SessionHooks for Mam {
         let Some(from) = &st.from else { return Flow::Continue };
         // Several sessions may each take a copy: the same id is stored once.
         if let Some(id) = own_stanza_id(st, &s.bare) {
-            let roster = s.roster.as_ref().map(|r| r.items.get(from.to_bare().as_str()).is_some_and(|i| i.visible));
+            let roster = s.roster.as_ref().map(|r| r.items.get(bare_str(from)).is_some_and(|i| i.visible));
             self.archive(ctx, &s.bare, row(id, st, from, Direction::Incoming), roster);
         }
         Flow::Continue
@@ -312,7 +313,9 @@ impl DeliveryHooks for Mam {
         if !archivable(st) {
             return;
         }
-        let Some(from) = st.from.clone() else { return };
+        if st.from.is_none() {
+            return;
+        }
         if own_stanza_id(st, to).is_none() {
             // No (usable) stanza id from the stanza id module: stamp one.
             let by = to.as_str();
@@ -324,7 +327,9 @@ impl DeliveryHooks for Mam {
         // (`on_user_receive`, after the blocklist) or by the offline path (after
         // the account check and the blocklist), so rejected messages are not
         // archived (XEP-0313 §6.1).
-        self.retract(ctx, to, &from.to_bare(), Direction::Incoming, st);
+        if let Some(from) = &st.from {
+            self.retract(ctx, to, bare_str(from), Direction::Incoming, st);
+        }
     }
 
     async fn on_inbound_offline_filter(&self, ctx: &ServerContext, to: &BareJid, st: &Stanza) -> Flow {

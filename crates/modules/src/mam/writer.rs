@@ -43,6 +43,8 @@ pub(crate) enum Check {
     Prefs,
     /// The owner's mode is `roster`: archive if the other party is in the roster.
     Roster,
+    /// Settled: the owner's preferences keep it out of the archive.
+    Skip,
 }
 
 /// One queued operation.
@@ -151,17 +153,24 @@ impl Writer {
     /// Queues an operation (no await, no database), whatever the queue's length:
     /// admission is decided before, by [`has_room`](Self::has_room). The writer task
     /// starts with the first operation, on the stores of the server that queued it.
-    pub(crate) fn push(&self, stores: &Stores, op: Op) {
+    /// `owner` is the bare JID whose archive `op` changes.
+    pub(crate) fn push(&self, stores: &Stores, owner: &str, op: Op) {
+        debug_assert_eq!(op.owner(), owner);
         self.started.get_or_init(|| {
             tokio::spawn(run(self.shared.clone(), stores.clone()));
         });
-        let owner = op.owner();
         let full = {
             let mut q = self.shared.queue.lock();
             let seq = q.next_seq;
             q.next_seq += 1;
             q.ops.push((seq, op));
-            q.pending.insert(owner, seq);
+            // An owner with rows waiting already costs no allocation.
+            match q.pending.get_mut(owner) {
+                Some(last) => *last = seq,
+                None => {
+                    q.pending.insert(owner.to_owned(), seq);
+                }
+            }
             q.update(&self.shared);
             q.ops.len() >= self.shared.batch_size
         };
@@ -209,19 +218,11 @@ impl Writer {
             return;
         }
         let n = ops.len();
-        for attempt in 1..=5 {
-            match write_ops(&self.shared, stores, &ops).await {
-                Ok(()) => {
-                    tracing::info!(rows = n, "archive: pending rows written at shutdown");
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(attempt, error = %e, "archive: writing pending rows at shutdown failed");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-            }
+        if write_batch(&self.shared, stores, ops, Some(5)).await {
+            tracing::info!(rows = n, "archive: pending rows written at shutdown");
+        } else {
+            tracing::error!(rows = n, "archive: pending rows could not be written before shutdown and are lost");
         }
-        tracing::error!(rows = n, "archive: pending rows could not be written before shutdown and are lost");
     }
 }
 
@@ -233,18 +234,18 @@ async fn run(shared: Arc<Shared>, stores: Stores) {
         loop {
             let batch: Vec<(u64, Op)> = {
                 let mut q = shared.queue.lock();
-                let n = q.ops.len().min(shared.batch_size);
-                let batch = q.ops.drain(..n).collect();
+                // Usually the whole queue, taken without moving a row.
+                let batch = if q.ops.len() <= shared.batch_size {
+                    std::mem::take(&mut q.ops)
+                } else {
+                    let rest = q.ops.split_off(shared.batch_size);
+                    std::mem::replace(&mut q.ops, rest)
+                };
                 q.update(&shared);
                 batch
             };
             let Some(&(last, _)) = batch.last() else { break };
-            let mut backoff = Duration::from_millis(100);
-            while let Err(e) = write_ops(&shared, &stores, &batch).await {
-                tracing::error!(rows = batch.len(), error = %e, "archive: batch write failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            write_batch(&shared, &stores, batch, None).await;
             {
                 let mut q = shared.queue.lock();
                 q.pending.retain(|_, seq| *seq > last);
@@ -257,25 +258,88 @@ async fn run(shared: Arc<Shared>, stores: Stores) {
     }
 }
 
-/// Writes operations in order: consecutive appends in one transaction.
-async fn write_ops(shared: &Shared, stores: &Stores, ops: &[(u64, Op)]) -> meerkat_storage::Result<()> {
-    let mut rows: Vec<ArchiveEntry> = Vec::new();
-    for (_, op) in ops {
-        match op {
-            Op::Append(e, check) => {
-                if admitted(shared, stores, e, *check).await? {
-                    rows.push(e.clone());
-                }
+/// Retries of a failed storage call: back-off from 100 ms doubling to 5 s, for
+/// ever or `attempts` times.
+struct Retry {
+    delay: Duration,
+    attempts: Option<u32>,
+}
+
+impl Retry {
+    fn new(attempts: Option<u32>) -> Self {
+        Retry { delay: Duration::from_millis(100), attempts }
+    }
+
+    /// After a failure: logs it, waits, and says whether to try again.
+    async fn again(&mut self, what: &str, rows: usize, e: &meerkat_storage::Error) -> bool {
+        if let Some(n) = &mut self.attempts {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                tracing::error!(rows, error = %e, "archive: {what} failed; giving up");
+                return false;
             }
-            Op::Retract { user, domain, with, direction, origin_id, tombstone } => {
-                stores.archive.append(&rows).await?;
-                rows.clear();
-                let acc = Account::new(user, domain);
-                stores.archive.retract(acc, with, *direction, origin_id, tombstone).await?;
+        }
+        tracing::error!(rows, error = %e, "archive: {what} failed; retrying");
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+        true
+    }
+}
+
+/// Writes a batch in order: the rows between two retractions in one append.
+/// Deferred checks are settled first, in place, so a retry does not repeat them;
+/// the rows then move into the append without a copy. Every storage call is
+/// retried until it succeeds (or, with `attempts`, that many times: false when
+/// the batch could not be written).
+async fn write_batch(shared: &Shared, stores: &Stores, mut ops: Vec<(u64, Op)>, attempts: Option<u32>) -> bool {
+    let mut retry = Retry::new(attempts);
+    for (_, op) in &mut ops {
+        let Op::Append(e, check) = op else { continue };
+        while !matches!(check, Check::None | Check::Skip) {
+            match admitted(shared, stores, e, *check).await {
+                Ok(true) => *check = Check::None,
+                Ok(false) => *check = Check::Skip,
+                Err(err) => {
+                    if !retry.again("checking whether to archive a row", 1, &err).await {
+                        return false;
+                    }
+                }
             }
         }
     }
-    stores.archive.append(&rows).await
+    let mut rows = Vec::new();
+    for (_, op) in ops {
+        match op {
+            Op::Append(e, Check::None) => rows.push(e),
+            Op::Append(..) => {}
+            Op::Retract { user, domain, with, direction, origin_id, tombstone } => {
+                if !append(stores, std::mem::take(&mut rows), &mut retry).await {
+                    return false;
+                }
+                let acc = Account::new(&user, &domain);
+                while let Err(e) = stores.archive.retract(acc, &with, direction, &origin_id, &tombstone).await {
+                    if !retry.again("a retraction", 1, &e).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    append(stores, rows, &mut retry).await
+}
+
+/// Appends rows in one transaction, retrying as `retry` allows.
+async fn append(stores: &Stores, rows: Vec<ArchiveEntry>, retry: &mut Retry) -> bool {
+    if rows.is_empty() {
+        return true;
+    }
+    let rows = Arc::new(rows);
+    while let Err(e) = stores.archive.append(rows.clone()).await {
+        if !retry.again("a batch write", rows.len(), &e).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Settles a row's deferred check.
@@ -283,6 +347,7 @@ async fn admitted(shared: &Shared, stores: &Stores, e: &ArchiveEntry, check: Che
     let acc = Account::new(&e.user, &e.domain);
     let check = match check {
         Check::None => return Ok(true),
+        Check::Skip => return Ok(false),
         Check::Roster => Check::Roster,
         Check::Prefs => {
             let owner = format!("{}@{}", e.user, e.domain);
@@ -324,7 +389,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ArchiveStore for Flaky {
-        async fn append(&self, rows: &[ArchiveEntry]) -> StoreResult<()> {
+        async fn append(&self, rows: Arc<Vec<ArchiveEntry>>) -> StoreResult<()> {
             if !rows.is_empty()
                 && self.fails.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
             {
@@ -382,7 +447,7 @@ mod tests {
         let limits = Limits { batch_size: 2, flush_interval: Duration::from_secs(60), max_queue: 100 };
         let w = Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always);
         for id in 1..=5 {
-            w.push(&stores, Op::Append(entry(id), Check::None));
+            w.push(&stores, "alice@localhost", Op::Append(entry(id), Check::None));
         }
         // Nothing queued for bob: no wait at all.
         assert!(w.flush_user("bob@localhost", Duration::from_millis(1)).await);
@@ -394,7 +459,7 @@ mod tests {
         // Preferences not cached are loaded by the writer: "never" keeps rows out.
         let prefs = ArchivePrefs { default_mode: ArchiveMode::Never, ..ArchivePrefs::default() };
         stores.archive.set_prefs(acc, &prefs).await.unwrap();
-        w.push(&stores, Op::Append(entry(6), Check::Prefs));
+        w.push(&stores, "alice@localhost", Op::Append(entry(6), Check::Prefs));
         assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
         assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 5);
     }
@@ -412,7 +477,7 @@ mod tests {
         let (mut accepted, mut refused) = (Vec::new(), 0);
         for id in 1..=20 {
             if w.has_room() {
-                w.push(&stores, Op::Append(entry(id), Check::None));
+                w.push(&stores, "alice@localhost", Op::Append(entry(id), Check::None));
                 accepted.push(id);
             } else {
                 refused += 1;
@@ -426,7 +491,7 @@ mod tests {
         assert!(!w.has_room());
         // A message already accepted elsewhere (the recipient's row) is queued past
         // the bound, not dropped.
-        w.push(&stores, Op::Append(entry(100), Check::None));
+        w.push(&stores, "alice@localhost", Op::Append(entry(100), Check::None));
         accepted.push(100);
         let acc = Account::new("alice", "localhost");
         assert!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.is_empty());

@@ -856,7 +856,7 @@ impl Room {
                     with_resource: String::new(),
                     direction: Direction::Incoming,
                     sender: format!("{}/{}", sender_bare, nick),
-                    origin_id: Some(encode_id(id)),
+                    origin_id: Some(encode_id(id).into()),
                     stanza: el.to_string_with_ns(),
                 };
                 mam.archive_room(env.ctx, &self.jid, row);

@@ -1,6 +1,8 @@
 //! Conformance cases of [`crate::ArchiveStore`]: batched appends, keyset paging in
 //! both directions, filters, fetch by id, retraction tombstones, preferences, removal.
 
+use std::sync::Arc;
+
 use crate::{
     Account, ArchiveEntry, ArchiveMode, ArchivePrefs, ArchiveQuery, ArchivedMessage, Direction, PageFrom, Stores,
 };
@@ -74,16 +76,16 @@ pub(super) async fn archive(s: &Stores, domain: &str) {
         all.push(msg(1000 + i * 10, with, res, dir, Some(&format!("o{i}"))));
     }
     let first: Vec<ArchiveEntry> = all[..50].iter().map(|m| entry(alice, m.clone())).collect();
-    s.archive.append(&first).await.unwrap();
+    s.archive.append(Arc::new(first.clone())).await.unwrap();
     let mut second: Vec<ArchiveEntry> = all[50..].iter().map(|m| entry(alice, m.clone())).collect();
     second.push(entry(bob, msg(5, &format!("alice-mam@{domain}"), "x", Direction::Incoming, None)));
-    s.archive.append(&second).await.unwrap();
+    s.archive.append(Arc::new(second)).await.unwrap();
     // Again, with a row twice in the same batch (two sessions of one user took
     // the same message): each id is stored once.
     let mut again = first.clone();
     again.push(first[0].clone());
-    s.archive.append(&again).await.unwrap();
-    s.archive.append(&[]).await.unwrap();
+    s.archive.append(Arc::new(again)).await.unwrap();
+    s.archive.append(Arc::default()).await.unwrap();
 
     let everything = ArchiveQuery { limit: 1000, ..ArchiveQuery::default() };
     let page = s.archive.query(alice, &everything).await.unwrap();
@@ -139,14 +141,14 @@ pub(super) async fn archive(s: &Stores, domain: &str) {
 
     // Retraction: the newest matching row of that direction and contact only.
     s.archive
-        .append(&[
+        .append(Arc::new(vec![
             entry(alice, msg(3000, &bob_jid, "", Direction::Incoming, Some("o1"))),
             entry(alice, {
                 let mut m = msg(3010, &carol_jid, "", Direction::Incoming, Some("o1"));
                 m.stanza = "<keep/>".into();
                 m
             }),
-        ])
+        ]))
         .await
         .unwrap();
     let tomb = "<message><retracted xmlns='urn:xmpp:message-retract:1' id='r'/></message>";
@@ -166,7 +168,7 @@ pub(super) async fn archive(s: &Stores, domain: &str) {
         (1..=crate::archive::RETRACT_WINDOW as i64)
             .map(|i| entry(alice, msg(5000 + i, &dave_jid, "", Direction::Outgoing, Some(&format!("n{i}"))))),
     );
-    s.archive.append(&rows).await.unwrap();
+    s.archive.append(Arc::new(rows)).await.unwrap();
     assert_eq!(s.archive.retract(alice, &dave_jid, Direction::Incoming, "old", tomb).await.unwrap(), None);
     assert_eq!(
         s.archive.retract(alice, &dave_jid, Direction::Outgoing, "n1", tomb).await.unwrap(),
@@ -202,7 +204,10 @@ pub(super) async fn archive(s: &Stores, domain: &str) {
 pub(super) async fn delete_user_removes_archive(s: &Stores, domain: &str) {
     let dave = Account::new("dave-mam", domain);
     s.auth.create_user(dave, &crate::StoredCredentials::from_password("p", 2)).await.unwrap();
-    s.archive.append(&[entry(dave, msg(1, "x@example.org", "", Direction::Incoming, None))]).await.unwrap();
+    s.archive
+        .append(Arc::new(vec![entry(dave, msg(1, "x@example.org", "", Direction::Incoming, None))]))
+        .await
+        .unwrap();
     s.archive.set_prefs(dave, &ArchivePrefs::default()).await.unwrap();
     assert!(s.auth.delete_user(dave).await.unwrap());
     assert!(s.archive.query(dave, &ArchiveQuery::default()).await.unwrap().rows.is_empty());
