@@ -20,8 +20,11 @@ use crate::link::Work;
 use crate::singletons::{owner_value, Alive, Held};
 use crate::wire::{Envelope, Msg, Payload, SessionMsgWire, SnapEntry, Target};
 
-/// How often acknowledgements go out and stalled streams are checked.
+/// How often acknowledgements due, stalled streams and silent nodes are checked.
 const TICK: Duration = Duration::from_millis(10);
+/// Traffic received is acknowledged on its own after this long when no
+/// traffic back to its sender carried the acknowledgement first.
+const ACK_DELAY: Duration = Duration::from_millis(50);
 /// Unacknowledged traffic is sent again after this long without progress.
 const RETRANSMIT_AFTER: Duration = Duration::from_millis(1000);
 /// Sessions per snapshot message (keeps messages well under NATS's 1 MB).
@@ -52,7 +55,8 @@ struct Peer {
     /// Traffic from it: its epoch and the next number expected.
     in_epoch: u64,
     in_next: u64,
-    ack_due: bool,
+    /// Since when traffic from it waits for an acknowledgement.
+    ack_due: Option<Instant>,
     /// Traffic to it: our epoch, the next number, and what is unacknowledged.
     out_epoch: u64,
     out_next: u64,
@@ -75,12 +79,26 @@ impl Peer {
             snapshot: Vec::new(),
             in_epoch: 0,
             in_next: 1,
-            ack_due: false,
+            ack_due: None,
             out_epoch: random_u64(),
             out_next: 1,
             inflight: VecDeque::new(),
             progress_at: now,
             subject,
+        }
+    }
+
+    /// Everything up to `seq` of `epoch` that this node sent it arrived.
+    fn acked(&mut self, epoch: u64, seq: u64) {
+        if epoch != self.out_epoch {
+            return;
+        }
+        let before = self.inflight.len();
+        while self.inflight.front().is_some_and(|(s, _)| *s <= seq) {
+            self.inflight.pop_front();
+        }
+        if self.inflight.len() != before {
+            self.progress_at = Instant::now();
         }
     }
 }
@@ -310,13 +328,16 @@ impl Node {
         };
         let seq = peer.out_next;
         let (from, inc, to_inc, epoch) = (&*self.me, self.inc, peer.inc, peer.out_epoch);
+        // What arrived from that node rides along (the tick then has no
+        // acknowledgement of its own to send it).
+        let ack = peer.ack_due.take().map(|_| (peer.in_epoch, peer.in_next - 1));
         let bytes = match what {
             Forward::Stanza { to, stanza, fallback, hops } => {
-                Envelope::encode_stanza(from, inc, to_inc, epoch, seq, to.as_str(), &stanza.el, fallback, hops)
+                Envelope::encode_stanza(from, inc, to_inc, epoch, seq, ack, to.as_str(), &stanza.el, fallback, hops)
             }
             other => {
                 let Some(payload) = encode_forward(other) else { return };
-                Envelope { from: from.to_string(), inc, msg: Msg::Data { to_inc, epoch, seq, payload } }.encode()
+                Envelope { from: from.to_string(), inc, msg: Msg::Data { to_inc, epoch, seq, ack, payload } }.encode()
             }
         };
         peer.out_next += 1;
@@ -408,15 +429,18 @@ impl Node {
                     self.install_snapshot(&name, seq);
                 }
             }
-            Msg::Data { to_inc, epoch, seq, payload } => {
+            Msg::Data { to_inc, epoch, seq, ack, payload } => {
                 if to_inc != self.inc {
                     return; // for this node's former incarnation
+                }
+                if let Some((ack_epoch, ack_seq)) = ack {
+                    peer.acked(ack_epoch, ack_seq);
                 }
                 if epoch != peer.in_epoch {
                     peer.in_epoch = epoch;
                     peer.in_next = 1;
                 }
-                peer.ack_due = true;
+                peer.ack_due.get_or_insert_with(Instant::now);
                 if seq != peer.in_next {
                     return; // a duplicate, or after a gap: the sender sends again
                 }
@@ -424,15 +448,8 @@ impl Node {
                 self.deliver(payload);
             }
             Msg::Ack { to_inc, epoch, seq } => {
-                if to_inc != self.inc || epoch != peer.out_epoch {
-                    return;
-                }
-                let before = peer.inflight.len();
-                while peer.inflight.front().is_some_and(|(s, _)| *s <= seq) {
-                    peer.inflight.pop_front();
-                }
-                if peer.inflight.len() != before {
-                    peer.progress_at = Instant::now();
+                if to_inc == self.inc {
+                    peer.acked(epoch, seq);
                 }
             }
             Msg::Bye | Msg::Took { .. } => unreachable!("handled above"),
@@ -581,8 +598,8 @@ impl Node {
                 lost.push(name.clone());
                 continue;
             }
-            if p.ack_due {
-                p.ack_due = false;
+            if p.ack_due.is_some_and(|since| now.duration_since(since) >= ACK_DELAY) {
+                p.ack_due = None;
                 acks.push((name.clone(), Msg::Ack { to_inc: p.inc, epoch: p.in_epoch, seq: p.in_next - 1 }));
             }
             if !p.inflight.is_empty() && now.duration_since(p.progress_at) > RETRANSMIT_AFTER {

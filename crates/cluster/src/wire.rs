@@ -78,8 +78,10 @@ pub enum Msg {
     Snapshot { req: u64, seq: u64, last: bool, entries: Vec<SnapEntry> },
     /// Forwarded traffic for incarnation `to_inc` of the receiver, numbered
     /// from 1 within `epoch` (the sender starts a new epoch whenever it starts
-    /// over with that receiver).
-    Data { to_inc: u64, epoch: u64, seq: u64, payload: Payload },
+    /// over with that receiver). `ack`, when present, acknowledges the traffic
+    /// the other way as [`Msg::Ack`] would (`(epoch, seq)`): under two-way
+    /// traffic acknowledgements cost no message of their own.
+    Data { to_inc: u64, epoch: u64, seq: u64, ack: Option<(u64, u64)>, payload: Payload },
     /// Everything up to `seq` of `epoch` sent to incarnation `to_inc` arrived.
     Ack { to_inc: u64, epoch: u64, seq: u64 },
     /// The sender took singleton `key` over from owner `from` (`node inc`).
@@ -119,6 +121,16 @@ impl W {
         let n = (self.0.len() - at - 4) as u32;
         self.0[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
+    fn ack(&mut self, ack: Option<(u64, u64)>) {
+        match ack {
+            Some((epoch, seq)) => {
+                self.u8(1);
+                self.u64(epoch);
+                self.u64(seq);
+            }
+            None => self.u8(0),
+        }
+    }
     fn opt(&mut self, s: Option<&str>) {
         match s {
             Some(s) => {
@@ -151,6 +163,13 @@ impl<'a> R<'a> {
         let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
+    fn ack(&mut self) -> Option<Option<(u64, u64)>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => Some(Some((self.u64()?, self.u64()?))),
+            _ => None,
+        }
+    }
     fn opt(&mut self) -> Option<Option<String>> {
         match self.u8()? {
             0 => Some(None),
@@ -171,6 +190,7 @@ impl Envelope {
         to_inc: u64,
         epoch: u64,
         seq: u64,
+        ack: Option<(u64, u64)>,
         to: &str,
         stanza: &Element,
         fallback: bool,
@@ -183,6 +203,7 @@ impl Envelope {
         w.u64(to_inc);
         w.u64(epoch);
         w.u64(seq);
+        w.ack(ack);
         w.u8(1);
         w.str(to);
         w.xml(stanza);
@@ -241,11 +262,12 @@ impl Envelope {
                     w.opt(e.presence.as_deref());
                 }
             }
-            Msg::Data { to_inc, epoch, seq, payload } => {
+            Msg::Data { to_inc, epoch, seq, ack, payload } => {
                 w.u8(8);
                 w.u64(*to_inc);
                 w.u64(*epoch);
                 w.u64(*seq);
+                w.ack(*ack);
                 match payload {
                     Payload::Stanza { to, xml, fallback, hops } => {
                         w.u8(1);
@@ -348,6 +370,7 @@ impl Envelope {
                 let to_inc = r.u64()?;
                 let epoch = r.u64()?;
                 let seq = r.u64()?;
+                let ack = r.ack()?;
                 let payload = match r.u8()? {
                     1 => Payload::Stanza { to: r.str()?, xml: r.str()?, fallback: r.u8()? == 1, hops: r.u8()? },
                     2 => {
@@ -375,7 +398,7 @@ impl Envelope {
                     3 => Payload::Service { xml: r.str()?, hops: r.u8()? },
                     _ => return None,
                 };
-                Msg::Data { to_inc, epoch, seq, payload }
+                Msg::Data { to_inc, epoch, seq, ack, payload }
             }
             9 => Msg::Ack { to_inc: r.u64()?, epoch: r.u64()?, seq: r.u64()? },
             10 => Msg::Took { key: r.str()?, from: r.str()? },
@@ -427,6 +450,7 @@ mod tests {
             to_inc: 5,
             epoch: 8,
             seq: 6,
+            ack: Some((9, 10)),
             payload: Payload::Stanza { to: "a@b/c".into(), xml: "<message/>".into(), fallback: true, hops: 1 },
         });
         for msg in [
@@ -439,12 +463,14 @@ mod tests {
                 to_inc: 5,
                 epoch: 8,
                 seq: 6,
+                ack: None,
                 payload: Payload::Msg { to: Target::Session { jid: "a@b/c".into(), id: 3 }, msg: msg.clone() },
             });
             roundtrip(Msg::Data {
                 to_inc: 5,
                 epoch: 8,
                 seq: 6,
+                ack: None,
                 payload: Payload::Msg { to: Target::User { bare: "a@b".into() }, msg },
             });
         }
@@ -452,6 +478,7 @@ mod tests {
             to_inc: 5,
             epoch: 8,
             seq: 7,
+            ack: None,
             payload: Payload::Service { xml: "<presence to='r@conference.b/n'/>".into(), hops: 1 },
         });
         roundtrip(Msg::Ack { to_inc: 1, epoch: 2, seq: 99 });
@@ -465,10 +492,15 @@ mod tests {
             &meerkat_xml::Limits::default(),
         )
         .unwrap();
-        let b = Envelope::encode_stanza("n1", 1, 2, 3, 4, "a@b/c", &el, true, 1);
+        let b = Envelope::encode_stanza("n1", 1, 2, 3, 4, Some((5, 6)), "a@b/c", &el, true, 1);
         let e = Envelope::decode(&b).unwrap();
-        let Msg::Data { to_inc: 2, epoch: 3, seq: 4, payload: Payload::Stanza { to, xml, fallback: true, hops: 1 } } =
-            e.msg
+        let Msg::Data {
+            to_inc: 2,
+            epoch: 3,
+            seq: 4,
+            ack: Some((5, 6)),
+            payload: Payload::Stanza { to, xml, fallback: true, hops: 1 },
+        } = e.msg
         else {
             panic!("{e:?}")
         };
