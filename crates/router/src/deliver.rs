@@ -55,6 +55,14 @@ fn now_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// A message no session took at once: what routing it still needs.
+enum MessageRest {
+    /// RFC 6121 §8.5.2.2: the offline path for this user.
+    Offline(BareJid, Stanza),
+    /// An error back to the sender.
+    Bounce(Stanza, StanzaError),
+}
+
 impl LocalRouter {
     /// An empty router.
     pub fn new() -> Self {
@@ -153,14 +161,24 @@ impl LocalRouter {
     /// forwarded between nodes already (its delivery hooks ran on the first).
     async fn to_local_user(&self, ctx: &ServerContext, to: Jid, st: Stanza, hops: u8) {
         match st.kind {
-            StanzaKind::Message => self.message(ctx, to, st, hops).await,
-            StanzaKind::Presence => self.presence(ctx, to, st, hops).await,
-            StanzaKind::Iq => self.iq(ctx, to, st, hops).await,
+            StanzaKind::Message => {
+                if let Some(rest) = self.message(ctx, to, st, hops) {
+                    Box::pin(self.message_rest(ctx, rest)).await;
+                }
+            }
+            // Boxed, like every path that waits for storage or answers with
+            // an error: the future of the common one (a message delivered at
+            // once) stays small enough for the allocator's fast bins.
+            StanzaKind::Presence => Box::pin(self.presence(ctx, to, st, hops)).await,
+            StanzaKind::Iq => Box::pin(self.iq(ctx, to, st, hops)).await,
         }
     }
 
-    /// RFC 6121 §8.5.2 / §8.5.3.1 / §8.5.3.2.1 for messages.
-    async fn message(&self, ctx: &ServerContext, to: Jid, mut st: Stanza, hops: u8) {
+    /// RFC 6121 §8.5.2 / §8.5.3.1 / §8.5.3.2.1 for messages: delivers to the
+    /// sessions that take it without waiting, and returns what is left to do
+    /// (offline storage or an error) for [`Self::message_rest`]. Not async, so
+    /// the routing future of the common case holds none of its state.
+    fn message(&self, ctx: &ServerContext, to: Jid, mut st: Stanza, hops: u8) -> Option<MessageRest> {
         let ty = MessageType::of(&st);
         // A bare address (most chat messages, every group chat copy) becomes
         // the bare JID without a copy.
@@ -181,14 +199,17 @@ impl LocalRouter {
         if let Some(full) = &full {
             // §8.5.3.1: a connected resource that matches exactly gets it.
             match self.deliver_full(full, st, hops) {
-                Ok(id) => return self.delivered(ctx, &bare, copy, &[id]),
+                Ok(id) => {
+                    self.delivered(ctx, &bare, copy, &[id]);
+                    return None;
+                }
                 Err(back) => st = back,
             }
             // §8.5.3.2.1: no such resource; chat and normal fall back to the bare JID.
             match ty {
                 MessageType::Chat | MessageType::Normal => {}
-                MessageType::Groupchat => return self.bounce(ctx, &st, StanzaError::service_unavailable()).await,
-                MessageType::Headline | MessageType::Error => return, // silently ignored
+                MessageType::Groupchat => return Some(MessageRest::Bounce(st, StanzaError::service_unavailable())),
+                MessageType::Headline | MessageType::Error => return None, // silently ignored
             }
         }
         // A group chat service (MUC Light) addresses a member's bare JID: every
@@ -197,9 +218,9 @@ impl LocalRouter {
         let from_service = ty == MessageType::Groupchat
             && st.from.as_ref().is_some_and(|f| ctx.hooks.service(f.domain().as_str()).is_some());
         match ty {
-            MessageType::Error => return,
+            MessageType::Error => return None,
             MessageType::Groupchat if !from_service => {
-                return self.bounce(ctx, &st, StanzaError::service_unavailable()).await
+                return Some(MessageRest::Bounce(st, StanzaError::service_unavailable()))
             }
             _ => {}
         }
@@ -249,14 +270,23 @@ impl LocalRouter {
             pending
         });
         if took {
-            return self.delivered(ctx, &bare, copy, &receivers);
+            self.delivered(ctx, &bare, copy, &receivers);
+            return None;
         }
-        let Some(st) = pending else { return };
+        let st = pending?;
         // §8.5.2.2: no available resource took it.
         if matches!(ty, MessageType::Headline | MessageType::Groupchat) {
-            return;
+            return None;
         }
-        self.offline(ctx, &bare, st).await;
+        Some(MessageRest::Offline(bare, st))
+    }
+
+    /// What [`Self::message`] left to do.
+    async fn message_rest(&self, ctx: &ServerContext, rest: MessageRest) {
+        match rest {
+            MessageRest::Offline(bare, st) => self.offline(ctx, &bare, st).await,
+            MessageRest::Bounce(st, e) => self.bounce(ctx, &st, e).await,
+        }
     }
 
     /// Stamps hooks' per-delivery changes (e.g. XEP-0359 stanza ids) once.
@@ -419,10 +449,10 @@ impl Router for LocalRouter {
                 return svc.route(ctx, st, 0).await;
             }
             // No server-to-server yet: RFC 6120 §10.4.
-            return self.bounce(ctx, &st, StanzaError::new(StanzaErrorCondition::RemoteServerNotFound)).await;
+            return Box::pin(self.bounce(ctx, &st, StanzaError::new(StanzaErrorCondition::RemoteServerNotFound))).await;
         }
         if to.node().is_none() {
-            return self.to_server(ctx, to, st).await;
+            return Box::pin(self.to_server(ctx, to, st)).await;
         }
         self.to_local_user(ctx, to, st, 0).await
     }

@@ -202,6 +202,14 @@ impl C2s {
     /// backlog (a busy room, a burst of presence) goes out in one write rather
     /// than one write per stanza. Costs nothing when the mailbox is empty.
     pub async fn drain_mailbox(&mut self, max: usize) {
+        if let Some((rx, _)) = &self.mailbox {
+            // Room for the backlog's output at once, rather than growing the
+            // queue through every power of two (+1: a request for an ack).
+            let waiting = rx.len().min(max);
+            if waiting > 0 {
+                self.out.reserve(waiting + 1);
+            }
+        }
         for _ in 0..max {
             if self.is_closed() || self.is_detached() {
                 return;

@@ -25,8 +25,10 @@ const READ_CHUNK: usize = 4096;
 /// out together (one syscall for a backlog), bounded so the socket is read too.
 const MAILBOX_BATCH: usize = 64;
 
-/// Initial capacity of the write buffer for one flush.
-const WRITE_RESERVE: usize = 1024;
+/// Initial capacity of the write buffer for one flush: a typical burst, and
+/// under glibc's large-chunk threshold (1,024 bytes with its header), whose
+/// allocations first consolidate the allocator's fast bins.
+const WRITE_RESERVE: usize = 1000;
 
 /// What a listener's connections share.
 pub struct ListenerRuntime {
