@@ -465,6 +465,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retraction_applies_to_rows_of_its_own_batch_in_order_despite_failures() {
+        let mut stores = meerkat_storage::memory::stores();
+        // The first two appends fail: the rows before the retraction, then again.
+        stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
+        let limits = Limits { batch_size: 10, flush_interval: Duration::from_secs(60), max_queue: 100 };
+        let w = Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        let with_origin = |id: i64| {
+            let mut e = entry(id);
+            e.msg.origin_id = Some(format!("o{id}"));
+            e
+        };
+        w.push(&stores, "alice@localhost", Op::Append(with_origin(1), Check::None));
+        w.push(&stores, "alice@localhost", Op::Append(with_origin(2), Check::None));
+        let retract = Op::Retract {
+            user: "alice".into(),
+            domain: "localhost".into(),
+            with: "bob@localhost".into(),
+            direction: Direction::Incoming,
+            origin_id: "o1".into(),
+            tombstone: "<retracted/>".into(),
+        };
+        w.push(&stores, "alice@localhost", retract);
+        w.push(&stores, "alice@localhost", Op::Append(with_origin(3), Check::None));
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        let acc = Account::new("alice", "localhost");
+        let rows = stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows;
+        let got: Vec<(i64, &str)> = rows.iter().map(|m| (m.id, m.stanza.as_str())).collect();
+        // The retraction found row 1, written before it in the same batch; row 3
+        // came after it and is untouched.
+        assert_eq!(got, vec![(1, "<retracted/>"), (2, "<message id='2'/>"), (3, "<message id='3'/>")]);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_refuses_new_messages_until_storage_recovers_and_loses_nothing() {
         let mut stores = meerkat_storage::memory::stores();
         // Storage is down until told otherwise.
