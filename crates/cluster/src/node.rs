@@ -88,6 +88,12 @@ impl Peer {
         }
     }
 
+    /// What this node acknowledges of the traffic from it: `(epoch, last
+    /// number received in order)`.
+    fn ack_point(&self) -> (u64, u64) {
+        (self.in_epoch, self.in_next - 1)
+    }
+
     /// Everything up to `seq` of `epoch` that this node sent it arrived.
     fn acked(&mut self, epoch: u64, seq: u64) {
         if epoch != self.out_epoch {
@@ -330,7 +336,7 @@ impl Node {
         let (from, inc, to_inc, epoch) = (&*self.me, self.inc, peer.inc, peer.out_epoch);
         // What arrived from that node rides along (the tick then has no
         // acknowledgement of its own to send it).
-        let ack = peer.ack_due.take().map(|_| (peer.in_epoch, peer.in_next - 1));
+        let ack = peer.ack_due.take().map(|_| peer.ack_point());
         let bytes = match what {
             Forward::Stanza { to, stanza, fallback, hops } => {
                 Envelope::encode_stanza(from, inc, to_inc, epoch, seq, ack, to.as_str(), &stanza.el, fallback, hops)
@@ -600,7 +606,8 @@ impl Node {
             }
             if p.ack_due.is_some_and(|since| now.duration_since(since) >= ACK_DELAY) {
                 p.ack_due = None;
-                acks.push((name.clone(), Msg::Ack { to_inc: p.inc, epoch: p.in_epoch, seq: p.in_next - 1 }));
+                let (epoch, seq) = p.ack_point();
+                acks.push((name.clone(), Msg::Ack { to_inc: p.inc, epoch, seq }));
             }
             if !p.inflight.is_empty() && now.duration_since(p.progress_at) > RETRANSMIT_AFTER {
                 p.progress_at = now;

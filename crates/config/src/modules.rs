@@ -537,7 +537,16 @@ impl Modules {
                 );
             }
             if m.async_writer.max_queue < m.async_writer.batch_size.max(1) {
-                report(None, "modules.mod_mam.async_writer.max_queue".into(), "must be at least batch_size".into());
+                report(
+                    None,
+                    "modules.mod_mam.async_writer.max_queue".into(),
+                    format!(
+                        "is {} but must be at least batch_size ({}; the default is {}): raise max_queue or lower batch_size",
+                        m.async_writer.max_queue,
+                        m.async_writer.batch_size,
+                        default_mam_batch()
+                    ),
+                );
             }
         }
         if let Some(r) = &self.mod_roster {

@@ -109,6 +109,7 @@ max_queue = 10
     )
     .unwrap_err();
     assert!(e.to_string().contains("modules.mod_mam.async_writer.max_queue"), "{e}");
+    assert!(e.to_string().contains("is 10 but must be at least batch_size (50"), "{e}");
     let e = Config::parse(
         "[modules.mod_mam.async_writer]
 batch_size = 5

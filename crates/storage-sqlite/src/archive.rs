@@ -2,13 +2,13 @@
 //! keyset range scans over the `(owner, id)` primary key or the `(owner, with_jid,
 //! id)` index, fetching one row more than the page to learn whether it is complete.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use meerkat_storage::{
     Account, ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
     Direction, Error, PageFrom, Result,
 };
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 
 use crate::db_err;

@@ -182,8 +182,7 @@ fn configure(conn: &mut Connection, writer: bool) -> rusqlite::Result<()> {
         // fsyncs) are eight times rarer. Its page cache (32 MiB instead of 2)
         // keeps the indexes that every batch touches in memory.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 8192; PRAGMA cache_size = -32768;")?;
-    }
-    if !writer {
+    } else {
         conn.execute_batch("PRAGMA query_only = ON;")?;
     }
     Ok(())

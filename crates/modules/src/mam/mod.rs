@@ -279,7 +279,6 @@ impl SessionHooks for Mam {
         st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
         let id = new_archive_id();
         st.el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", by).build());
-        let Some(to) = &st.to else { return Flow::Continue };
         let with = bare_str(to);
         let roster = s.roster.as_ref().map(|r| r.items.get(with).is_some_and(|i| i.visible));
         self.archive(ctx, &s.bare, row(id, st, to, Direction::Outgoing), roster);

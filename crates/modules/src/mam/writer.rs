@@ -424,6 +424,12 @@ mod tests {
         }
     }
 
+    /// A writer that flushes only when a batch is full or a user's rows are asked for.
+    fn writer(batch_size: usize, max_queue: usize) -> Writer {
+        let limits = Limits { batch_size, flush_interval: Duration::from_secs(60), max_queue };
+        Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always)
+    }
+
     fn entry(id: i64) -> ArchiveEntry {
         ArchiveEntry {
             user: "alice".into(),
@@ -444,8 +450,7 @@ mod tests {
     async fn failed_batches_are_retried_not_dropped_and_flush_waits_per_user() {
         let mut stores = meerkat_storage::memory::stores();
         stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
-        let limits = Limits { batch_size: 2, flush_interval: Duration::from_secs(60), max_queue: 100 };
-        let w = Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        let w = writer(2, 100);
         for id in 1..=5 {
             w.push(&stores, "alice@localhost", Op::Append(entry(id), Check::None));
         }
@@ -469,8 +474,7 @@ mod tests {
         let mut stores = meerkat_storage::memory::stores();
         // The first two appends fail: the rows before the retraction, then again.
         stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
-        let limits = Limits { batch_size: 10, flush_interval: Duration::from_secs(60), max_queue: 100 };
-        let w = Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        let w = writer(10, 100);
         let with_origin = |id: i64| {
             let mut e = entry(id);
             e.msg.origin_id = Some(format!("o{id}"));
@@ -503,8 +507,7 @@ mod tests {
         // Storage is down until told otherwise.
         let flaky = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(usize::MAX) });
         stores.archive = flaky.clone();
-        let limits = Limits { batch_size: 2, flush_interval: Duration::from_secs(60), max_queue: 6 };
-        let w = Writer::new(limits, Arc::new(PrefsCache::default()), ArchiveMode::Always);
+        let w = writer(2, 6);
         // Admission as the send hook decides it: a message is accepted (its row
         // queued) only while the queue has room, else refused.
         let (mut accepted, mut refused) = (Vec::new(), 0);
