@@ -1,20 +1,36 @@
-//! [`ArchiveStore`] on SQLite: batched appends in one `BEGIN IMMEDIATE` transaction,
-//! keyset range scans over the `(owner, id)` primary key or the `(owner, with_jid,
-//! id)` index, fetching one row more than the page to learn whether it is complete.
+//! [`ArchiveStore`] on SQLite: a log of rows plus two indexes written in sorted batches.
+//!
+//! A row is appended to `mam_messages` under an increasing `seq` (the rowid, so an
+//! append fills the table's last page). Its entries in `mam_by_owner` `(owner, id)`
+//! and `mam_by_with` `(owner, with_jid, id)` are written later, by [`Unindexed`]:
+//! when [`Options::archive_index_batch`](crate::Options) rows wait, all of them at
+//! once in owner order, so that an index page takes all of an owner's new entries
+//! in one write instead of one write per row (each dirty page is a 4 KiB WAL
+//! frame; see migration 7). Before anything reads or changes an owner's archive,
+//! that owner's waiting rows are indexed, so readers never miss a row. Rows a crash
+//! left unindexed (after `mam_index_state.indexed_seq`) are indexed by [`recover`]
+//! when the database is opened.
+//!
+//! Reads are keyset range scans over one index, joined to the log by `seq`, fetching
+//! one row more than the page to learn whether it is complete. A row appended twice
+//! for the same `(owner, id)` (two sessions of a user each taking a copy) is kept
+//! once: the second is deleted when it is indexed.
 
 use std::collections::HashMap;
+use std::mem;
 use std::sync::Arc;
 
 use meerkat_storage::{
     Account, ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
     Direction, Error, PageFrom, Result,
 };
-use rusqlite::{params, params_from_iter, OptionalExtension, Row};
+use parking_lot::Mutex;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
 
 use crate::db_err;
 use crate::store::{write_tx, SqliteStore};
 
-const COLUMNS: &str = "id, with_jid, with_resource, direction, sender, origin_id, stanza";
+const COLUMNS: &str = "m.id, m.with_jid, m.with_resource, m.direction, m.sender, m.origin_id, m.stanza";
 
 /// The archive owner's key for the account in parameters 1 and 2 (`NULL`, which
 /// matches no row, when it never had an archive).
@@ -26,6 +42,237 @@ macro_rules! owner {
 
 /// [`meerkat_storage::RETRACT_WINDOW`] as an SQL parameter.
 const RETRACT_WINDOW: i64 = meerkat_storage::RETRACT_WINDOW as i64;
+
+/// A logged row's index entries, waiting to be written.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The owner's key when the row was appended (the same for all of an owner's
+    /// rows, unless another process removed the archive meanwhile).
+    owner: i64,
+    id: i64,
+    seq: i64,
+    with_jid: String,
+}
+
+/// One owner's rows that are in the log but not yet indexed.
+#[derive(Debug, Default)]
+pub(crate) struct OwnerRows {
+    rows: Vec<Entry>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// By domain, then user (looked up with borrowed names).
+    owners: HashMap<String, HashMap<String, OwnerRows>>,
+    rows: usize,
+    /// The newest `seq` this process appended.
+    last_seq: i64,
+}
+
+/// The rows this process appended and has not indexed yet.
+pub(crate) struct Unindexed {
+    waiting: Mutex<Waiting>,
+    /// Index when this many rows wait.
+    batch: usize,
+}
+
+impl Unindexed {
+    pub(crate) fn new(batch: usize) -> Self {
+        Unindexed { waiting: Mutex::new(Waiting::default()), batch: batch.max(1) }
+    }
+
+    /// Whether `domain`/`user` has rows waiting.
+    fn has(&self, domain: &str, user: &str) -> bool {
+        self.waiting.lock().owners.get(domain).is_some_and(|m| m.contains_key(user))
+    }
+
+    fn take(&self, domain: &str, user: &str) -> Option<OwnerRows> {
+        let mut w = self.waiting.lock();
+        let users = w.owners.get_mut(domain)?;
+        let taken = users.remove(user)?;
+        if users.is_empty() {
+            w.owners.remove(domain);
+        }
+        w.rows -= taken.rows.len();
+        Some(taken)
+    }
+
+    fn put_back(w: &mut Waiting, domain: String, user: String, o: OwnerRows) {
+        w.rows += o.rows.len();
+        w.owners.entry(domain).or_default().entry(user).or_default().rows.extend(o.rows);
+    }
+
+    /// Runs `f` (in a transaction it commits) with the rows of `domain`/`user` taken
+    /// out; they are put back if it fails, to be indexed later.
+    pub(crate) fn without<T>(
+        &self,
+        domain: &str,
+        user: &str,
+        f: impl FnOnce(Option<&OwnerRows>) -> Result<T>,
+    ) -> Result<T> {
+        let taken = self.take(domain, user);
+        let r = f(taken.as_ref());
+        if let (Err(_), Some(o)) = (&r, taken) {
+            Self::put_back(&mut self.waiting.lock(), domain.to_owned(), user.to_owned(), o);
+        }
+        r
+    }
+
+    /// Records the rows of a committed append: `(row, owner key, seq)`.
+    fn record(&self, rows: &[ArchiveEntry], logged: Vec<(usize, i64, i64)>) {
+        let mut w = self.waiting.lock();
+        w.rows += logged.len();
+        for (i, key, seq) in logged {
+            let r = &rows[i];
+            let e = Entry { owner: key, id: r.msg.id, seq, with_jid: r.msg.with_jid.clone() };
+            w.last_seq = w.last_seq.max(seq);
+            let users = match w.owners.get_mut(r.domain.as_str()) {
+                Some(u) => u,
+                None => w.owners.entry(r.domain.clone()).or_default(),
+            };
+            // An owner with rows waiting costs no allocation.
+            match users.get_mut(r.user.as_str()) {
+                Some(o) => o.rows.push(e),
+                None => {
+                    users.insert(r.user.clone(), OwnerRows { rows: vec![e] });
+                }
+            }
+        }
+    }
+
+    /// Indexes every waiting row, in owner order, in one transaction, and moves
+    /// `indexed_seq` past them. On failure the rows wait for the next attempt.
+    fn index_all(&self, conn: &mut Connection) -> Result<()> {
+        let (owners, last_seq) = {
+            let mut w = self.waiting.lock();
+            w.rows = 0;
+            (mem::take(&mut w.owners), w.last_seq)
+        };
+        // Owner order, so that consecutive writes fall on the same index pages.
+        let mut all: Vec<&Entry> = owners.values().flat_map(|users| users.values()).flat_map(|o| &o.rows).collect();
+        all.sort_unstable_by_key(|e| e.owner);
+        let err = db_err("archive index");
+        let r = write_tx(conn, "archive index").and_then(|tx| {
+            index_entries(&tx, &all).map_err(&err)?;
+            advance(&tx, last_seq).map_err(&err)?;
+            tx.commit().map_err(&err)
+        });
+        drop(all);
+        if r.is_err() {
+            let mut w = self.waiting.lock();
+            for (d, users) in owners {
+                for (u, o) in users {
+                    Self::put_back(&mut w, d.clone(), u, o);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Writes the index entries of `entries`, sorted by owner; see [`index_rows`].
+fn index_entries(tx: &Transaction<'_>, entries: &[&Entry]) -> rusqlite::Result<()> {
+    let mut rows = Vec::new();
+    for group in entries.chunk_by(|a, b| a.owner == b.owner) {
+        // Sorted copies: the entries stay as they are in case they must wait again.
+        rows.clear();
+        rows.extend(group.iter().map(|e| (e.id, e.seq, e.with_jid.as_str())));
+        index_rows(tx, group[0].owner, &mut rows)?;
+    }
+    Ok(())
+}
+
+/// Writes the index entries of one owner's rows `(id, seq, with_jid)`; a row
+/// whose `(owner, id)` another row already holds is a duplicate and is deleted.
+fn index_rows(tx: &Transaction<'_>, owner: i64, rows: &mut Vec<(i64, i64, &str)>) -> rusqlite::Result<()> {
+    let mut by_owner = tx.prepare_cached("INSERT OR IGNORE INTO mam_by_owner (owner, id, seq) VALUES (?1, ?2, ?3)")?;
+    rows.sort_unstable_by_key(|r| r.0);
+    let mut dups = 0;
+    for r in rows.iter_mut() {
+        if by_owner.execute(params![owner, r.0, r.1])? == 0 {
+            let holder: i64 = tx
+                .prepare_cached("SELECT seq FROM mam_by_owner WHERE owner = ?1 AND id = ?2")?
+                .query_row(params![owner, r.0], |row| row.get(0))?;
+            if holder != r.1 {
+                tx.prepare_cached("DELETE FROM mam_messages WHERE seq = ?1")?.execute([r.1])?;
+                r.1 = 0; // seqs start at 1
+                dups += 1;
+            }
+        }
+    }
+    if dups > 0 {
+        rows.retain(|r| r.1 != 0);
+    }
+    rows.sort_unstable_by(|a, b| (a.2, a.0).cmp(&(b.2, b.0)));
+    let mut by_with =
+        tx.prepare_cached("INSERT OR IGNORE INTO mam_by_with (owner, with_jid, id, seq) VALUES (?1, ?2, ?3, ?4)")?;
+    for r in rows.iter() {
+        by_with.execute(params![owner, r.2, r.0, r.1])?;
+    }
+    Ok(())
+}
+
+/// Moves `indexed_seq` to `seq` if that is further.
+fn advance(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE mam_index_state SET indexed_seq = MAX(indexed_seq, ?1) WHERE one = 1")?.execute([seq])?;
+    Ok(())
+}
+
+/// Indexes the rows `mam_messages` holds after `indexed_seq`: those a process that
+/// stopped without indexing them left behind. Runs when the database is opened.
+pub(crate) fn recover(conn: &mut Connection) -> Result<()> {
+    let err = db_err("archive index recovery");
+    let tx = write_tx(conn, "archive index recovery")?;
+    let from: i64 =
+        tx.query_row("SELECT indexed_seq FROM mam_index_state WHERE one = 1", [], |r| r.get(0)).map_err(&err)?;
+    let rows: Vec<Entry> = tx
+        .prepare("SELECT owner, id, seq, with_jid FROM mam_messages WHERE seq > ?1 ORDER BY owner")
+        .and_then(|mut st| {
+            st.query_map([from], |r| {
+                Ok(Entry { owner: r.get(0)?, id: r.get(1)?, seq: r.get(2)?, with_jid: r.get(3)? })
+            })?
+            .collect()
+        })
+        .map_err(&err)?;
+    let last = rows.iter().map(|e| e.seq).max().unwrap_or(from);
+    index_entries(&tx, &rows.iter().collect::<Vec<_>>()).map_err(&err)?;
+    advance(&tx, last).map_err(&err)?;
+    tx.commit().map_err(&err)
+}
+
+/// In the transaction of a removal: deletes the archive of `domain`/`user` (a
+/// user's, or a room's with `domain` the service), given its rows that were
+/// waiting to be indexed.
+pub(crate) fn delete_archive(
+    tx: &Transaction<'_>,
+    domain: &str,
+    user: &str,
+    waiting: Option<&OwnerRows>,
+) -> rusqlite::Result<()> {
+    if let Some(o) = waiting {
+        let mut st = tx.prepare_cached("DELETE FROM mam_messages WHERE seq = ?1")?;
+        for e in &o.rows {
+            st.execute([e.seq])?;
+        }
+    }
+    for sql in [
+        concat!("DELETE FROM mam_messages WHERE seq IN (SELECT seq FROM mam_by_owner WHERE owner = ", owner!(), ")"),
+        concat!("DELETE FROM mam_by_owner WHERE owner = ", owner!()),
+        concat!("DELETE FROM mam_by_with WHERE owner = ", owner!()),
+        "DELETE FROM mam_owners WHERE domain = ?1 AND username = ?2",
+    ] {
+        tx.prepare_cached(sql)?.execute(params![domain, user])?;
+    }
+    Ok(())
+}
+
+/// In a transaction: indexes the waiting rows of one owner.
+fn index_waiting(tx: &Transaction<'_>, waiting: Option<&OwnerRows>) -> rusqlite::Result<()> {
+    let Some(o) = waiting else { return Ok(()) };
+    let mut all: Vec<&Entry> = o.rows.iter().collect();
+    all.sort_by_key(|e| e.owner);
+    index_entries(tx, &all)
+}
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<(ArchivedMessage, String)> {
     let direction: String = r.get(3)?;
@@ -50,15 +297,37 @@ fn finish(raw: (ArchivedMessage, String)) -> Result<ArchivedMessage> {
     Ok(m)
 }
 
+impl SqliteStore {
+    /// Indexes the rows of `acc`'s archive that wait, so that a read sees them.
+    async fn index_owner(&self, acc: Account<'_>) -> Result<()> {
+        if !self.unindexed.has(acc.domain, acc.user) {
+            return Ok(());
+        }
+        let (d, u) = (acc.domain.to_owned(), acc.user.to_owned());
+        let unindexed = self.unindexed.clone();
+        self.write(move |conn| {
+            let err = db_err("archive index");
+            unindexed.without(&d, &u, |waiting| {
+                let tx = write_tx(conn, "archive index")?;
+                index_waiting(&tx, waiting).map_err(&err)?;
+                tx.commit().map_err(&err)
+            })
+        })
+        .await
+    }
+}
+
 #[async_trait::async_trait]
 impl ArchiveStore for SqliteStore {
     async fn append(&self, rows: Arc<Vec<ArchiveEntry>>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        let unindexed = self.unindexed.clone();
         self.write(move |conn| {
             let err = db_err("archive append");
             let tx = write_tx(conn, "archive append")?;
+            let mut logged = Vec::with_capacity(rows.len());
             {
                 let mut find = tx.prepare_cached(concat!("SELECT ", owner!())).map_err(&err)?;
                 let mut add =
@@ -66,13 +335,13 @@ impl ArchiveStore for SqliteStore {
                 let mut st = tx
                     .prepare_cached(
                         "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender,
-                         origin_id, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (owner, id) DO NOTHING",
+                         origin_id, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )
                     .map_err(&err)?;
                 // Each owner's key is looked up (or created) once per batch, inside
                 // the transaction, so it cannot be stale.
                 let mut owners: HashMap<(&str, &str), i64> = HashMap::new();
-                for r in rows.iter() {
+                for (i, r) in rows.iter().enumerate() {
                     let m = &r.msg;
                     let owner = match owners.get(&(r.domain.as_str(), r.user.as_str())) {
                         Some(&o) => o,
@@ -98,9 +367,19 @@ impl ArchiveStore for SqliteStore {
                         m.stanza
                     ])
                     .map_err(&err)?;
+                    logged.push((i, owner, tx.last_insert_rowid()));
                 }
             }
-            tx.commit().map_err(&err)
+            tx.commit().map_err(&err)?;
+            unindexed.record(&rows, logged);
+            if unindexed.waiting.lock().rows >= unindexed.batch {
+                // The rows are stored; if indexing fails they wait for the next
+                // attempt (and a read indexes its owner's rows itself).
+                if let Err(e) = unindexed.index_all(conn) {
+                    tracing::warn!(error = %e, "indexing the message archive; will try again");
+                }
+            }
+            Ok(())
         })
         .await
     }
@@ -109,23 +388,29 @@ impl ArchiveStore for SqliteStore {
         if q.min_id > q.max_id || q.limit == 0 {
             return Ok(ArchivePage { rows: Vec::new(), complete: q.min_id > q.max_id });
         }
+        self.index_owner(acc).await?;
+        let index = if q.with_jid.is_some() { "mam_by_with" } else { "mam_by_owner" };
         let mut sql = format!(
-            concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id >= ?3 AND id <= ?4"),
-            COLUMNS
+            concat!(
+                "SELECT {} FROM {} i CROSS JOIN mam_messages m ON m.seq = i.seq WHERE i.owner = ",
+                owner!(),
+                " AND i.id >= ?3 AND i.id <= ?4"
+            ),
+            COLUMNS, index
         );
         let mut args: Vec<rusqlite::types::Value> =
             vec![acc.domain.to_owned().into(), acc.user.to_owned().into(), q.min_id.into(), q.max_id.into()];
         if let Some(w) = &q.with_jid {
             args.push(w.clone().into());
-            sql.push_str(&format!(" AND with_jid = ?{}", args.len()));
+            sql.push_str(&format!(" AND i.with_jid = ?{}", args.len()));
             if let Some(r) = &q.with_resource {
                 args.push(r.clone().into());
-                sql.push_str(&format!(" AND with_resource = ?{}", args.len()));
+                sql.push_str(&format!(" AND m.with_resource = ?{}", args.len()));
             }
         }
         let backwards = q.from == PageFrom::End;
         args.push(i64::try_from(q.limit.saturating_add(1)).unwrap_or(i64::MAX).into());
-        sql.push_str(&format!(" ORDER BY id {} LIMIT ?{}", if backwards { "DESC" } else { "ASC" }, args.len()));
+        sql.push_str(&format!(" ORDER BY i.id {} LIMIT ?{}", if backwards { "DESC" } else { "ASC" }, args.len()));
         let limit = q.limit;
         self.read(move |conn| {
             let err = db_err("archive query");
@@ -143,6 +428,7 @@ impl ArchiveStore for SqliteStore {
     }
 
     async fn fetch_ids(&self, acc: Account<'_>, ids: &[i64]) -> Result<Vec<ArchivedMessage>> {
+        self.index_owner(acc).await?;
         let (d, u) = (acc.domain.to_owned(), acc.user.to_owned());
         let mut ids = ids.to_vec();
         ids.sort_unstable();
@@ -151,7 +437,11 @@ impl ArchiveStore for SqliteStore {
             let err = db_err("archive fetch_ids");
             let mut st = conn
                 .prepare_cached(&format!(
-                    concat!("SELECT {} FROM mam_messages WHERE owner = ", owner!(), " AND id = ?3"),
+                    concat!(
+                        "SELECT {} FROM mam_by_owner i CROSS JOIN mam_messages m ON m.seq = i.seq WHERE i.owner = ",
+                        owner!(),
+                        " AND i.id = ?3"
+                    ),
                     COLUMNS
                 ))
                 .map_err(&err)?;
@@ -176,31 +466,34 @@ impl ArchiveStore for SqliteStore {
     ) -> Result<Option<i64>> {
         let (d, u) = (acc.domain.to_owned(), acc.user.to_owned());
         let (w, o, t) = (with_jid.to_owned(), origin_id.to_owned(), tombstone.to_owned());
+        let unindexed = self.unindexed.clone();
         self.write(move |conn| {
             let err = db_err("archive retract");
-            let tx = write_tx(conn, "archive retract")?;
-            let id: Option<i64> = tx
-                .prepare_cached(concat!(
-                    "SELECT id FROM (SELECT id, origin_id, direction FROM mam_messages WHERE owner = ",
-                    owner!(),
-                    " AND with_jid = ?3 ORDER BY id DESC LIMIT ?6)
-                     WHERE origin_id = ?4 AND direction = ?5 ORDER BY id DESC LIMIT 1"
-                ))
-                .and_then(|mut st| {
-                    st.query_row(params![d, u, w, o, direction.as_str(), RETRACT_WINDOW], |r| r.get(0)).optional()
-                })
-                .map_err(&err)?;
-            if let Some(id) = id {
-                tx.prepare_cached(concat!(
-                    "UPDATE mam_messages SET stanza = ?4 WHERE owner = ",
-                    owner!(),
-                    " AND id = ?3"
-                ))
-                .and_then(|mut st| st.execute(params![d, u, id, t]))
-                .map_err(&err)?;
-            }
-            tx.commit().map_err(&err)?;
-            Ok(id)
+            unindexed.without(&d, &u, |waiting| {
+                let tx = write_tx(conn, "archive retract")?;
+                index_waiting(&tx, waiting).map_err(&err)?;
+                let found: Option<(i64, i64)> = tx
+                    .prepare_cached(concat!(
+                        "SELECT m.id, m.seq FROM (SELECT seq FROM mam_by_with WHERE owner = ",
+                        owner!(),
+                        " AND with_jid = ?3 ORDER BY id DESC LIMIT ?6) i CROSS JOIN mam_messages m ON m.seq = i.seq
+                         WHERE m.origin_id = ?4 AND m.direction = ?5 ORDER BY m.id DESC LIMIT 1"
+                    ))
+                    .and_then(|mut st| {
+                        st.query_row(params![d, u, w, o, direction.as_str(), RETRACT_WINDOW], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
+                    })
+                    .map_err(&err)?;
+                if let Some((_, seq)) = found {
+                    tx.prepare_cached("UPDATE mam_messages SET stanza = ?2 WHERE seq = ?1")
+                        .and_then(|mut st| st.execute(params![seq, t]))
+                        .map_err(&err)?;
+                }
+                tx.commit().map_err(&err)?;
+                Ok(found.map(|f| f.0))
+            })
         })
         .await
     }
@@ -272,18 +565,20 @@ impl ArchiveStore for SqliteStore {
 
     async fn remove_archive(&self, acc: Account<'_>) -> Result<()> {
         let (d, u) = (acc.domain.to_owned(), acc.user.to_owned());
+        let unindexed = self.unindexed.clone();
         self.write(move |conn| {
             let err = db_err("archive remove");
-            let tx = write_tx(conn, "archive remove")?;
-            for sql in [
-                concat!("DELETE FROM mam_messages WHERE owner = ", owner!()),
-                "DELETE FROM mam_owners WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM mam_prefs WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM mam_prefs_jids WHERE domain = ?1 AND username = ?2",
-            ] {
-                tx.prepare_cached(sql).and_then(|mut st| st.execute(params![d, u])).map_err(&err)?;
-            }
-            tx.commit().map_err(&err)
+            unindexed.without(&d, &u, |waiting| {
+                let tx = write_tx(conn, "archive remove")?;
+                delete_archive(&tx, &d, &u, waiting).map_err(&err)?;
+                for sql in [
+                    "DELETE FROM mam_prefs WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM mam_prefs_jids WHERE domain = ?1 AND username = ?2",
+                ] {
+                    tx.prepare_cached(sql).and_then(|mut st| st.execute(params![d, u])).map_err(&err)?;
+                }
+                tx.commit().map_err(&err)
+            })
         })
         .await
     }

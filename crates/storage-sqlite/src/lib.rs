@@ -52,28 +52,55 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_muc.sql")),
     (5, include_str!("../migrations/0005_archive_owner.sql")),
     (6, include_str!("../migrations/0006_muc_nick.sql")),
+    (7, include_str!("../migrations/0007_archive_log.sql")),
 ];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
+/// Tuning of a store; [`Options::default`] is what the server uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Message archive rows are indexed when this many wait (see the `archive`
+    /// module): bigger batches write fewer index pages per row and hold more
+    /// entries in memory (about 80 bytes each). Default 20,000.
+    pub archive_index_batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { archive_index_batch: 20_000 }
+    }
+}
+
 /// Opens (creating it and its parent directories if needed) the SQLite database at
-/// `path`, applies pending migrations and starts the connection threads.
+/// `path`, applies pending migrations, indexes archive rows a previous process left
+/// unindexed, and starts the connection threads.
 ///
 /// Fails with [`Error::Backend`] when the file cannot be opened or its schema is newer
 /// than [`SCHEMA_VERSION`].
 pub async fn open(path: &Path) -> Result<Stores> {
+    open_with(path, Options::default()).await
+}
+
+/// [`open`] with other [`Options`].
+pub async fn open_with(path: &Path, opts: Options) -> Result<Stores> {
     let path = path.to_owned();
     let pool = off_runtime("open", move || Pool::open_file(&path)).await?;
-    Ok(Stores::from_backend("sqlite", Arc::new(store::SqliteStore::new(pool))))
+    Ok(Stores::from_backend("sqlite", Arc::new(store::SqliteStore::new(pool, &opts))))
 }
 
 /// Opens a private in-memory database (for tests and throw-away servers): one
 /// connection on one thread serves reads and writes; everything is lost when the
 /// returned [`Stores`] is dropped.
 pub async fn open_memory() -> Result<Stores> {
+    open_memory_with(Options::default()).await
+}
+
+/// [`open_memory`] with other [`Options`].
+pub async fn open_memory_with(opts: Options) -> Result<Stores> {
     let pool = off_runtime("open", Pool::open_memory).await?;
-    Ok(Stores::from_backend("sqlite", Arc::new(store::SqliteStore::new(pool))))
+    Ok(Stores::from_backend("sqlite", Arc::new(store::SqliteStore::new(pool, &opts))))
 }
 
 /// Runs `f` on a fresh OS thread and awaits its result without blocking the runtime.
@@ -124,6 +151,7 @@ impl Pool {
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&mut writer, true).map_err(open_err)?;
         migrate(&mut writer)?;
+        archive::recover(&mut writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let flags =

@@ -4,6 +4,7 @@
 //! connection thread (see the crate docs): reads on a reader connection, changes on
 //! the writer. Every statement goes through rusqlite's prepared-statement cache.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meerkat_storage::{
@@ -12,7 +13,8 @@ use meerkat_storage::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use crate::{db_err, groups, Pool, Target};
+use crate::archive::{delete_archive, Unindexed};
+use crate::{db_err, groups, Options, Pool, Target};
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_secs() -> i64 {
@@ -32,11 +34,13 @@ fn to_i64(n: usize) -> i64 {
 /// The SQLite backend; implements every storage trait.
 pub(crate) struct SqliteStore {
     pub(crate) pool: Pool,
+    /// Archive rows appended by this process and not yet indexed.
+    pub(crate) unindexed: Arc<Unindexed>,
 }
 
 impl SqliteStore {
-    pub(crate) fn new(pool: Pool) -> Self {
-        SqliteStore { pool }
+    pub(crate) fn new(pool: Pool, opts: &Options) -> Self {
+        SqliteStore { pool, unindexed: Arc::new(Unindexed::new(opts.archive_index_batch)) }
     }
 
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
@@ -118,29 +122,31 @@ impl AuthStore for SqliteStore {
 
     async fn delete_user(&self, acc: Account<'_>) -> Result<bool> {
         let (d, u) = owned(acc);
+        let unindexed = self.unindexed.clone();
         self.write(move |conn| {
             let err = db_err("delete_user");
-            let tx = write_tx(conn, "delete_user")?;
-            for sql in [
-                "DELETE FROM roster_items WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM roster_versions WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM offline_messages WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM xml_blobs WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM last_activity WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM mam_messages WHERE owner = (SELECT owner FROM mam_owners WHERE domain = ?1 AND username = ?2)",
-                "DELETE FROM mam_owners WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM mam_prefs WHERE domain = ?1 AND username = ?2",
-                "DELETE FROM mam_prefs_jids WHERE domain = ?1 AND username = ?2",
-            ] {
-                tx.prepare_cached(sql).and_then(|mut st| st.execute(params![d, u])).map_err(&err)?;
-            }
-            let n = tx
-                .prepare_cached("DELETE FROM users WHERE domain = ?1 AND username = ?2")
-                .and_then(|mut st| st.execute(params![d, u]))
-                .map_err(&err)?;
-            tx.commit().map_err(&err)?;
-            Ok(n > 0)
+            unindexed.without(&d, &u, |archive_waiting| {
+                let tx = write_tx(conn, "delete_user")?;
+                for sql in [
+                    "DELETE FROM roster_items WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM roster_versions WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM offline_messages WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM xml_blobs WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM blocklist WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM last_activity WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM mam_prefs WHERE domain = ?1 AND username = ?2",
+                    "DELETE FROM mam_prefs_jids WHERE domain = ?1 AND username = ?2",
+                ] {
+                    tx.prepare_cached(sql).and_then(|mut st| st.execute(params![d, u])).map_err(&err)?;
+                }
+                delete_archive(&tx, &d, &u, archive_waiting).map_err(&err)?;
+                let n = tx
+                    .prepare_cached("DELETE FROM users WHERE domain = ?1 AND username = ?2")
+                    .and_then(|mut st| st.execute(params![d, u]))
+                    .map_err(&err)?;
+                tx.commit().map_err(&err)?;
+                Ok(n > 0)
+            })
         })
         .await
     }
@@ -733,22 +739,23 @@ impl meerkat_storage::MucStore for SqliteStore {
 
     async fn delete_room(&self, service: &str, room: &str) -> Result<bool> {
         let (service, room) = (service.to_owned(), room.to_owned());
+        let unindexed = self.unindexed.clone();
         self.write(move |conn| {
             let err = db_err("delete_room");
-            let tx = write_tx(conn, "delete_room")?;
-            let n = tx
-                .prepare_cached("DELETE FROM muc_rooms WHERE service = ?1 AND room = ?2")
-                .and_then(|mut st| st.execute(params![service, room]))
-                .map_err(&err)?;
-            for sql in [
-                "DELETE FROM muc_affiliations WHERE service = ?1 AND room = ?2",
-                "DELETE FROM mam_messages WHERE owner = (SELECT owner FROM mam_owners WHERE domain = ?1 AND username = ?2)",
-                "DELETE FROM mam_owners WHERE domain = ?1 AND username = ?2",
-            ] {
-                tx.prepare_cached(sql).and_then(|mut st| st.execute(params![service, room])).map_err(&err)?;
-            }
-            tx.commit().map_err(&err)?;
-            Ok(n > 0)
+            // A room's archive has the service as its domain and the room as its user.
+            unindexed.without(&service, &room, |archive_waiting| {
+                let tx = write_tx(conn, "delete_room")?;
+                let n = tx
+                    .prepare_cached("DELETE FROM muc_rooms WHERE service = ?1 AND room = ?2")
+                    .and_then(|mut st| st.execute(params![service, room]))
+                    .map_err(&err)?;
+                tx.prepare_cached("DELETE FROM muc_affiliations WHERE service = ?1 AND room = ?2")
+                    .and_then(|mut st| st.execute(params![service, room]))
+                    .map_err(&err)?;
+                delete_archive(&tx, &service, &room, archive_waiting).map_err(&err)?;
+                tx.commit().map_err(&err)?;
+                Ok(n > 0)
+            })
         })
         .await
     }

@@ -37,3 +37,15 @@ async fn works_on_a_current_thread_runtime() {
     let stores = meerkat_storage_sqlite::open(&dir.path().join("m.db")).await.expect("open");
     meerkat_storage::conformance::run(&stores).await;
 }
+
+/// The suite again with archive rows indexed after every row and every third
+/// row, so that reads meet both indexed rows and rows still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_with_the_archive_indexed_in_small_batches() {
+    for batch in [1, 3] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = meerkat_storage_sqlite::Options { archive_index_batch: batch };
+        let stores = meerkat_storage_sqlite::open_with(&dir.path().join("m.db"), opts).await.expect("open");
+        meerkat_storage::conformance::run(&stores).await;
+    }
+}

@@ -1,0 +1,146 @@
+//! The SQLite archive's deferred indexes (see the crate's `archive` module): rows a
+//! process appended but never indexed are found after a restart, a row appended
+//! twice is kept once, and removing an archive removes its waiting rows too.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use meerkat_storage::{Account, ArchiveEntry, ArchiveQuery, ArchivedMessage, Direction, Stores};
+use meerkat_storage_sqlite::Options;
+
+/// A store that indexes only when a million rows wait: in these tests, never on its own.
+async fn open_lazy(path: &Path) -> Stores {
+    meerkat_storage_sqlite::open_with(path, Options { archive_index_batch: 1_000_000 }).await.expect("open")
+}
+
+fn entry(user: &str, id: i64, with: &str) -> ArchiveEntry {
+    ArchiveEntry {
+        user: user.into(),
+        domain: "example.org".into(),
+        msg: ArchivedMessage {
+            id,
+            with_jid: with.into(),
+            with_resource: "r".into(),
+            direction: Direction::Incoming,
+            sender: format!("{with}/r"),
+            origin_id: Some(format!("o{id}")),
+            stanza: format!("<message n='{id}'/>"),
+        },
+    }
+}
+
+/// `SELECT COUNT(*)` (or another single integer) with a plain connection.
+fn count(path: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(path).expect("open").query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+fn all() -> ArchiveQuery {
+    ArchiveQuery { limit: 1000, max_id: i64::MAX, ..ArchiveQuery::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_left_unindexed_by_a_stopped_process_are_indexed_when_the_file_is_opened() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    let stores = open_lazy(&path).await;
+    // Two batches, interleaving two owners; the second repeats alice's row 20
+    // (two sessions of hers each took a copy of one message).
+    let first: Vec<ArchiveEntry> =
+        (1..=20).map(|i| entry(if i % 2 == 0 { "alice" } else { "bob" }, i * 10, "carol@example.org")).collect();
+    stores.archive.append(Arc::new(first)).await.expect("append");
+    let second = vec![entry("alice", 20, "carol@example.org"), entry("alice", 300, "dave@example.org")];
+    stores.archive.append(Arc::new(second)).await.expect("append");
+    drop(stores);
+    // The process "stopped" with every row in the log and none indexed.
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 22);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 0);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 0);
+
+    let stores = open_lazy(&path).await;
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 21, "the repeated row is deleted");
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 21);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_with"), 21);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 22);
+    let alice = Account::new("alice", "example.org");
+    let ids: Vec<i64> = stores.archive.query(alice, &all()).await.expect("query").rows.iter().map(|r| r.id).collect();
+    let mut want: Vec<i64> = (1..=20).filter(|i| i % 2 == 0).map(|i| i * 10).collect();
+    want.push(300);
+    assert_eq!(ids, want);
+    let with_dave = ArchiveQuery { with_jid: Some("dave@example.org".into()), ..all() };
+    let page = stores.archive.query(alice, &with_dave).await.expect("query");
+    assert_eq!(page.rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![300]);
+    let bob = Account::new("bob", "example.org");
+    assert_eq!(stores.archive.query(bob, &all()).await.expect("query").rows.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_waiting_rows_and_a_full_batch_is_indexed_in_one_go() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    let stores = meerkat_storage_sqlite::open_with(&path, Options { archive_index_batch: 10 }).await.expect("open");
+    let alice = Account::new("alice", "example.org");
+    stores.archive.append(Arc::new((1..=6).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
+    stores.archive.append(Arc::new((1..=3).map(|i| entry("bob", i, "alice@example.org")).collect())).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 0, "9 rows wait");
+    // A read indexes its owner's rows first, and only those.
+    assert_eq!(stores.archive.query(alice, &all()).await.unwrap().rows.len(), 6);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 6);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 0, "bob's rows still wait");
+    // The retraction of a waiting row finds it.
+    stores.archive.append(Arc::new(vec![entry("bob", 4, "alice@example.org")])).await.unwrap();
+    let bob = Account::new("bob", "example.org");
+    let tomb = "<message><retracted/></message>";
+    let r = stores.archive.retract(bob, "alice@example.org", Direction::Incoming, "o4", tomb).await.unwrap();
+    assert_eq!(r, Some(4));
+    // Ten rows waiting: the append that makes them ten indexes them all.
+    stores.archive.append(Arc::new((7..=16).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 20);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_with"), 20);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 20);
+    assert_eq!(stores.archive.fetch_ids(bob, &[4]).await.unwrap()[0].stanza, tomb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_archive_removes_its_waiting_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    let stores = open_lazy(&path).await;
+    let alice = Account::new("alice", "example.org");
+    let bob = Account::new("bob", "example.org");
+    stores.archive.append(Arc::new((1..=5).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
+    // Some of alice's rows indexed (by a read), some still waiting.
+    assert_eq!(stores.archive.query(alice, &all()).await.unwrap().rows.len(), 5);
+    stores.archive.append(Arc::new((6..=8).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
+    stores.archive.append(Arc::new((1..=2).map(|i| entry("bob", i, "alice@example.org")).collect())).await.unwrap();
+    stores.archive.remove_archive(alice).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 2, "only bob's rows are left");
+    assert!(stores.archive.query(alice, &all()).await.unwrap().rows.is_empty());
+    // A removed account's archive goes with it, waiting rows included.
+    stores.auth.create_user(bob, &meerkat_storage::StoredCredentials::from_password("pw", 2)).await.unwrap();
+    assert!(stores.auth.delete_user(bob).await.unwrap());
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 0);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_owners"), 0);
+    // A new archive for alice starts empty, under a key never used before.
+    stores.archive.append(Arc::new(vec![entry("alice", 9, "bob@example.org")])).await.unwrap();
+    assert_eq!(stores.archive.query(alice, &all()).await.unwrap().rows.iter().map(|r| r.id).collect::<Vec<_>>(), [9]);
+    assert_eq!(count(&path, "SELECT owner FROM mam_owners"), 3);
+}
+
+/// Another process (the CLI) removes an archive while this one has rows of it
+/// waiting: those rows never reappear, and the archive started afterwards gets
+/// the rows appended afterwards, under its new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_removed_by_another_process_while_rows_wait() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    let server = open_lazy(&path).await;
+    let alice = Account::new("alice", "example.org");
+    server.archive.append(Arc::new((1..=3).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
+    let cli = open_lazy(&path).await;
+    cli.archive.remove_archive(alice).await.unwrap();
+    drop(cli);
+    server.archive.append(Arc::new(vec![entry("alice", 4, "bob@example.org")])).await.unwrap();
+    let ids: Vec<i64> = server.archive.query(alice, &all()).await.unwrap().rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [4]);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_owners"), 1);
+}
