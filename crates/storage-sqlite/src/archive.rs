@@ -16,16 +16,16 @@
 //! for the same `(owner, id)` (two sessions of a user each taking a copy) is kept
 //! once: the second is deleted when it is indexed.
 
-use std::collections::HashMap;
 use std::mem;
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use meerkat_storage::{
     Account, ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
     Direction, Error, PageFrom, Result,
 };
 use parking_lot::Mutex;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToSql, Transaction};
 
 use crate::db_err;
 use crate::store::{write_tx, SqliteStore};
@@ -38,6 +38,35 @@ macro_rules! owner {
     () => {
         "(SELECT owner FROM mam_owners WHERE domain = ?1 AND username = ?2)"
     };
+}
+
+/// Rows per `INSERT` statement of an append (8 parameters each): one statement
+/// run per chunk instead of per row; a last partial chunk goes row by row.
+const APPEND_CHUNK: usize = 32;
+
+/// `INSERT INTO mam_messages` of `n` rows (built once per size: the statement
+/// cache keeps it).
+fn insert_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let [one, chunk] = SQL.get_or_init(|| {
+        let build = |n: usize| {
+            let values: Vec<String> = (0..n)
+                .map(|r| format!("({})", (1..=8).map(|c| format!("?{}", r * 8 + c)).collect::<Vec<_>>().join(", ")))
+                .collect();
+            format!(
+                "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza) \
+                 VALUES {}",
+                values.join(", ")
+            )
+        };
+        [build(1), build(APPEND_CHUNK)]
+    });
+    if n == 1 {
+        one
+    } else {
+        debug_assert_eq!(n, APPEND_CHUNK);
+        chunk
+    }
 }
 
 /// [`meerkat_storage::RETRACT_WINDOW`] as an SQL parameter.
@@ -327,23 +356,16 @@ impl ArchiveStore for SqliteStore {
         self.write(move |conn| {
             let err = db_err("archive append");
             let tx = write_tx(conn, "archive append")?;
-            let mut logged = Vec::with_capacity(rows.len());
+            // Each owner's key is looked up (or created) once per batch, inside
+            // the transaction, so it cannot be stale.
+            let mut keys = Vec::with_capacity(rows.len());
             {
                 let mut find = tx.prepare_cached(concat!("SELECT ", owner!())).map_err(&err)?;
                 let mut add =
                     tx.prepare_cached("INSERT INTO mam_owners (domain, username) VALUES (?1, ?2)").map_err(&err)?;
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender,
-                         origin_id, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )
-                    .map_err(&err)?;
-                // Each owner's key is looked up (or created) once per batch, inside
-                // the transaction, so it cannot be stale.
-                let mut owners: HashMap<(&str, &str), i64> = HashMap::new();
-                for (i, r) in rows.iter().enumerate() {
-                    let m = &r.msg;
-                    let owner = match owners.get(&(r.domain.as_str(), r.user.as_str())) {
+                let mut owners: HashMap<(&str, &str), i64> = HashMap::default();
+                for r in rows.iter() {
+                    let key = match owners.get(&(r.domain.as_str(), r.user.as_str())) {
                         Some(&o) => o,
                         None => {
                             let found: Option<i64> =
@@ -356,18 +378,46 @@ impl ArchiveStore for SqliteStore {
                             o
                         }
                     };
-                    st.execute(params![
-                        owner,
-                        m.id,
-                        m.with_jid,
-                        m.with_resource,
-                        m.direction.as_str(),
-                        m.sender,
-                        m.origin_id,
-                        m.stanza
-                    ])
-                    .map_err(&err)?;
-                    logged.push((i, owner, tx.last_insert_rowid()));
+                    keys.push(key);
+                }
+            }
+            let mut logged = Vec::with_capacity(rows.len());
+            {
+                let mut chunk_st = tx.prepare_cached(insert_sql(APPEND_CHUNK)).map_err(&err)?;
+                let mut one_st = tx.prepare_cached(insert_sql(1)).map_err(&err)?;
+                let mut args: Vec<&dyn ToSql> = Vec::with_capacity(8 * APPEND_CHUNK);
+                for (c, chunk) in rows.chunks(APPEND_CHUNK).enumerate() {
+                    let first = c * APPEND_CHUNK;
+                    let one_by_one = chunk.len() < APPEND_CHUNK;
+                    for (k, r) in chunk.iter().enumerate() {
+                        let m = &r.msg;
+                        let dir: &&str = if m.direction == Direction::Incoming { &"in" } else { &"out" };
+                        args.extend([
+                            &keys[first + k] as &dyn ToSql,
+                            &m.id,
+                            &m.with_jid,
+                            &m.with_resource,
+                            dir,
+                            &m.sender,
+                            &m.origin_id,
+                            &m.stanza,
+                        ]);
+                        if one_by_one {
+                            one_st.execute(&*args).map_err(&err)?;
+                            args.clear();
+                            logged.push((first + k, keys[first + k], tx.last_insert_rowid()));
+                        }
+                    }
+                    if !one_by_one {
+                        chunk_st.execute(&*args).map_err(&err)?;
+                        args.clear();
+                        // A rowid table gives each new row the largest rowid plus
+                        // one: the chunk's rows have consecutive seqs, ending here.
+                        let last = tx.last_insert_rowid();
+                        for k in 0..APPEND_CHUNK {
+                            logged.push((first + k, keys[first + k], last - (APPEND_CHUNK - 1 - k) as i64));
+                        }
+                    }
                 }
             }
             tx.commit().map_err(&err)?;

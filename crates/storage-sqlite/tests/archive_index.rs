@@ -144,3 +144,32 @@ async fn an_archive_removed_by_another_process_while_rows_wait() {
     assert_eq!(ids, [4]);
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_owners"), 1);
 }
+
+/// An append of many rows (several multi-row statements and a remainder) indexes
+/// each row under its own seq: every id comes back with its own stanza, for both
+/// owners, before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_append_indexes_every_row_as_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    let stores = open_lazy(&path).await;
+    let rows: Vec<ArchiveEntry> =
+        (1..=100).map(|i| entry(if i % 3 == 0 { "bob" } else { "alice" }, i, "carol@example.org")).collect();
+    stores.archive.append(Arc::new(rows)).await.unwrap();
+    // Twice: the first read indexes the rows, the second reads them indexed.
+    for _ in 0..2 {
+        for (user, keep) in [("alice", 1), ("bob", 0)] {
+            let page = stores.archive.query(Account::new(user, "example.org"), &all()).await.unwrap();
+            let want: Vec<i64> = (1..=100).filter(|i| if keep == 0 { i % 3 == 0 } else { i % 3 != 0 }).collect();
+            assert_eq!(page.rows.iter().map(|r| r.id).collect::<Vec<_>>(), want, "{user}");
+            for r in &page.rows {
+                assert_eq!(r.stanza, format!("<message n='{}'/>", r.id));
+                assert_eq!(r.origin_id.as_deref(), Some(format!("o{}", r.id).as_str()));
+            }
+        }
+    }
+    drop(stores);
+    let stores = open_lazy(&path).await;
+    let page = stores.archive.query(Account::new("bob", "example.org"), &all()).await.unwrap();
+    assert_eq!(page.rows.len(), 33);
+}

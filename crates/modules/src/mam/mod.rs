@@ -26,7 +26,6 @@
 mod iq;
 mod writer;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +59,7 @@ const PREFS_CACHE_MAX: usize = 100_000;
 /// Cached preferences by owner bare JID.
 #[derive(Default)]
 pub(crate) struct PrefsCache {
-    map: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
+    map: RwLock<foldhash::HashMap<String, Arc<ArchivePrefs>>>,
 }
 
 impl PrefsCache {

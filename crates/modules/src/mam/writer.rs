@@ -23,7 +23,6 @@
 //! bounded session mailboxes), plus one row per session racing the check; the batch
 //! being retried (at most `batch_size` rows) is held outside the queue.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +69,7 @@ struct Queue {
     ops: Vec<(u64, Op)>,
     next_seq: u64,
     /// Owner bare JID → sequence number of its last queued operation.
-    pending: HashMap<String, u64>,
+    pending: foldhash::HashMap<String, u64>,
     /// The queue reached `max_queue` and has not drained below half of it since
     /// (for logging the transitions once).
     full: bool,
@@ -234,9 +233,11 @@ async fn run(shared: Arc<Shared>, stores: Stores) {
         loop {
             let batch: Vec<(u64, Op)> = {
                 let mut q = shared.queue.lock();
-                // Usually the whole queue, taken without moving a row.
+                // Usually the whole queue, taken without moving a row; the next
+                // queue starts with room for as many (no regrowth under load).
                 let batch = if q.ops.len() <= shared.batch_size {
-                    std::mem::take(&mut q.ops)
+                    let room = q.ops.len();
+                    std::mem::replace(&mut q.ops, Vec::with_capacity(room))
                 } else {
                     let rest = q.ops.split_off(shared.batch_size);
                     std::mem::replace(&mut q.ops, rest)
@@ -307,7 +308,7 @@ async fn write_batch(shared: &Shared, stores: &Stores, mut ops: Vec<(u64, Op)>, 
             }
         }
     }
-    let mut rows = Vec::new();
+    let mut rows = Vec::with_capacity(ops.len());
     for (_, op) in ops {
         match op {
             Op::Append(e, Check::None) => rows.push(e),
