@@ -38,8 +38,9 @@ CREATE TABLE mam_messages_v7 (
     origin_id     TEXT,
     stanza        TEXT    NOT NULL
 );
+-- In the old table's own order (the order rows were written in), which needs no sort.
 INSERT INTO mam_messages_v7 (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza)
-    SELECT owner, id, with_jid, with_resource, direction, sender, origin_id, stanza FROM mam_messages ORDER BY id;
+    SELECT owner, id, with_jid, with_resource, direction, sender, origin_id, stanza FROM mam_messages ORDER BY rowid;
 DROP TABLE mam_messages;
 ALTER TABLE mam_messages_v7 RENAME TO mam_messages;
 
