@@ -2,11 +2,24 @@
 //! process appended but never indexed are found after a restart, a row appended
 //! twice is kept once, and removing an archive removes its waiting rows too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use meerkat_storage::{Account, ArchiveEntry, ArchiveQuery, ArchivedMessage, Direction, Stores};
 use meerkat_storage_sqlite::Options;
+
+/// A database file in a fresh temporary directory (removed with the guard).
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    (dir, path)
+}
+
+/// The ids of one page of `user`'s archive.
+async fn ids(stores: &Stores, user: &str, q: &ArchiveQuery) -> Vec<i64> {
+    let page = stores.archive.query(Account::new(user, "example.org"), q).await.expect("query");
+    page.rows.iter().map(|r| r.id).collect()
+}
 
 /// A store that indexes only when a million rows wait: in these tests, never on its own.
 async fn open_lazy(path: &Path) -> Stores {
@@ -40,8 +53,7 @@ fn all() -> ArchiveQuery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_left_unindexed_by_a_stopped_process_are_indexed_when_the_file_is_opened() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("m.db");
+    let (_dir, path) = temp_db();
     let stores = open_lazy(&path).await;
     // Two batches, interleaving two owners; the second repeats alice's row 20
     // (two sessions of hers each took a copy of one message).
@@ -61,22 +73,18 @@ async fn rows_left_unindexed_by_a_stopped_process_are_indexed_when_the_file_is_o
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 21);
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_with"), 21);
     assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 22);
-    let alice = Account::new("alice", "example.org");
-    let ids: Vec<i64> = stores.archive.query(alice, &all()).await.expect("query").rows.iter().map(|r| r.id).collect();
+    let got = ids(&stores, "alice", &all()).await;
     let mut want: Vec<i64> = (1..=20).filter(|i| i % 2 == 0).map(|i| i * 10).collect();
     want.push(300);
-    assert_eq!(ids, want);
+    assert_eq!(got, want);
     let with_dave = ArchiveQuery { with_jid: Some("dave@example.org".into()), ..all() };
-    let page = stores.archive.query(alice, &with_dave).await.expect("query");
-    assert_eq!(page.rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![300]);
-    let bob = Account::new("bob", "example.org");
-    assert_eq!(stores.archive.query(bob, &all()).await.expect("query").rows.len(), 10);
+    assert_eq!(ids(&stores, "alice", &with_dave).await, [300]);
+    assert_eq!(ids(&stores, "bob", &all()).await.len(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_waiting_rows_and_a_full_batch_is_indexed_in_one_go() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("m.db");
+    let (_dir, path) = temp_db();
     let stores = meerkat_storage_sqlite::open_with(&path, Options { archive_index_batch: 10 }).await.expect("open");
     let alice = Account::new("alice", "example.org");
     stores.archive.append(Arc::new((1..=6).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
@@ -102,8 +110,7 @@ async fn reads_see_waiting_rows_and_a_full_batch_is_indexed_in_one_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_an_archive_removes_its_waiting_rows() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("m.db");
+    let (_dir, path) = temp_db();
     let stores = open_lazy(&path).await;
     let alice = Account::new("alice", "example.org");
     let bob = Account::new("bob", "example.org");
@@ -122,7 +129,7 @@ async fn removing_an_archive_removes_its_waiting_rows() {
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_owners"), 0);
     // A new archive for alice starts empty, under a key never used before.
     stores.archive.append(Arc::new(vec![entry("alice", 9, "bob@example.org")])).await.unwrap();
-    assert_eq!(stores.archive.query(alice, &all()).await.unwrap().rows.iter().map(|r| r.id).collect::<Vec<_>>(), [9]);
+    assert_eq!(ids(&stores, "alice", &all()).await, [9]);
     assert_eq!(count(&path, "SELECT owner FROM mam_owners"), 3);
 }
 
@@ -131,8 +138,7 @@ async fn removing_an_archive_removes_its_waiting_rows() {
 /// the rows appended afterwards, under its new key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_removed_by_another_process_while_rows_wait() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("m.db");
+    let (_dir, path) = temp_db();
     let server = open_lazy(&path).await;
     let alice = Account::new("alice", "example.org");
     server.archive.append(Arc::new((1..=3).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
@@ -140,8 +146,7 @@ async fn an_archive_removed_by_another_process_while_rows_wait() {
     cli.archive.remove_archive(alice).await.unwrap();
     drop(cli);
     server.archive.append(Arc::new(vec![entry("alice", 4, "bob@example.org")])).await.unwrap();
-    let ids: Vec<i64> = server.archive.query(alice, &all()).await.unwrap().rows.iter().map(|r| r.id).collect();
-    assert_eq!(ids, [4]);
+    assert_eq!(ids(&server, "alice", &all()).await, [4]);
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_owners"), 1);
 }
 
@@ -150,17 +155,17 @@ async fn an_archive_removed_by_another_process_while_rows_wait() {
 /// owners, before and after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_append_indexes_every_row_as_its_own() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("m.db");
+    let (_dir, path) = temp_db();
     let stores = open_lazy(&path).await;
     let rows: Vec<ArchiveEntry> =
         (1..=100).map(|i| entry(if i % 3 == 0 { "bob" } else { "alice" }, i, "carol@example.org")).collect();
     stores.archive.append(Arc::new(rows)).await.unwrap();
     // Twice: the first read indexes the rows, the second reads them indexed.
     for _ in 0..2 {
-        for (user, keep) in [("alice", 1), ("bob", 0)] {
+        // Every third row is bob's.
+        for (user, bobs) in [("alice", false), ("bob", true)] {
             let page = stores.archive.query(Account::new(user, "example.org"), &all()).await.unwrap();
-            let want: Vec<i64> = (1..=100).filter(|i| if keep == 0 { i % 3 == 0 } else { i % 3 != 0 }).collect();
+            let want: Vec<i64> = (1..=100).filter(|i| (i % 3 == 0) == bobs).collect();
             assert_eq!(page.rows.iter().map(|r| r.id).collect::<Vec<_>>(), want, "{user}");
             for r in &page.rows {
                 assert_eq!(r.stanza, format!("<message n='{}'/>", r.id));
