@@ -96,6 +96,9 @@ struct Waiting {
     rows: usize,
     /// The newest `seq` this process appended.
     last_seq: i64,
+    /// Rows taken out of `owners` are being indexed and not yet committed: a
+    /// reader must queue behind that work (see [`Unindexed::has`]).
+    busy: bool,
 }
 
 /// The rows this process appended and has not indexed yet.
@@ -110,13 +113,17 @@ impl Unindexed {
         Unindexed { waiting: Mutex::new(Waiting::default()), batch: batch.max(1) }
     }
 
-    /// Whether `domain`/`user` has rows waiting.
+    /// Whether a read of `domain`/`user`'s archive must first go through the writer:
+    /// the owner has rows waiting, or rows (perhaps its own) are being indexed in a
+    /// transaction not yet committed, which a job queued behind it will have seen.
     fn has(&self, domain: &str, user: &str) -> bool {
-        self.waiting.lock().owners.get(domain).is_some_and(|m| m.contains_key(user))
+        let w = self.waiting.lock();
+        w.busy || w.owners.get(domain).is_some_and(|m| m.contains_key(user))
     }
 
     fn take(&self, domain: &str, user: &str) -> Option<OwnerRows> {
         let mut w = self.waiting.lock();
+        w.busy = true;
         let users = w.owners.get_mut(domain)?;
         let taken = users.remove(user)?;
         if users.is_empty() {
@@ -141,9 +148,11 @@ impl Unindexed {
     ) -> Result<T> {
         let taken = self.take(domain, user);
         let r = f(taken.as_ref());
+        let mut w = self.waiting.lock();
         if let (Err(_), Some(o)) = (&r, taken) {
-            Self::put_back(&mut self.waiting.lock(), domain.to_owned(), user.to_owned(), o);
+            Self::put_back(&mut w, domain.to_owned(), user.to_owned(), o);
         }
+        w.busy = false;
         r
     }
 
@@ -175,6 +184,7 @@ impl Unindexed {
         let (owners, last_seq) = {
             let mut w = self.waiting.lock();
             w.rows = 0;
+            w.busy = true;
             (mem::take(&mut w.owners), w.last_seq)
         };
         // Owner order, so that consecutive writes fall on the same index pages.
@@ -187,14 +197,15 @@ impl Unindexed {
             tx.commit().map_err(&err)
         });
         drop(all);
+        let mut w = self.waiting.lock();
         if r.is_err() {
-            let mut w = self.waiting.lock();
             for (d, users) in owners {
                 for (u, o) in users {
                     Self::put_back(&mut w, d.clone(), u, o);
                 }
             }
         }
+        w.busy = false;
         r
     }
 }
@@ -337,8 +348,10 @@ impl SqliteStore {
         self.write(move |conn| {
             let err = db_err("archive index");
             unindexed.without(&d, &u, |waiting| {
+                // Nothing left: the work this job queued behind indexed it.
+                let Some(waiting) = waiting else { return Ok(()) };
                 let tx = write_tx(conn, "archive index")?;
-                index_waiting(&tx, waiting).map_err(&err)?;
+                index_waiting(&tx, Some(waiting)).map_err(&err)?;
                 tx.commit().map_err(&err)
             })
         })

@@ -178,3 +178,29 @@ async fn a_large_append_indexes_every_row_as_its_own() {
     let page = stores.archive.query(Account::new("bob", "example.org"), &all()).await.unwrap();
     assert_eq!(page.rows.len(), 33);
 }
+
+/// Reads that arrive while a full batch is being indexed (its transaction not yet
+/// committed) wait for it instead of reading indexes that lack the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_a_batch_being_indexed_see_every_row() {
+    let (_dir, path) = temp_db();
+    let stores = meerkat_storage_sqlite::open_with(&path, Options { archive_index_batch: 20_000 }).await.unwrap();
+    // 19,999 rows waiting: 40 for each of u0..u498, 39 for u499.
+    let rows: Vec<ArchiveEntry> =
+        (0..19_999).map(|i| entry(&format!("u{}", i % 500), i + 1, "p@example.org")).collect();
+    stores.archive.append(Arc::new(rows)).await.unwrap();
+    // The 20,000th row starts the batch; the reads run while it is indexed.
+    let writer = {
+        let stores = stores.clone();
+        tokio::spawn(async move { stores.archive.append(Arc::new(vec![entry("u499", 20_000, "p@example.org")])).await })
+    };
+    // The append reaches the writer first; the batch takes longer than this.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // (Without the wait, a read that came while the batch was being written
+    // found none of its owner's rows: three runs in three failed.)
+    for u in 0..499 {
+        assert_eq!(ids(&stores, &format!("u{u}"), &all()).await.len(), 40, "u{u}");
+    }
+    writer.await.unwrap().unwrap();
+    assert_eq!(ids(&stores, "u499", &all()).await.len(), 40);
+}
