@@ -94,13 +94,8 @@ pub async fn open_with(path: &Path, opts: Options) -> Result<Stores> {
 /// connection on one thread serves reads and writes; everything is lost when the
 /// returned [`Stores`] is dropped.
 pub async fn open_memory() -> Result<Stores> {
-    open_memory_with(Options::default()).await
-}
-
-/// [`open_memory`] with other [`Options`].
-pub async fn open_memory_with(opts: Options) -> Result<Stores> {
     let pool = off_runtime("open", Pool::open_memory).await?;
-    Ok(Stores::from_backend("sqlite", Arc::new(store::SqliteStore::new(pool, &opts))))
+    Ok(Stores::from_backend("sqlite", Arc::new(store::SqliteStore::new(pool, &Options::default()))))
 }
 
 /// Runs `f` on a fresh OS thread and awaits its result without blocking the runtime.
