@@ -97,7 +97,7 @@ struct Waiting {
     /// The newest `seq` this process appended.
     last_seq: i64,
     /// Rows taken out of `owners` are being indexed and not yet committed: a
-    /// reader must queue behind that work (see [`Unindexed::has`]).
+    /// reader must queue behind that work (see [`Unindexed::read_waits`]).
     busy: bool,
 }
 
@@ -116,7 +116,7 @@ impl Unindexed {
     /// Whether a read of `domain`/`user`'s archive must first go through the writer:
     /// the owner has rows waiting, or rows (perhaps its own) are being indexed in a
     /// transaction not yet committed, which a job queued behind it will have seen.
-    fn has(&self, domain: &str, user: &str) -> bool {
+    fn read_waits(&self, domain: &str, user: &str) -> bool {
         let w = self.waiting.lock();
         w.busy || w.owners.get(domain).is_some_and(|m| m.contains_key(user))
     }
@@ -340,7 +340,7 @@ fn finish(raw: (ArchivedMessage, String)) -> Result<ArchivedMessage> {
 impl SqliteStore {
     /// Indexes the rows of `acc`'s archive that wait, so that a read sees them.
     async fn index_owner(&self, acc: Account<'_>) -> Result<()> {
-        if !self.unindexed.has(acc.domain, acc.user) {
+        if !self.unindexed.read_waits(acc.domain, acc.user) {
             return Ok(());
         }
         let (d, u) = (acc.domain.to_owned(), acc.user.to_owned());
@@ -399,12 +399,14 @@ impl ArchiveStore for SqliteStore {
                 let mut chunk_st = tx.prepare_cached(insert_sql(APPEND_CHUNK)).map_err(&err)?;
                 let mut one_st = tx.prepare_cached(insert_sql(1)).map_err(&err)?;
                 let mut args: Vec<&dyn ToSql> = Vec::with_capacity(8 * APPEND_CHUNK);
+                // The stored values, borrowed by the parameters below.
+                let directions = [Direction::Incoming.as_str(), Direction::Outgoing.as_str()];
                 for (c, chunk) in rows.chunks(APPEND_CHUNK).enumerate() {
                     let first = c * APPEND_CHUNK;
                     let one_by_one = chunk.len() < APPEND_CHUNK;
                     for (k, r) in chunk.iter().enumerate() {
                         let m = &r.msg;
-                        let dir: &&str = if m.direction == Direction::Incoming { &"in" } else { &"out" };
+                        let dir = &directions[usize::from(m.direction == Direction::Outgoing)];
                         args.extend([
                             &keys[first + k] as &dyn ToSql,
                             &m.id,
