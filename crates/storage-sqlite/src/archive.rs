@@ -19,6 +19,7 @@
 use std::mem;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use foldhash::HashMap;
 use meerkat_storage::{
     Account, ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
@@ -40,33 +41,74 @@ macro_rules! owner {
     };
 }
 
-/// Rows per `INSERT` statement of an append (8 parameters each): one statement
+/// Rows per multi-row `INSERT` (of the log and of the two indexes): one statement
 /// run per chunk instead of per row; a last partial chunk goes row by row.
-const APPEND_CHUNK: usize = 32;
+const CHUNK: usize = 32;
 
-/// `INSERT INTO mam_messages` of `n` rows (built once per size: the statement
-/// cache keeps it).
-fn insert_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
-    let [one, chunk] = SQL.get_or_init(|| {
-        let build = |n: usize| {
+/// The tables rows are inserted into.
+#[derive(Clone, Copy)]
+enum Insert {
+    /// `mam_messages`.
+    Log,
+    /// `mam_by_owner` (ignoring an entry that exists: see [`index_entries`]).
+    ByOwner,
+    /// `mam_by_with` (likewise).
+    ByWith,
+}
+
+/// The `INSERT` of one row (`chunk` false) or of [`CHUNK`] rows into `table`
+/// (built once: the statement cache keeps them).
+fn insert_sql(table: Insert, chunk: bool) -> &'static str {
+    static SQL: std::sync::OnceLock<[[String; 2]; 3]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        let build = |head: &str, cols: usize, n: usize| {
             let values: Vec<String> = (0..n)
-                .map(|r| format!("({})", (1..=8).map(|c| format!("?{}", r * 8 + c)).collect::<Vec<_>>().join(", ")))
+                .map(|r| {
+                    let row: Vec<String> = (1..=cols).map(|c| format!("?{}", r * cols + c)).collect();
+                    format!("({})", row.join(", "))
+                })
                 .collect();
-            format!(
-                "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza) \
-                 VALUES {}",
-                values.join(", ")
-            )
+            format!("{head} VALUES {}", values.join(", "))
         };
-        [build(1), build(APPEND_CHUNK)]
+        [
+            ("INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza)", 8),
+            ("INSERT OR IGNORE INTO mam_by_owner (owner, id, seq)", 3),
+            ("INSERT OR IGNORE INTO mam_by_with (owner, with_jid, id, seq)", 4),
+        ]
+        .map(|(head, cols)| [build(head, cols, 1), build(head, cols, CHUNK)])
     });
-    if n == 1 {
-        one
-    } else {
-        debug_assert_eq!(n, APPEND_CHUNK);
-        chunk
+    &all[table as usize][usize::from(chunk)]
+}
+
+/// Runs the `INSERT`s of `rows` into `table` ([`CHUNK`] rows per statement),
+/// calling `after` with each chunk's rows and the number of rows inserted.
+fn insert_rows<R>(
+    tx: &Transaction<'_>,
+    table: Insert,
+    rows: &mut [R],
+    bind: impl for<'r> Fn(&'r R, &mut Vec<&'r dyn ToSql>),
+    mut after: impl FnMut(&mut [R], usize) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut chunk_st = tx.prepare_cached(insert_sql(table, true))?;
+    let mut one_st = tx.prepare_cached(insert_sql(table, false))?;
+    for chunk in rows.chunks_mut(CHUNK) {
+        let mut inserted = 0;
+        if chunk.len() == CHUNK {
+            let mut args: Vec<&dyn ToSql> = Vec::with_capacity(8 * CHUNK);
+            for r in chunk.iter() {
+                bind(r, &mut args);
+            }
+            inserted = chunk_st.execute(&*args)?;
+        } else {
+            for r in chunk.iter() {
+                let mut args: Vec<&dyn ToSql> = Vec::with_capacity(8);
+                bind(r, &mut args);
+                inserted += one_st.execute(&*args)?;
+            }
+        }
+        after(chunk, inserted)?;
     }
+    Ok(())
 }
 
 /// [`meerkat_storage::RETRACT_WINDOW`] as an SQL parameter.
@@ -80,7 +122,8 @@ pub(crate) struct Entry {
     owner: i64,
     id: i64,
     seq: i64,
-    with_jid: String,
+    /// Inline up to 24 bytes (most bare JIDs): no allocation per row.
+    with_jid: CompactString,
 }
 
 /// One owner's rows that are in the log but not yet indexed.
@@ -101,16 +144,71 @@ struct Waiting {
     busy: bool,
 }
 
-/// The rows this process appended and has not indexed yet.
+/// Owners' keys (`mam_owners`) by domain, then user, that appends looked up or
+/// created, so that a batch finds most of its owners without a query. Touched
+/// on the writer thread only. A key goes stale only when its owner is removed:
+/// by this process (dropped by [`Unindexed::without`], which every removal goes
+/// through), or by another one (the CLI): then `PRAGMA data_version` has changed
+/// and the next append starts over.
+#[derive(Default)]
+struct Keys {
+    /// `PRAGMA data_version` when the keys were last known to be current.
+    version: i64,
+    names: HashMap<String, HashMap<String, i64>>,
+    len: usize,
+}
+
+/// Owners' keys kept at most; beyond it the cache starts over.
+const KEYS_MAX: usize = 100_000;
+
+impl Keys {
+    fn get(&self, domain: &str, user: &str) -> Option<i64> {
+        self.names.get(domain)?.get(user).copied()
+    }
+
+    fn insert(&mut self, domain: &str, user: &str, key: i64) {
+        if self.len >= KEYS_MAX {
+            self.names.clear();
+            self.len = 0;
+        }
+        let users = match self.names.get_mut(domain) {
+            Some(u) => u,
+            None => self.names.entry(domain.to_owned()).or_default(),
+        };
+        if users.insert(user.to_owned(), key).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, domain: &str, user: &str) {
+        if self.names.get_mut(domain).and_then(|u| u.remove(user)).is_some() {
+            self.len -= 1;
+        }
+    }
+}
+
+/// An append's rows of one owner.
+struct Group<'a> {
+    domain: &'a str,
+    user: &'a str,
+    key: i64,
+    /// The key was not in [`Keys`].
+    fresh: bool,
+    rows: Vec<Entry>,
+}
+
+/// The rows this process appended and has not indexed yet, and the owners' keys
+/// it knows.
 pub(crate) struct Unindexed {
     waiting: Mutex<Waiting>,
+    keys: Mutex<Keys>,
     /// Index when this many rows wait.
     batch: usize,
 }
 
 impl Unindexed {
     pub(crate) fn new(batch: usize) -> Self {
-        Unindexed { waiting: Mutex::new(Waiting::default()), batch: batch.max(1) }
+        Unindexed { waiting: Mutex::new(Waiting::default()), keys: Mutex::new(Keys::default()), batch: batch.max(1) }
     }
 
     /// Whether a read of `domain`/`user`'s archive must first go through the writer:
@@ -139,13 +237,16 @@ impl Unindexed {
     }
 
     /// Runs `f` (in a transaction it commits) with the rows of `domain`/`user` taken
-    /// out; they are put back if it fails, to be indexed later.
+    /// out; they are put back if it fails, to be indexed later. Every change to an
+    /// owner's archive other than an append goes through here (on the writer
+    /// thread), which also forgets the owner's key: `f` may remove the owner.
     pub(crate) fn without<T>(
         &self,
         domain: &str,
         user: &str,
         f: impl FnOnce(Option<&OwnerRows>) -> Result<T>,
     ) -> Result<T> {
+        self.keys.lock().remove(domain, user);
         let taken = self.take(domain, user);
         let r = f(taken.as_ref());
         let mut w = self.waiting.lock();
@@ -156,23 +257,22 @@ impl Unindexed {
         r
     }
 
-    /// Records the rows of a committed append: `(row, owner key, seq)`.
-    fn record(&self, rows: &[ArchiveEntry], logged: Vec<(usize, i64, i64)>) {
+    /// Records the rows of a committed append, grouped by owner; `last_seq` is
+    /// the newest of them.
+    fn record(&self, groups: Vec<Group<'_>>, last_seq: i64) {
         let mut w = self.waiting.lock();
-        w.rows += logged.len();
-        for (i, key, seq) in logged {
-            let r = &rows[i];
-            let e = Entry { owner: key, id: r.msg.id, seq, with_jid: r.msg.with_jid.clone() };
-            w.last_seq = w.last_seq.max(seq);
-            let users = match w.owners.get_mut(r.domain.as_str()) {
+        w.last_seq = w.last_seq.max(last_seq);
+        for g in groups {
+            w.rows += g.rows.len();
+            let users = match w.owners.get_mut(g.domain) {
                 Some(u) => u,
-                None => w.owners.entry(r.domain.clone()).or_default(),
+                None => w.owners.entry(g.domain.to_owned()).or_default(),
             };
             // An owner with rows waiting costs no allocation.
-            match users.get_mut(r.user.as_str()) {
-                Some(o) => o.rows.push(e),
+            match users.get_mut(g.user) {
+                Some(o) => o.rows.extend(g.rows),
                 None => {
-                    users.insert(r.user.clone(), OwnerRows { rows: vec![e] });
+                    users.insert(g.user.to_owned(), OwnerRows { rows: g.rows });
                 }
             }
         }
@@ -187,9 +287,7 @@ impl Unindexed {
             w.busy = true;
             (mem::take(&mut w.owners), w.last_seq)
         };
-        // Owner order, so that consecutive writes fall on the same index pages.
-        let mut all: Vec<&Entry> = owners.values().flat_map(|users| users.values()).flat_map(|o| &o.rows).collect();
-        all.sort_unstable_by_key(|e| e.owner);
+        let all: Vec<&Entry> = owners.values().flat_map(|users| users.values()).flat_map(|o| &o.rows).collect();
         let err = db_err("archive index");
         let r = write_tx(conn, "archive index").and_then(|tx| {
             index_entries(&tx, &all).map_err(&err)?;
@@ -210,46 +308,50 @@ impl Unindexed {
     }
 }
 
-/// Writes the index entries of `entries`, sorted by owner; see [`index_rows`].
+/// Writes the index entries of `entries` in index order, so that consecutive
+/// writes fall on the same pages, [`CHUNK`] per statement. A row whose
+/// `(owner, id)` another row already holds is a duplicate and is deleted; an
+/// entry that exists for the row itself (indexed before a crash) is left alone.
 fn index_entries(tx: &Transaction<'_>, entries: &[&Entry]) -> rusqlite::Result<()> {
-    let mut rows = Vec::new();
-    for group in entries.chunk_by(|a, b| a.owner == b.owner) {
-        // Sorted copies: the entries stay as they are in case they must wait again.
-        rows.clear();
-        rows.extend(group.iter().map(|e| (e.id, e.seq, e.with_jid.as_str())));
-        index_rows(tx, group[0].owner, &mut rows)?;
-    }
-    Ok(())
-}
-
-/// Writes the index entries of one owner's rows `(id, seq, with_jid)`; a row
-/// whose `(owner, id)` another row already holds is a duplicate and is deleted.
-fn index_rows(tx: &Transaction<'_>, owner: i64, rows: &mut Vec<(i64, i64, &str)>) -> rusqlite::Result<()> {
-    let mut by_owner = tx.prepare_cached("INSERT OR IGNORE INTO mam_by_owner (owner, id, seq) VALUES (?1, ?2, ?3)")?;
-    rows.sort_unstable_by_key(|r| r.0);
-    let mut dups = 0;
-    for r in rows.iter_mut() {
-        if by_owner.execute(params![owner, r.0, r.1])? == 0 {
-            let holder: i64 = tx
-                .prepare_cached("SELECT seq FROM mam_by_owner WHERE owner = ?1 AND id = ?2")?
-                .query_row(params![owner, r.0], |row| row.get(0))?;
-            if holder != r.1 {
-                tx.prepare_cached("DELETE FROM mam_messages WHERE seq = ?1")?.execute([r.1])?;
-                r.1 = 0; // seqs start at 1
-                dups += 1;
+    // (owner, id, seq, with_jid): sorted copies, the entries stay as they are
+    // in case they must wait again.
+    let mut rows: Vec<(i64, i64, i64, &str)> =
+        entries.iter().map(|e| (e.owner, e.id, e.seq, e.with_jid.as_str())).collect();
+    // Of rows with one (owner, id), the first appended is kept.
+    rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+    let mut holder = tx.prepare_cached("SELECT seq FROM mam_by_owner WHERE owner = ?1 AND id = ?2")?;
+    let mut delete = tx.prepare_cached("DELETE FROM mam_messages WHERE seq = ?1")?;
+    let mut dups = false;
+    insert_rows(
+        tx,
+        Insert::ByOwner,
+        &mut rows,
+        |r, args| args.extend([&r.0 as &dyn ToSql, &r.1, &r.2]),
+        |chunk, inserted| {
+            if inserted < chunk.len() {
+                for r in chunk.iter_mut() {
+                    let seq: i64 = holder.query_row(params![r.0, r.1], |row| row.get(0))?;
+                    if seq != r.2 {
+                        delete.execute([r.2])?;
+                        r.2 = 0; // seqs start at 1
+                        dups = true;
+                    }
+                }
             }
-        }
+            Ok(())
+        },
+    )?;
+    if dups {
+        rows.retain(|r| r.2 != 0);
     }
-    if dups > 0 {
-        rows.retain(|r| r.1 != 0);
-    }
-    rows.sort_unstable_by(|a, b| (a.2, a.0).cmp(&(b.2, b.0)));
-    let mut by_with =
-        tx.prepare_cached("INSERT OR IGNORE INTO mam_by_with (owner, with_jid, id, seq) VALUES (?1, ?2, ?3, ?4)")?;
-    for r in rows.iter() {
-        by_with.execute(params![owner, r.2, r.0, r.1])?;
-    }
-    Ok(())
+    rows.sort_unstable_by(|a, b| (a.0, a.3, a.1).cmp(&(b.0, b.3, b.1)));
+    insert_rows(
+        tx,
+        Insert::ByWith,
+        &mut rows,
+        |r, args| args.extend([&r.0 as &dyn ToSql, &r.3, &r.1, &r.2]),
+        |_, _| Ok(()),
+    )
 }
 
 /// Moves `indexed_seq` to `seq` if that is further.
@@ -269,7 +371,8 @@ pub(crate) fn recover(conn: &mut Connection) -> Result<()> {
         .prepare("SELECT owner, id, seq, with_jid FROM mam_messages WHERE seq > ?1 ORDER BY owner")
         .and_then(|mut st| {
             st.query_map([from], |r| {
-                Ok(Entry { owner: r.get(0)?, id: r.get(1)?, seq: r.get(2)?, with_jid: r.get(3)? })
+                let with_jid = r.get_ref(3)?.as_str()?.into();
+                Ok(Entry { owner: r.get(0)?, id: r.get(1)?, seq: r.get(2)?, with_jid })
             })?
             .collect()
         })
@@ -309,9 +412,7 @@ pub(crate) fn delete_archive(
 /// In a transaction: indexes the waiting rows of one owner.
 fn index_waiting(tx: &Transaction<'_>, waiting: Option<&OwnerRows>) -> rusqlite::Result<()> {
     let Some(o) = waiting else { return Ok(()) };
-    let mut all: Vec<&Entry> = o.rows.iter().collect();
-    all.sort_by_key(|e| e.owner);
-    index_entries(tx, &all)
+    index_entries(tx, &o.rows.iter().collect::<Vec<_>>())
 }
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<(ArchivedMessage, String)> {
@@ -369,74 +470,86 @@ impl ArchiveStore for SqliteStore {
         self.write(move |conn| {
             let err = db_err("archive append");
             let tx = write_tx(conn, "archive append")?;
-            // Each owner's key is looked up (or created) once per batch, inside
-            // the transaction, so it cannot be stale.
-            let mut keys = Vec::with_capacity(rows.len());
+            // The cached keys are current unless another process committed since
+            // the last append (it may have removed an owner).
+            let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(&err)?;
+            let mut keys = unindexed.keys.lock();
+            if keys.version != version {
+                *keys = Keys { version, ..Keys::default() };
+            }
+            // The rows by owner; each owner's key from the cache, or looked up (or
+            // created) once per batch inside the transaction.
+            let mut groups: Vec<Group<'_>> = Vec::new();
+            let mut keyed: Vec<(i64, usize, &ArchiveEntry)> = Vec::with_capacity(rows.len());
             {
+                let mut group_of: HashMap<(&str, &str), usize> = HashMap::default();
                 let mut find = tx.prepare_cached(concat!("SELECT ", owner!())).map_err(&err)?;
                 let mut add =
                     tx.prepare_cached("INSERT INTO mam_owners (domain, username) VALUES (?1, ?2)").map_err(&err)?;
-                let mut owners: HashMap<(&str, &str), i64> = HashMap::default();
                 for r in rows.iter() {
-                    let key = match owners.get(&(r.domain.as_str(), r.user.as_str())) {
-                        Some(&o) => o,
+                    let (domain, user) = (r.domain.as_str(), r.user.as_str());
+                    let g = match group_of.get(&(domain, user)) {
+                        Some(&g) => g,
                         None => {
-                            let found: Option<i64> =
-                                find.query_row(params![r.domain, r.user], |row| row.get(0)).map_err(&err)?;
-                            let o = match found {
-                                Some(o) => o,
-                                None => add.insert(params![r.domain, r.user]).map_err(&err)?,
+                            let (key, fresh) = match keys.get(domain, user) {
+                                Some(k) => (k, false),
+                                None => {
+                                    let found: Option<i64> =
+                                        find.query_row(params![domain, user], |row| row.get(0)).map_err(&err)?;
+                                    let k = match found {
+                                        Some(k) => k,
+                                        None => add.insert(params![domain, user]).map_err(&err)?,
+                                    };
+                                    (k, true)
+                                }
                             };
-                            owners.insert((r.domain.as_str(), r.user.as_str()), o);
-                            o
+                            groups.push(Group { domain, user, key, fresh, rows: Vec::new() });
+                            group_of.insert((domain, user), groups.len() - 1);
+                            groups.len() - 1
                         }
                     };
-                    keys.push(key);
+                    keyed.push((groups[g].key, g, r));
                 }
             }
-            let mut logged = Vec::with_capacity(rows.len());
-            {
-                let mut chunk_st = tx.prepare_cached(insert_sql(APPEND_CHUNK)).map_err(&err)?;
-                let mut one_st = tx.prepare_cached(insert_sql(1)).map_err(&err)?;
-                let mut args: Vec<&dyn ToSql> = Vec::with_capacity(8 * APPEND_CHUNK);
-                // The stored values, borrowed by the parameters below.
-                let directions = [Direction::Incoming.as_str(), Direction::Outgoing.as_str()];
-                for (c, chunk) in rows.chunks(APPEND_CHUNK).enumerate() {
-                    let first = c * APPEND_CHUNK;
-                    let one_by_one = chunk.len() < APPEND_CHUNK;
-                    for (k, r) in chunk.iter().enumerate() {
-                        let m = &r.msg;
-                        let dir = &directions[usize::from(m.direction == Direction::Outgoing)];
-                        args.extend([
-                            &keys[first + k] as &dyn ToSql,
-                            &m.id,
-                            &m.with_jid,
-                            &m.with_resource,
-                            dir,
-                            &m.sender,
-                            &m.origin_id,
-                            &m.stanza,
-                        ]);
-                        if one_by_one {
-                            one_st.execute(&*args).map_err(&err)?;
-                            args.clear();
-                            logged.push((first + k, keys[first + k], tx.last_insert_rowid()));
-                        }
+            // The stored directions, borrowed by the parameters below.
+            static DIRECTIONS: [&str; 2] = [Direction::Incoming.as_str(), Direction::Outgoing.as_str()];
+            let mut last_seq = 0;
+            insert_rows(
+                &tx,
+                Insert::Log,
+                &mut keyed,
+                |(key, _, r), args| {
+                    let m = &r.msg;
+                    args.extend([
+                        key as &dyn ToSql,
+                        &m.id,
+                        &m.with_jid,
+                        &m.with_resource,
+                        &DIRECTIONS[usize::from(m.direction == Direction::Outgoing)],
+                        &m.sender,
+                        &m.origin_id,
+                        &m.stanza,
+                    ]);
+                },
+                |chunk, _| {
+                    // A rowid table gives each new row the largest rowid plus one:
+                    // the chunk's rows have consecutive seqs, ending here.
+                    last_seq = tx.last_insert_rowid();
+                    let first = last_seq - (chunk.len() as i64 - 1);
+                    for (k, (key, g, r)) in chunk.iter().enumerate() {
+                        let with_jid = r.msg.with_jid.as_str().into();
+                        groups[*g].rows.push(Entry { owner: *key, id: r.msg.id, seq: first + k as i64, with_jid });
                     }
-                    if !one_by_one {
-                        chunk_st.execute(&*args).map_err(&err)?;
-                        args.clear();
-                        // A rowid table gives each new row the largest rowid plus
-                        // one: the chunk's rows have consecutive seqs, ending here.
-                        let last = tx.last_insert_rowid();
-                        for k in 0..APPEND_CHUNK {
-                            logged.push((first + k, keys[first + k], last - (APPEND_CHUNK - 1 - k) as i64));
-                        }
-                    }
-                }
-            }
+                    Ok(())
+                },
+            )
+            .map_err(&err)?;
             tx.commit().map_err(&err)?;
-            unindexed.record(&rows, logged);
+            for g in groups.iter().filter(|g| g.fresh) {
+                keys.insert(g.domain, g.user, g.key);
+            }
+            drop(keys);
+            unindexed.record(groups, last_seq);
             if unindexed.waiting.lock().rows >= unindexed.batch {
                 // The rows are stored; if indexing fails they wait for the next
                 // attempt (and a read indexes its owner's rows itself).

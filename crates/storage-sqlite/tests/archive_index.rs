@@ -204,3 +204,34 @@ async fn reads_during_a_batch_being_indexed_see_every_row() {
     writer.await.unwrap().unwrap();
     assert_eq!(ids(&stores, "u499", &all()).await.len(), 40);
 }
+
+/// Duplicates inside full multi-row index statements: a repeated `(owner, id)` is
+/// deleted wherever it falls in a chunk, a row indexed before (by a read) is
+/// kept, and every other row keeps its own stanza.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_rows_inside_full_index_chunks_are_deleted_once() {
+    let (_dir, path) = temp_db();
+    let stores = open_lazy(&path).await;
+    // 70 rows of alice (two full chunks and a remainder), then 70 more of which
+    // ids 1, 33 and 64 repeat rows of the first batch.
+    let first: Vec<ArchiveEntry> = (1..=70).map(|i| entry("alice", i, "bob@example.org")).collect();
+    stores.archive.append(Arc::new(first)).await.unwrap();
+    let mut second: Vec<ArchiveEntry> = (71..=137).map(|i| entry("alice", i, "bob@example.org")).collect();
+    for id in [1, 33, 64] {
+        let mut again = entry("alice", id, "bob@example.org");
+        again.msg.stanza = format!("<message n='{id}' again=''/>");
+        second.push(again);
+    }
+    stores.archive.append(Arc::new(second)).await.unwrap();
+    // A read indexes them all (the repeated rows come after their originals).
+    let page = stores.archive.query(Account::new("alice", "example.org"), &all()).await.unwrap();
+    assert_eq!(page.rows.iter().map(|r| r.id).collect::<Vec<_>>(), (1..=137).collect::<Vec<_>>());
+    assert!(page.rows.iter().all(|r| r.stanza == format!("<message n='{}'/>", r.id)));
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 137);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_with"), 137);
+    // Recovery after a stop re-indexes rows a read indexed: nothing is deleted.
+    drop(stores);
+    let stores = open_lazy(&path).await;
+    assert_eq!(ids(&stores, "alice", &all()).await.len(), 137);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 137);
+}

@@ -23,7 +23,7 @@ pub enum Direction {
 
 impl Direction {
     /// The stored value (`in`, `out`).
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Direction::Incoming => "in",
             Direction::Outgoing => "out",
