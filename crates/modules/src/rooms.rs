@@ -58,7 +58,7 @@ pub(crate) async fn fan_out(ctx: &ServerContext, el: &Element, targets: impl Int
     for to in targets {
         let mut el = shared.clone();
         el.set_attr("to", to.as_str());
-        ctx.route(Stanza { kind, from: from.clone(), to: Some(to), el }).await;
+        ctx.route(Stanza { kind, from: from.clone(), to: Some(to), el, archive_text: None }).await;
     }
 }
 

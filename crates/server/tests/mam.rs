@@ -149,6 +149,12 @@ async fn archives_both_ends_and_filters() {
     let (ahits, _) = query(&mut a, MAM, "q2", "", "", "").await;
     assert_eq!(bodies(&ahits), vec!["hello 1", "hello 2", "hello 3", "reply"]);
     assert!(ahits.iter().all(|h| !seen_ids.contains(&h.id)));
+    // Both archives hold the message as its sender sent it, without the stanza
+    // ids the archives stamped (each result carries its own id).
+    for (mine, theirs) in ahits.iter().zip(&hits) {
+        assert_eq!(mine.msg, theirs.msg);
+        assert!(!mine.msg.has_child("stanza-id", ns::SID), "{}", mine.msg);
+    }
 
     // with: bare, full (resource), other.
     let (h, _) = query(&mut a, MAM, "w1", &with("bob@localhost"), "", "").await;

@@ -58,6 +58,11 @@ pub struct Stanza {
     pub to: Option<Jid>,
     /// The element itself, with every attribute and child as received.
     pub el: Element,
+    /// A message as the sender's archive stored it (XEP-0313), set where it was
+    /// sent, so that the recipient's archive stores the same text without
+    /// serialising the message again. Whatever changes a message's content
+    /// between its sender and its recipients must clear it.
+    pub archive_text: Option<std::sync::Arc<str>>,
 }
 
 impl Stanza {
@@ -95,7 +100,7 @@ impl Stanza {
             Ok(f) => f,
             Err(e) => return Err((el, Some(e))),
         };
-        Ok(Stanza { kind, from, to, el })
+        Ok(Stanza { kind, from, to, el, archive_text: None })
     }
 
     /// Builds a stanza from an element the server made itself (its `to`/`from` are trusted).
@@ -107,7 +112,7 @@ impl Stanza {
         };
         let to = el.attr("to").and_then(|s| Jid::new(s).ok());
         let from = el.attr("from").and_then(|s| Jid::new(s).ok());
-        Stanza { kind, from, to, el }
+        Stanza { kind, from, to, el, archive_text: None }
     }
 
     /// Whether this is a presence subscription stanza (RFC 6121 §3).
@@ -163,6 +168,7 @@ impl Stanza {
             from: self.to.clone(),
             to: self.from.clone(),
             el: make_error_reply(&self.el, err),
+            archive_text: None,
         })
     }
 }

@@ -107,13 +107,21 @@ fn open<'a, S: Sink>(el: &'a Element, default_ns: &'a str, scope: &mut Scope<'a>
     }
 }
 
+/// Writes `root`, leaving out the children of `root` itself for which `skip`
+/// is true.
 fn write_tree<S: Sink>(root: &Element, out: &mut S, parent_ns: &str) {
+    write_tree_skipping(root, out, parent_ns, |_| false);
+}
+
+fn write_tree_skipping<S: Sink>(root: &Element, out: &mut S, parent_ns: &str, skip: impl Fn(&Element) -> bool) {
     let mut scope: Scope<'_> = Vec::new();
     let mut stack: Vec<Frame<'_>> = Vec::new();
     if let Some(f) = open(root, parent_ns, &mut scope, out) {
         stack.push(f);
     }
-    while let Some(top) = stack.last_mut() {
+    loop {
+        let depth = stack.len();
+        let Some(top) = stack.last_mut() else { break };
         let el = top.el;
         match el.nodes.get(top.next) {
             Some(node) => {
@@ -121,6 +129,7 @@ fn write_tree<S: Sink>(root: &Element, out: &mut S, parent_ns: &str) {
                 match node {
                     Node::Text(t) => escape_text_to(t, out),
                     Node::Raw(r) => out.put(r),
+                    Node::Element(child) if depth == 1 && skip(child) => {}
                     Node::Element(child) => {
                         let d = top.default_ns;
                         if let Some(f) = open(child, d, &mut scope, out) {
@@ -189,6 +198,14 @@ impl Element {
         write_tree(self, &mut out, "");
         out
     }
+
+    /// Like [`Element::to_string_with_ns`], without the element's own children
+    /// for which `skip` is true (deeper descendants are all written).
+    pub fn to_string_with_ns_skipping(&self, skip: impl Fn(&Element) -> bool) -> String {
+        let mut out = String::with_capacity(128);
+        write_tree_skipping(self, &mut out, "", skip);
+        out
+    }
 }
 
 impl fmt::Display for Element {
@@ -224,6 +241,24 @@ mod tests {
         // Standalone, it parses back into the tree it came from.
         let back = parse_element(&copy.to_string_with_ns(), &Limits::default()).unwrap();
         assert_eq!(back.child_text("body", "jabber:client").as_deref(), Some("<hi> & 'bye'"));
+    }
+
+    #[test]
+    fn skipping_leaves_out_only_matching_children_of_the_root() {
+        let sid = |by: &str| Element::builder("stanza-id", "urn:xmpp:sid:0").attr("by", by).attr("id", "1").build();
+        let m = Element::builder("message", "jabber:client")
+            .append(sid("a@b"))
+            .append(Element::builder("body", "jabber:client").text("hi").build())
+            .append(Element::builder("x", "urn:x").append(sid("a@b")).build())
+            .append(sid("c@d"))
+            .build();
+        let out = m.to_string_with_ns_skipping(|c| c.is("stanza-id", "urn:xmpp:sid:0"));
+        assert_eq!(
+            out,
+            "<message xmlns='jabber:client'><body>hi</body><x xmlns='urn:x'>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='a@b' id='1'/></x></message>"
+        );
+        assert_eq!(m.to_string_with_ns_skipping(|_| false), m.to_string_with_ns());
     }
 
     #[test]

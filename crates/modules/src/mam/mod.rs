@@ -11,6 +11,10 @@
 //!   (as ejabberd does). Not archived: errors, groupchat, headlines, messages
 //!   without a body (chat states) unless they carry a XEP-0334 `<store/>` hint,
 //!   `no-store`/`no-permanent-store`, carbons and archive results.
+//! - **Stored text**: the message as its sender sent it (with the `from` the server
+//!   stamped), without XEP-0359 stanza ids: each result carries its archive's id.
+//!   Both archives store the same text, serialised once where the message is sent
+//!   ([`Stanza::archive_text`] carries it to a recipient on this node).
 //! - **Preferences** are cached per user; the hot path decides from the cache and
 //!   the session's roster cache, and leaves to the writer what needs the database.
 //! - **Writes are asynchronous and batched** (see [`writer`]); queries flush the
@@ -220,8 +224,8 @@ fn archivable(st: &Stanza) -> bool {
         && !el.has_child("result", NS_MAM1)
 }
 
-/// A row for `st`, with `other` as the other party.
-fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction) -> ArchivedMessage {
+/// A row for `st`, with `other` as the other party, archived as `stanza`.
+fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction, stanza: String) -> ArchivedMessage {
     ArchivedMessage {
         id,
         with_jid: bare_str(other).to_owned(),
@@ -229,7 +233,22 @@ fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction) -> ArchivedMessa
         direction,
         sender: st.from.as_ref().map(|f| f.as_str().to_owned()).unwrap_or_default(),
         origin_id: st.id().map(str::to_owned),
-        stanza: st.el.to_string_with_ns(),
+        stanza,
+    }
+}
+
+/// The text a message is archived as: the message without the stanza ids the
+/// archives stamp on it (each result carries its archive's id), the same in the
+/// sender's and in the recipient's archive.
+fn archive_text(st: &Stanza) -> String {
+    st.el.to_string_with_ns_skipping(|c| c.is("stanza-id", ns::SID))
+}
+
+/// The text of a message that arrived: its sender's if it came with it.
+fn received_text(st: &Stanza) -> String {
+    match &st.archive_text {
+        Some(text) => String::from(&**text),
+        None => archive_text(st),
     }
 }
 
@@ -276,11 +295,15 @@ impl SessionHooks for Mam {
         }
         let by = s.bare.as_str();
         st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
+        // Serialised once, for the sender's row here and the recipient's where it
+        // arrives (on this node: a copy of the text, not another serialisation).
+        let text = archive_text(st);
+        st.archive_text = Some(Arc::from(text.as_str()));
         let id = new_archive_id();
         st.el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", by).build());
         let with = bare_str(to);
         let roster = s.roster.as_ref().map(|r| r.items.get(with).is_some_and(|i| i.visible));
-        self.archive(ctx, &s.bare, row(id, st, to, Direction::Outgoing), roster);
+        self.archive(ctx, &s.bare, row(id, st, to, Direction::Outgoing, text), roster);
         self.retract(ctx, &s.bare, with, Direction::Outgoing, st);
         Flow::Continue
     }
@@ -293,7 +316,7 @@ impl SessionHooks for Mam {
         // Several sessions may each take a copy: the same id is stored once.
         if let Some(id) = own_stanza_id(st, &s.bare) {
             let roster = s.roster.as_ref().map(|r| r.items.get(bare_str(from)).is_some_and(|i| i.visible));
-            self.archive(ctx, &s.bare, row(id, st, from, Direction::Incoming), roster);
+            self.archive(ctx, &s.bare, row(id, st, from, Direction::Incoming, received_text(st)), roster);
         }
         Flow::Continue
     }
@@ -338,7 +361,7 @@ impl DeliveryHooks for Mam {
         // A message a vanished session did not take comes here too: the same id
         // is stored once.
         if let Some(id) = own_stanza_id(st, to) {
-            self.archive(ctx, to, row(id, st, from, Direction::Incoming), None);
+            self.archive(ctx, to, row(id, st, from, Direction::Incoming, received_text(st)), None);
         }
         Flow::Continue
     }
