@@ -288,12 +288,14 @@ impl Unindexed {
             (mem::take(&mut w.owners), w.last_seq)
         };
         let all: Vec<&Entry> = owners.values().flat_map(|users| users.values()).flat_map(|o| &o.rows).collect();
+        let started = std::time::Instant::now();
         let err = db_err("archive index");
         let r = write_tx(conn, "archive index").and_then(|tx| {
             index_entries(&tx, &all).map_err(&err)?;
             advance(&tx, last_seq).map_err(&err)?;
             tx.commit().map_err(&err)
         });
+        tracing::debug!(rows = all.len(), ms = started.elapsed().as_millis() as u64, "archive: indexed a batch");
         drop(all);
         let mut w = self.waiting.lock();
         if r.is_err() {

@@ -63,13 +63,13 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 pub struct Options {
     /// Message archive rows are indexed when this many wait (see the `archive`
     /// module): bigger batches write fewer index pages per row and hold more
-    /// entries in memory (about 80 bytes each). Default 20,000.
+    /// entries in memory (about 80 bytes each). Default 50,000.
     pub archive_index_batch: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { archive_index_batch: 20_000 }
+        Options { archive_index_batch: 50_000 }
     }
 }
 
