@@ -70,6 +70,11 @@ impl PrefsCache {
     pub(crate) fn get(&self, owner: &str) -> Option<Arc<ArchivePrefs>> {
         self.map.read().get(owner).cloned()
     }
+    /// `f` of the owner's cached preferences (`None` when not cached), under
+    /// the read lock: the hot path's check, without touching the `Arc`'s count.
+    pub(crate) fn with<T>(&self, owner: &str, f: impl FnOnce(Option<&ArchivePrefs>) -> T) -> T {
+        f(self.map.read().get(owner).map(|p| &**p))
+    }
     pub(crate) fn remove(&self, owner: &str) {
         self.map.write().remove(owner);
     }
@@ -121,14 +126,15 @@ impl Mam {
 
     /// Queues a row for `owner`, unless the cached preferences refuse it.
     fn archive(&self, ctx: &ServerContext, owner: &BareJid, msg: ArchivedMessage, roster: Option<bool>) {
-        let check = match self.prefs.get(owner.as_str()) {
-            None => Check::Prefs,
-            Some(p) => match (decide(&p, &msg.with_jid), roster) {
-                (Some(false), _) | (None, Some(false)) => return,
-                (Some(true), _) | (None, Some(true)) => Check::None,
-                (None, None) => Check::Roster,
+        let check = self.prefs.with(owner.as_str(), |p| match p {
+            None => Some(Check::Prefs),
+            Some(p) => match (decide(p, &msg.with_jid), roster) {
+                (Some(false), _) | (None, Some(false)) => None,
+                (Some(true), _) | (None, Some(true)) => Some(Check::None),
+                (None, None) => Some(Check::Roster),
             },
-        };
+        });
+        let Some(check) = check else { return };
         let (Some(user), domain) = (owner.node(), owner.domain()) else { return };
         let entry = ArchiveEntry { user: user.as_str().to_owned(), domain: domain.as_str().to_owned(), msg };
         self.writer.push(&ctx.stores, owner.as_str(), Op::Append(entry, check));
