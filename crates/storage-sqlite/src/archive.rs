@@ -56,6 +56,20 @@ enum Insert {
     ByWith,
 }
 
+impl Insert {
+    /// The statement's head and its columns per row.
+    const fn head(self) -> (&'static str, usize) {
+        match self {
+            Insert::Log => (
+                "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza)",
+                8,
+            ),
+            Insert::ByOwner => ("INSERT OR IGNORE INTO mam_by_owner (owner, id, seq)", 3),
+            Insert::ByWith => ("INSERT OR IGNORE INTO mam_by_with (owner, with_jid, id, seq)", 4),
+        }
+    }
+}
+
 /// The `INSERT` of one row (`chunk` false) or of [`CHUNK`] rows into `table`
 /// (built once: the statement cache keeps them).
 fn insert_sql(table: Insert, chunk: bool) -> &'static str {
@@ -70,12 +84,10 @@ fn insert_sql(table: Insert, chunk: bool) -> &'static str {
                 .collect();
             format!("{head} VALUES {}", values.join(", "))
         };
-        [
-            ("INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza)", 8),
-            ("INSERT OR IGNORE INTO mam_by_owner (owner, id, seq)", 3),
-            ("INSERT OR IGNORE INTO mam_by_with (owner, with_jid, id, seq)", 4),
-        ]
-        .map(|(head, cols)| [build(head, cols, 1), build(head, cols, CHUNK)])
+        [Insert::Log, Insert::ByOwner, Insert::ByWith].map(|t| {
+            let (head, cols) = t.head();
+            [build(head, cols, 1), build(head, cols, CHUNK)]
+        })
     });
     &all[table as usize][usize::from(chunk)]
 }
@@ -91,17 +103,18 @@ fn insert_rows<R>(
 ) -> rusqlite::Result<()> {
     let mut chunk_st = tx.prepare_cached(insert_sql(table, true))?;
     let mut one_st = tx.prepare_cached(insert_sql(table, false))?;
+    let cols = table.head().1;
     for chunk in rows.chunks_mut(CHUNK) {
         let mut inserted = 0;
         if chunk.len() == CHUNK {
-            let mut args: Vec<&dyn ToSql> = Vec::with_capacity(8 * CHUNK);
+            let mut args: Vec<&dyn ToSql> = Vec::with_capacity(cols * CHUNK);
             for r in chunk.iter() {
                 bind(r, &mut args);
             }
             inserted = chunk_st.execute(&*args)?;
         } else {
             for r in chunk.iter() {
-                let mut args: Vec<&dyn ToSql> = Vec::with_capacity(8);
+                let mut args: Vec<&dyn ToSql> = Vec::with_capacity(cols);
                 bind(r, &mut args);
                 inserted += one_st.execute(&*args)?;
             }
@@ -412,9 +425,8 @@ pub(crate) fn delete_archive(
 }
 
 /// In a transaction: indexes the waiting rows of one owner.
-fn index_waiting(tx: &Transaction<'_>, waiting: Option<&OwnerRows>) -> rusqlite::Result<()> {
-    let Some(o) = waiting else { return Ok(()) };
-    index_entries(tx, &o.rows.iter().collect::<Vec<_>>())
+fn index_waiting(tx: &Transaction<'_>, waiting: &OwnerRows) -> rusqlite::Result<()> {
+    index_entries(tx, &waiting.rows.iter().collect::<Vec<_>>())
 }
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<(ArchivedMessage, String)> {
@@ -454,7 +466,7 @@ impl SqliteStore {
                 // Nothing left: the work this job queued behind indexed it.
                 let Some(waiting) = waiting else { return Ok(()) };
                 let tx = write_tx(conn, "archive index")?;
-                index_waiting(&tx, Some(waiting)).map_err(&err)?;
+                index_waiting(&tx, waiting).map_err(&err)?;
                 tx.commit().map_err(&err)
             })
         })
@@ -651,7 +663,9 @@ impl ArchiveStore for SqliteStore {
             let err = db_err("archive retract");
             unindexed.without(&d, &u, |waiting| {
                 let tx = write_tx(conn, "archive retract")?;
-                index_waiting(&tx, waiting).map_err(&err)?;
+                if let Some(w) = waiting {
+                    index_waiting(&tx, w).map_err(&err)?;
+                }
                 let found: Option<(i64, i64)> = tx
                     .prepare_cached(concat!(
                         "SELECT m.id, m.seq FROM (SELECT seq FROM mam_by_with WHERE owner = ",
