@@ -2,14 +2,23 @@
 //!
 //! A row is appended to `mam_messages` under an increasing `seq` (the rowid, so an
 //! append fills the table's last page). Its entries in `mam_by_owner` `(owner, id)`
-//! and `mam_by_with` `(owner, with_jid, id)` are written later, by [`Unindexed`]:
-//! when [`Options::archive_index_batch`](crate::Options) rows wait, all of them at
-//! once in owner order, so that an index page takes all of an owner's new entries
-//! in one write instead of one write per row (each dirty page is a 4 KiB WAL
-//! frame; see migration 7). Before anything reads or changes an owner's archive,
-//! that owner's waiting rows are indexed, so readers never miss a row. Rows a crash
-//! left unindexed (after `mam_index_state.indexed_seq`) are indexed by [`recover`]
-//! when the database is opened.
+//! and `mam_by_with` `(owner, with_jid, id)` are written later, by [`Unindexed`],
+//! many of an owner's at once, so that an index page takes them in one write
+//! instead of one write per row (each dirty page is a 4 KiB WAL frame; see
+//! migration 7):
+//!
+//! - an owner's rows are indexed in the append that brings
+//!   [`Options::archive_index_owner`](crate::Options) of them to wait;
+//! - every waiting row is indexed, in owner order, when
+//!   [`Options::archive_index_batch`](crate::Options) rows wait in all (owners that
+//!   write slowly), or when more than twice that many rows were appended after
+//!   `indexed_seq` (an owner that writes rarely holds it back);
+//! - before anything reads or changes an owner's archive, that owner's waiting rows
+//!   are indexed, so readers never miss a row.
+//!
+//! `mam_index_state.indexed_seq` says up to which `seq` every row is indexed (the
+//! oldest waiting row's, minus one); rows a crash left unindexed after it are
+//! indexed by [`recover`] when the database is opened.
 //!
 //! Reads are keyset range scans over one index, joined to the log by `seq`, fetching
 //! one row more than the page to learn whether it is complete. A row appended twice
@@ -152,6 +161,8 @@ struct Waiting {
     rows: usize,
     /// The newest `seq` this process appended.
     last_seq: i64,
+    /// The `indexed_seq` this process last wrote: every row up to it is indexed.
+    indexed: i64,
     /// Rows taken out of `owners` are being indexed and not yet committed: a
     /// reader must queue behind that work (see [`Unindexed::read_waits`]).
     busy: bool,
@@ -207,6 +218,8 @@ struct Group<'a> {
     key: i64,
     /// The key was not in [`Keys`].
     fresh: bool,
+    /// The owner's rows, waiting and new, are indexed in this append.
+    ripe: bool,
     rows: Vec<Entry>,
 }
 
@@ -215,13 +228,20 @@ struct Group<'a> {
 pub(crate) struct Unindexed {
     waiting: Mutex<Waiting>,
     keys: Mutex<Keys>,
-    /// Index when this many rows wait.
+    /// Index an owner's rows when this many of them wait.
+    owner_rows: usize,
+    /// Index every row when this many wait.
     batch: usize,
 }
 
 impl Unindexed {
-    pub(crate) fn new(batch: usize) -> Self {
-        Unindexed { waiting: Mutex::new(Waiting::default()), keys: Mutex::new(Keys::default()), batch: batch.max(1) }
+    pub(crate) fn new(owner_rows: usize, batch: usize) -> Self {
+        Unindexed {
+            waiting: Mutex::new(Waiting::default()),
+            keys: Mutex::new(Keys::default()),
+            owner_rows: owner_rows.max(1),
+            batch: batch.max(1),
+        }
     }
 
     /// Whether a read of `domain`/`user`'s archive must first go through the writer:
@@ -270,12 +290,74 @@ impl Unindexed {
         r
     }
 
-    /// Records the rows of a committed append, grouped by owner; `last_seq` is
-    /// the newest of them.
-    fn record(&self, groups: Vec<Group<'_>>, last_seq: i64) {
+    /// Takes out the waiting rows of the owners in `groups` whose rows, waiting
+    /// and new, reach `owner_rows`, and marks those groups ripe: their rows are
+    /// indexed in the append's transaction, which reads queue behind until
+    /// [`record`](Self::record) (or [`put_back_ripe`](Self::put_back_ripe)).
+    /// Returns the rows taken by group, and the `seq` up to which every row is
+    /// indexed once the append commits: the oldest row left waiting (in it or
+    /// before it), minus one; `last_seq` (the append's newest) when none is left.
+    fn take_ripe(&self, groups: &mut [Group<'_>], last_seq: i64) -> (Vec<(usize, OwnerRows)>, i64) {
+        let mut w = self.waiting.lock();
+        let mut taken = Vec::new();
+        for (i, g) in groups.iter_mut().enumerate() {
+            let waiting = w.owners.get(g.domain).and_then(|u| u.get(g.user)).map_or(0, |o| o.rows.len());
+            if waiting + g.rows.len() < self.owner_rows {
+                continue;
+            }
+            g.ripe = true;
+            let o = match w.owners.get_mut(g.domain) {
+                Some(users) => {
+                    let o = users.remove(g.user).unwrap_or_default();
+                    if users.is_empty() {
+                        w.owners.remove(g.domain);
+                    }
+                    o
+                }
+                None => OwnerRows::default(),
+            };
+            w.rows -= o.rows.len();
+            taken.push((i, o));
+        }
+        if taken.is_empty() {
+            return (taken, w.indexed);
+        }
+        w.busy = true;
+        // Each owner's rows are in append order: its first is its oldest.
+        let oldest = w
+            .owners
+            .values()
+            .flat_map(|users| users.values())
+            .filter_map(|o| o.rows.first())
+            .chain(groups.iter().filter(|g| !g.ripe).filter_map(|g| g.rows.first()))
+            .map(|e| e.seq)
+            .min();
+        (taken, oldest.map_or(last_seq, |s| s - 1))
+    }
+
+    /// Puts back what [`take_ripe`](Self::take_ripe) took, the append having failed.
+    fn put_back_ripe(&self, groups: &[Group<'_>], taken: Vec<(usize, OwnerRows)>) {
+        let mut w = self.waiting.lock();
+        let busy = !taken.is_empty();
+        for (g, o) in taken {
+            Self::put_back(&mut w, groups[g].domain.to_owned(), groups[g].user.to_owned(), o);
+        }
+        if busy {
+            w.busy = false;
+        }
+    }
+
+    /// Records the rows of a committed append, grouped by owner, except those of
+    /// ripe groups (indexed in it); `last_seq` is the newest of them, `indexed`
+    /// what the append wrote as `indexed_seq`.
+    fn record(&self, groups: Vec<Group<'_>>, last_seq: i64, indexed: i64) {
         let mut w = self.waiting.lock();
         w.last_seq = w.last_seq.max(last_seq);
-        for g in groups {
+        if groups.iter().any(|g| g.ripe) {
+            w.busy = false;
+            w.indexed = w.indexed.max(indexed);
+        }
+        for g in groups.into_iter().filter(|g| !g.ripe) {
             w.rows += g.rows.len();
             let users = match w.owners.get_mut(g.domain) {
                 Some(u) => u,
@@ -317,9 +399,18 @@ impl Unindexed {
                     Self::put_back(&mut w, d.clone(), u, o);
                 }
             }
+        } else {
+            w.indexed = w.indexed.max(last_seq);
         }
         w.busy = false;
         r
+    }
+
+    /// Whether every waiting row should be indexed now: `batch` of them wait,
+    /// or more than twice that many rows were appended after `indexed_seq`.
+    fn all_due(&self) -> bool {
+        let w = self.waiting.lock();
+        w.rows > 0 && (w.rows >= self.batch || w.last_seq - w.indexed > 2 * self.batch as i64)
     }
 }
 
@@ -517,7 +608,7 @@ impl ArchiveStore for SqliteStore {
                                     (k, true)
                                 }
                             };
-                            groups.push(Group { domain, user, key, fresh, rows: Vec::new() });
+                            groups.push(Group { domain, user, key, fresh, ripe: false, rows: Vec::new() });
                             group_of.insert((domain, user), groups.len() - 1);
                             groups.len() - 1
                         }
@@ -558,13 +649,26 @@ impl ArchiveStore for SqliteStore {
                 },
             )
             .map_err(&err)?;
-            tx.commit().map_err(&err)?;
+            // Owners with enough rows waiting have them indexed in this transaction.
+            let (ripe, indexed) = unindexed.take_ripe(&mut groups, last_seq);
+            let r = if ripe.is_empty() {
+                tx.commit()
+            } else {
+                let entries: Vec<&Entry> =
+                    ripe.iter().flat_map(|(g, waiting)| waiting.rows.iter().chain(&groups[*g].rows)).collect();
+                index_entries(&tx, &entries).and_then(|()| advance(&tx, indexed)).and_then(|()| tx.commit())
+            };
+            if let Err(e) = r {
+                unindexed.put_back_ripe(&groups, ripe);
+                return Err(err(e));
+            }
+            drop(ripe);
             for g in groups.iter().filter(|g| g.fresh) {
                 keys.insert(g.domain, g.user, g.key);
             }
             drop(keys);
-            unindexed.record(groups, last_seq);
-            if unindexed.waiting.lock().rows >= unindexed.batch {
+            unindexed.record(groups, last_seq, indexed);
+            if unindexed.all_due() {
                 // The rows are stored; if indexing fails they wait for the next
                 // attempt (and a read indexes its owner's rows itself).
                 if let Err(e) = unindexed.index_all(conn) {

@@ -61,15 +61,20 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// Tuning of a store; [`Options::default`] is what the server uses.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Message archive rows are indexed when this many wait (see the `archive`
-    /// module): bigger batches write fewer index pages per row and hold more
-    /// entries in memory (about 80 bytes each). Default 50,000.
+    /// An archive owner's rows are indexed, in the append that brings them
+    /// there, once this many of them wait (see the `archive` module): then an
+    /// index page takes many of the owner's entries in one write. Default 128.
+    pub archive_index_owner: usize,
+    /// Every waiting archive row is indexed at once when this many wait in all
+    /// (rows of owners that write slowly), or when more than twice this many rows
+    /// were appended after the oldest waiting one (a restart re-indexes them).
+    /// Each waiting row holds about 50 bytes of memory. Default 250,000.
     pub archive_index_batch: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { archive_index_batch: 50_000 }
+        Options { archive_index_owner: 128, archive_index_batch: 250_000 }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The SQLite archive's deferred indexes (see the crate's `archive` module): rows a
 //! process appended but never indexed are found after a restart, a row appended
-//! twice is kept once, and removing an archive removes its waiting rows too.
+//! twice is kept once, removing an archive removes its waiting rows too, and rows
+//! are indexed by owner, in all, and when the oldest waiting row is too old.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,9 +22,15 @@ async fn ids(stores: &Stores, user: &str, q: &ArchiveQuery) -> Vec<i64> {
     page.rows.iter().map(|r| r.id).collect()
 }
 
+/// A store that indexes rows when `owner` of an owner's or `batch` in all wait.
+async fn open_indexing(path: &Path, owner: usize, batch: usize) -> Stores {
+    let opts = Options { archive_index_owner: owner, archive_index_batch: batch };
+    meerkat_storage_sqlite::open_with(path, opts).await.expect("open")
+}
+
 /// A store that indexes only when a million rows wait: in these tests, never on its own.
 async fn open_lazy(path: &Path) -> Stores {
-    meerkat_storage_sqlite::open_with(path, Options { archive_index_batch: 1_000_000 }).await.expect("open")
+    open_indexing(path, 1_000_000, 1_000_000).await
 }
 
 fn entry(user: &str, id: i64, with: &str) -> ArchiveEntry {
@@ -85,7 +92,7 @@ async fn rows_left_unindexed_by_a_stopped_process_are_indexed_when_the_file_is_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_waiting_rows_and_a_full_batch_is_indexed_in_one_go() {
     let (_dir, path) = temp_db();
-    let stores = meerkat_storage_sqlite::open_with(&path, Options { archive_index_batch: 10 }).await.expect("open");
+    let stores = open_indexing(&path, 1_000_000, 10).await;
     let alice = Account::new("alice", "example.org");
     stores.archive.append(Arc::new((1..=6).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
     stores.archive.append(Arc::new((1..=3).map(|i| entry("bob", i, "alice@example.org")).collect())).await.unwrap();
@@ -184,7 +191,7 @@ async fn a_large_append_indexes_every_row_as_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_during_a_batch_being_indexed_see_every_row() {
     let (_dir, path) = temp_db();
-    let stores = meerkat_storage_sqlite::open_with(&path, Options { archive_index_batch: 20_000 }).await.unwrap();
+    let stores = open_indexing(&path, 1_000_000, 20_000).await;
     // 19,999 rows waiting: 40 for each of u0..u498, 39 for u499.
     let rows: Vec<ArchiveEntry> =
         (0..19_999).map(|i| entry(&format!("u{}", i % 500), i + 1, "p@example.org")).collect();
@@ -234,4 +241,60 @@ async fn repeated_rows_inside_full_index_chunks_are_deleted_once() {
     let stores = open_lazy(&path).await;
     assert_eq!(ids(&stores, "alice", &all()).await.len(), 137);
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 137);
+}
+
+/// An owner's rows are indexed in the append that brings five of them to wait,
+/// and `indexed_seq` stops short of the oldest row still waiting, so that a
+/// restart re-indexes from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_with_enough_rows_waiting_is_indexed_in_the_append() {
+    let (_dir, path) = temp_db();
+    let stores = open_indexing(&path, 5, 1_000_000).await;
+    let append = |rows: Vec<ArchiveEntry>| stores.archive.append(Arc::new(rows));
+    // seqs 1-3 alice, 4-5 bob: nothing indexed.
+    append((1..=3).map(|i| entry("alice", i, "bob@example.org")).collect()).await.unwrap();
+    append((1..=2).map(|i| entry("bob", i, "alice@example.org")).collect()).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 0);
+    // seqs 6-7 alice: her five are indexed; bob's seq 4 is the oldest waiting.
+    append((4..=5).map(|i| entry("alice", i, "bob@example.org")).collect()).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 5);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_with"), 5);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 3);
+    // One append with rows of both: alice's (6) wait, bob's (2 + 3) are indexed.
+    let mut rows: Vec<ArchiveEntry> = (3..=5).map(|i| entry("bob", i, "alice@example.org")).collect();
+    rows.push(entry("alice", 6, "bob@example.org"));
+    append(rows).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 10);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 10, "alice's row 6 (seq 11) waits");
+    assert_eq!(ids(&stores, "bob", &all()).await, [1, 2, 3, 4, 5]);
+    drop(stores);
+    // Nothing indexed twice after a restart, and alice's waiting row is found.
+    let stores = open_lazy(&path).await;
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 11);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 11);
+    assert_eq!(ids(&stores, "alice", &all()).await, [1, 2, 3, 4, 5, 6]);
+}
+
+/// An owner that writes rarely does not hold `indexed_seq` back for ever: once
+/// more than twice `batch` rows were appended after it, every waiting row is indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_waiting_too_long_has_every_row_indexed() {
+    let (_dir, path) = temp_db();
+    let stores = open_indexing(&path, 5, 10).await;
+    stores.archive.append(Arc::new(vec![entry("slow", 1, "bob@example.org")])).await.unwrap();
+    // Each append of five of alice's rows indexes them at once; slow's row waits.
+    for round in 0..3 {
+        let rows = (1..=5).map(|i| entry("alice", round * 5 + i, "bob@example.org")).collect();
+        stores.archive.append(Arc::new(rows)).await.unwrap();
+    }
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 15);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 0, "slow's row (seq 1) waits");
+    // seqs 17-20: twenty rows after indexed_seq, and five waiting in all.
+    stores.archive.append(Arc::new((16..=19).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 15);
+    // seq 21 is one more than twice the batch: everything is indexed.
+    stores.archive.append(Arc::new(vec![entry("carol", 1, "bob@example.org")])).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 21);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 21);
+    assert_eq!(ids(&stores, "slow", &all()).await, [1]);
 }

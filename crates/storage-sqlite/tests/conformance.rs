@@ -38,13 +38,14 @@ async fn works_on_a_current_thread_runtime() {
     meerkat_storage::conformance::run(&stores).await;
 }
 
-/// The suite again with archive rows indexed after every row and every third
-/// row, so that reads meet both indexed rows and rows still waiting.
+/// The suite again with archive rows indexed after every row, after every third
+/// row of an owner, and after every third row in all, so that reads meet both
+/// indexed rows and rows still waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_with_the_archive_indexed_in_small_batches() {
-    for batch in [1, 3] {
+    for (owner, batch) in [(1, 1_000_000), (3, 1_000_000), (1_000_000, 3)] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let opts = meerkat_storage_sqlite::Options { archive_index_batch: batch };
+        let opts = meerkat_storage_sqlite::Options { archive_index_owner: owner, archive_index_batch: batch };
         let stores = meerkat_storage_sqlite::open_with(&dir.path().join("m.db"), opts).await.expect("open");
         meerkat_storage::conformance::run(&stores).await;
     }
