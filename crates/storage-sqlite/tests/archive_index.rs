@@ -298,3 +298,29 @@ async fn a_row_waiting_too_long_has_every_row_indexed() {
     assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 21);
     assert_eq!(ids(&stores, "slow", &all()).await, [1]);
 }
+
+/// Reads that arrive while an append indexes its ripe owners (its transaction not
+/// yet committed) wait for it instead of reading indexes that lack those rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_an_append_that_indexes_its_owners_see_every_row() {
+    let (_dir, path) = temp_db();
+    let stores = open_indexing(&path, 40, 1_000_000).await;
+    // 39 rows waiting for each of u0..u999.
+    let rows: Vec<ArchiveEntry> =
+        (0..39_000).map(|i| entry(&format!("u{}", i % 1000), i + 1, "p@example.org")).collect();
+    stores.archive.append(Arc::new(rows)).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 0);
+    // One more row each makes every owner ripe; the reads run while they are indexed.
+    let writer = {
+        let stores = stores.clone();
+        let rows: Vec<ArchiveEntry> = (0..1000).map(|u| entry(&format!("u{u}"), 39_001 + u, "p@example.org")).collect();
+        tokio::spawn(async move { stores.archive.append(Arc::new(rows)).await })
+    };
+    // The append reaches the writer first; its indexing takes longer than this.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    for u in (0..1000).rev() {
+        assert_eq!(ids(&stores, &format!("u{u}"), &all()).await.len(), 40, "u{u}");
+    }
+    writer.await.unwrap().unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 40_000);
+}
