@@ -25,7 +25,6 @@
 //! for the same `(owner, id)` (two sessions of a user each taking a copy) is kept
 //! once: the second is deleted when it is indexed.
 
-use std::mem;
 use std::sync::Arc;
 
 use compact_str::CompactString;
@@ -294,17 +293,23 @@ impl Unindexed {
     /// and new, reach `owner_rows`, and marks those groups ripe: their rows are
     /// indexed in the append's transaction, which reads queue behind until
     /// [`record`](Self::record) (or [`put_back_ripe`](Self::put_back_ripe)).
+    /// An append indexes about twice its own rows at most: owners that write at
+    /// one pace ripen together, and the others wait for a later append of theirs
+    /// (with more rows per index page), so the writer never stops for long.
     /// Returns the rows taken by group, and the `seq` up to which every row is
     /// indexed once the append commits: the oldest row left waiting (in it or
     /// before it), minus one; `last_seq` (the append's newest) when none is left.
     fn take_ripe(&self, groups: &mut [Group<'_>], last_seq: i64) -> (Vec<(usize, OwnerRows)>, i64) {
         let mut w = self.waiting.lock();
         let mut taken = Vec::new();
+        let mut budget = (2 * groups.iter().map(|g| g.rows.len()).sum::<usize>()).max(self.owner_rows);
         for (i, g) in groups.iter_mut().enumerate() {
             let waiting = w.owners.get(g.domain).and_then(|u| u.get(g.user)).map_or(0, |o| o.rows.len());
-            if waiting + g.rows.len() < self.owner_rows {
+            let rows = waiting + g.rows.len();
+            if rows < self.owner_rows || budget == 0 {
                 continue;
             }
+            budget = budget.saturating_sub(rows);
             g.ripe = true;
             let o = match w.owners.get_mut(g.domain) {
                 Some(users) => {
@@ -373,45 +378,99 @@ impl Unindexed {
         }
     }
 
-    /// Indexes every waiting row, in owner order, in one transaction, and moves
-    /// `indexed_seq` past them. On failure the rows wait for the next attempt.
-    fn index_all(&self, conn: &mut Connection) -> Result<()> {
-        let (owners, last_seq) = {
+    /// Which owners' rows to index outside an append, if any: the fullest while
+    /// `batch` rows wait in all, else the oldest while more than twice `batch`
+    /// rows were appended after `indexed_seq`.
+    fn due(&self) -> Option<Pick> {
+        let w = self.waiting.lock();
+        if w.rows >= self.batch {
+            Some(Pick::Fullest)
+        } else if w.rows > 0 && w.last_seq - w.indexed > 2 * self.batch as i64 {
+            Some(Pick::Oldest)
+        } else {
+            None
+        }
+    }
+
+    /// Indexes the rows of the owners `pick` orders first, up to about a quarter
+    /// of `batch` rows (so the writer never stops for long), in owner order in
+    /// one transaction, and moves `indexed_seq` to the oldest row left waiting
+    /// (minus one). On failure the rows wait for the next attempt.
+    fn index_some(&self, conn: &mut Connection, pick: Pick) -> Result<()> {
+        let budget = (self.batch / 4).max(1);
+        let (taken, indexed) = {
             let mut w = self.waiting.lock();
-            w.rows = 0;
+            // (rows waiting, oldest seq, domain, user) of every owner.
+            let mut owners: Vec<(usize, i64, &str, &str)> = w
+                .owners
+                .iter()
+                .flat_map(|(d, users)| users.iter().map(move |(u, o)| (d, u, o)))
+                .filter_map(|(d, u, o)| Some((o.rows.len(), o.rows.first()?.seq, d.as_str(), u.as_str())))
+                .collect();
+            match pick {
+                Pick::Fullest => owners.sort_unstable_by(|a, b| b.0.cmp(&a.0)),
+                Pick::Oldest => owners.sort_unstable_by_key(|o| o.1),
+            }
+            let mut rows = 0;
+            let chosen: Vec<(String, String)> = owners
+                .into_iter()
+                .take_while(|o| {
+                    let more = rows < budget;
+                    rows += o.0;
+                    more
+                })
+                .map(|(_, _, d, u)| (d.to_owned(), u.to_owned()))
+                .collect();
+            let mut taken = Vec::with_capacity(chosen.len());
+            for (d, u) in chosen {
+                let Some(users) = w.owners.get_mut(&d) else { continue };
+                let Some(o) = users.remove(&u) else { continue };
+                if users.is_empty() {
+                    w.owners.remove(&d);
+                }
+                w.rows -= o.rows.len();
+                taken.push((d, u, o));
+            }
             w.busy = true;
-            (mem::take(&mut w.owners), w.last_seq)
+            // Each owner's rows are in append order: its first is its oldest.
+            let oldest = w.owners.values().flat_map(|u| u.values()).filter_map(|o| o.rows.first()).map(|e| e.seq).min();
+            (taken, oldest.map_or(w.last_seq, |s| s - 1))
         };
-        let all: Vec<&Entry> = owners.values().flat_map(|users| users.values()).flat_map(|o| &o.rows).collect();
+        let entries: Vec<&Entry> = taken.iter().flat_map(|(_, _, o)| &o.rows).collect();
         let started = std::time::Instant::now();
         let err = db_err("archive index");
         let r = write_tx(conn, "archive index").and_then(|tx| {
-            index_entries(&tx, &all).map_err(&err)?;
-            advance(&tx, last_seq).map_err(&err)?;
+            index_entries(&tx, &entries).map_err(&err)?;
+            advance(&tx, indexed).map_err(&err)?;
             tx.commit().map_err(&err)
         });
-        tracing::debug!(rows = all.len(), ms = started.elapsed().as_millis() as u64, "archive: indexed a batch");
-        drop(all);
+        tracing::debug!(
+            rows = entries.len(),
+            owners = taken.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "archive: indexed a batch"
+        );
+        drop(entries);
         let mut w = self.waiting.lock();
         if r.is_err() {
-            for (d, users) in owners {
-                for (u, o) in users {
-                    Self::put_back(&mut w, d.clone(), u, o);
-                }
+            for (d, u, o) in taken {
+                Self::put_back(&mut w, d, u, o);
             }
         } else {
-            w.indexed = w.indexed.max(last_seq);
+            w.indexed = w.indexed.max(indexed);
         }
         w.busy = false;
         r
     }
+}
 
-    /// Whether every waiting row should be indexed now: `batch` of them wait,
-    /// or more than twice that many rows were appended after `indexed_seq`.
-    fn all_due(&self) -> bool {
-        let w = self.waiting.lock();
-        w.rows > 0 && (w.rows >= self.batch || w.last_seq - w.indexed > 2 * self.batch as i64)
-    }
+/// Whose rows [`Unindexed::index_some`] indexes first.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    /// The owners with the most rows waiting (the most entries per index page).
+    Fullest,
+    /// The owners whose rows have waited longest (they hold `indexed_seq` back).
+    Oldest,
 }
 
 /// Writes the index entries of `entries` in index order, so that consecutive
@@ -668,10 +727,10 @@ impl ArchiveStore for SqliteStore {
             }
             drop(keys);
             unindexed.record(groups, last_seq, indexed);
-            if unindexed.all_due() {
+            if let Some(pick) = unindexed.due() {
                 // The rows are stored; if indexing fails they wait for the next
                 // attempt (and a read indexes its owner's rows itself).
-                if let Err(e) = unindexed.index_all(conn) {
+                if let Err(e) = unindexed.index_some(conn, pick) {
                     tracing::warn!(error = %e, "indexing the message archive; will try again");
                 }
             }
@@ -879,5 +938,52 @@ impl ArchiveStore for SqliteStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group<'a>(user: &'a str, seqs: std::ops::RangeInclusive<i64>) -> Group<'a> {
+        let rows = seqs.map(|seq| Entry { owner: 1, id: seq, seq, with_jid: "p@x".into() }).collect();
+        Group { domain: "x", user, key: 1, fresh: false, ripe: false, rows }
+    }
+
+    /// Between taking an append's ripe owners and recording the append (after its
+    /// commit), every read queues behind the writer: the ripe owners' rows are in
+    /// neither the waiting set nor the committed indexes then.
+    #[test]
+    fn reads_queue_behind_an_append_indexing_ripe_owners() {
+        let u = Unindexed::new(3, 1_000);
+        u.record(vec![group("alice", 1..=2), group("bob", 3..=3)], 3, 0);
+        assert!(!u.read_waits("x", "carol"));
+        let mut groups = vec![group("alice", 4..=4), group("bob", 5..=5)];
+        let (taken, indexed) = u.take_ripe(&mut groups, 5);
+        assert_eq!(taken.len(), 1, "alice's 2 + 1 rows reach 3; bob's 1 + 1 do not");
+        assert!(groups[0].ripe && !groups[1].ripe);
+        assert_eq!(indexed, 2, "bob's seq 3 is the oldest row left waiting");
+        assert!(u.read_waits("x", "alice") && u.read_waits("x", "carol"), "reads wait for the commit");
+        u.record(groups, 5, indexed);
+        assert!(!u.read_waits("x", "alice"), "alice's rows are indexed");
+        assert!(u.read_waits("x", "bob"), "bob's rows wait");
+        let w = u.waiting.lock();
+        assert_eq!((w.rows, w.indexed), (2, 2));
+    }
+
+    /// An append indexes about twice its own rows at most: of three ripe owners,
+    /// the later ones wait for a later append.
+    #[test]
+    fn an_append_indexes_about_twice_its_rows() {
+        let u = Unindexed::new(3, 1_000);
+        u.record(vec![group("a", 1..=4), group("b", 5..=8), group("c", 9..=12)], 12, 0);
+        let mut groups = vec![group("a", 13..=13), group("b", 14..=14), group("c", 15..=15)];
+        let (taken, _) = u.take_ripe(&mut groups, 15);
+        // A budget of 6 rows: a's 5 rows, then b's 5 (begun within the budget).
+        assert_eq!(taken.len(), 2);
+        assert_eq!(groups.iter().map(|g| g.ripe).collect::<Vec<_>>(), [true, true, false]);
+        u.put_back_ripe(&groups, taken);
+        assert!(!u.waiting.lock().busy);
+        assert_eq!(u.waiting.lock().rows, 12, "a failed append puts the rows back");
     }
 }

@@ -276,9 +276,10 @@ async fn an_owner_with_enough_rows_waiting_is_indexed_in_the_append() {
 }
 
 /// An owner that writes rarely does not hold `indexed_seq` back for ever: once
-/// more than twice `batch` rows were appended after it, every waiting row is indexed.
+/// more than twice `batch` rows were appended after it, the owners whose rows
+/// waited longest are indexed, up to a quarter of `batch` rows (here 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_waiting_too_long_has_every_row_indexed() {
+async fn rows_waiting_too_long_are_indexed_oldest_first() {
     let (_dir, path) = temp_db();
     let stores = open_indexing(&path, 5, 10).await;
     stores.archive.append(Arc::new(vec![entry("slow", 1, "bob@example.org")])).await.unwrap();
@@ -289,18 +290,41 @@ async fn a_row_waiting_too_long_has_every_row_indexed() {
     }
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 15);
     assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 0, "slow's row (seq 1) waits");
-    // seqs 17-20: twenty rows after indexed_seq, and five waiting in all.
-    stores.archive.append(Arc::new((16..=19).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
-    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 15);
-    // seq 21 is one more than twice the batch: everything is indexed.
+    // seqs 17-19 alice, 20 carol: twenty rows after indexed_seq, five waiting.
+    stores.archive.append(Arc::new((16..=18).map(|i| entry("alice", i, "bob@example.org")).collect())).await.unwrap();
     stores.archive.append(Arc::new(vec![entry("carol", 1, "bob@example.org")])).await.unwrap();
-    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 21);
-    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 21);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 15);
+    // seq 21 is one more than twice the batch: slow's row, then alice's three
+    // (the budget of two reached), are indexed; carol's rows wait.
+    stores.archive.append(Arc::new(vec![entry("carol", 2, "bob@example.org")])).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 19);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 19, "carol's seq 20 waits");
     assert_eq!(ids(&stores, "slow", &all()).await, [1]);
+    assert_eq!(ids(&stores, "carol", &all()).await, [1, 2]);
 }
 
-/// Reads that arrive while an append indexes its ripe owners (its transaction not
-/// yet committed) wait for it instead of reading indexes that lack those rows.
+/// When `batch` rows wait in all, the owners with the most rows waiting are
+/// indexed first, up to a quarter of `batch` rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_indexes_its_fullest_owners_first() {
+    let (_dir, path) = temp_db();
+    let stores = open_indexing(&path, 1_000, 20).await;
+    // Waiting: carol 2, bob 7, alice 10 (seqs 1-2, 3-9, 10-19).
+    stores.archive.append(Arc::new((1..=2).map(|i| entry("carol", i, "x@example.org")).collect())).await.unwrap();
+    stores.archive.append(Arc::new((1..=7).map(|i| entry("bob", i, "x@example.org")).collect())).await.unwrap();
+    stores.archive.append(Arc::new((1..=10).map(|i| entry("alice", i, "x@example.org")).collect())).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 0);
+    // The 20th row: alice's 11 rows reach the budget of 5 alone.
+    stores.archive.append(Arc::new(vec![entry("alice", 11, "x@example.org")])).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 11);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 0, "carol's seq 1 waits");
+    for (user, n) in [("alice", 11), ("bob", 7), ("carol", 2)] {
+        assert_eq!(ids(&stores, user, &all()).await.len(), n, "{user}");
+    }
+}
+
+/// Reads that come while an append logs rows and indexes its ripe owners see every
+/// row (the crate's unit tests check the mark that makes reads queue behind it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_during_an_append_that_indexes_its_owners_see_every_row() {
     let (_dir, path) = temp_db();
