@@ -408,7 +408,7 @@ impl Unindexed {
                 .filter_map(|(d, u, o)| Some((o.rows.len(), o.rows.first()?.seq, d.as_str(), u.as_str())))
                 .collect();
             match pick {
-                Pick::Fullest => owners.sort_unstable_by(|a, b| b.0.cmp(&a.0)),
+                Pick::Fullest => owners.sort_unstable_by_key(|o| std::cmp::Reverse(o.0)),
                 Pick::Oldest => owners.sort_unstable_by_key(|o| o.1),
             }
             let mut rows = 0;
