@@ -167,6 +167,28 @@ struct Waiting {
     busy: bool,
 }
 
+impl Waiting {
+    /// Takes `domain`/`user`'s waiting rows out.
+    fn remove(&mut self, domain: &str, user: &str) -> Option<OwnerRows> {
+        let users = self.owners.get_mut(domain)?;
+        let taken = users.remove(user)?;
+        if users.is_empty() {
+            self.owners.remove(domain);
+        }
+        self.rows -= taken.rows.len();
+        Some(taken)
+    }
+
+    /// The `seq` up to which every row is indexed once the rows taken out are:
+    /// the oldest row still waiting (here, or among `more`, rows about to wait),
+    /// minus one; `last_seq` when none is.
+    fn indexed_up_to<'a>(&self, more: impl Iterator<Item = &'a Entry>, last_seq: i64) -> i64 {
+        // Each owner's rows are in append order: its first is its oldest.
+        let waiting = self.owners.values().flat_map(|users| users.values()).filter_map(|o| o.rows.first());
+        waiting.map(|e| e.seq).chain(more.map(|e| e.seq)).min().map_or(last_seq, |s| s - 1)
+    }
+}
+
 /// Owners' keys (`mam_owners`) by domain, then user, that appends looked up or
 /// created, so that a batch finds most of its owners without a query. Touched
 /// on the writer thread only. A key goes stale only when its owner is removed:
@@ -254,13 +276,7 @@ impl Unindexed {
     fn take(&self, domain: &str, user: &str) -> Option<OwnerRows> {
         let mut w = self.waiting.lock();
         w.busy = true;
-        let users = w.owners.get_mut(domain)?;
-        let taken = users.remove(user)?;
-        if users.is_empty() {
-            w.owners.remove(domain);
-        }
-        w.rows -= taken.rows.len();
-        Some(taken)
+        w.remove(domain, user)
     }
 
     fn put_back(w: &mut Waiting, domain: String, user: String, o: OwnerRows) {
@@ -311,33 +327,14 @@ impl Unindexed {
             }
             budget = budget.saturating_sub(rows);
             g.ripe = true;
-            let o = match w.owners.get_mut(g.domain) {
-                Some(users) => {
-                    let o = users.remove(g.user).unwrap_or_default();
-                    if users.is_empty() {
-                        w.owners.remove(g.domain);
-                    }
-                    o
-                }
-                None => OwnerRows::default(),
-            };
-            w.rows -= o.rows.len();
-            taken.push((i, o));
+            taken.push((i, w.remove(g.domain, g.user).unwrap_or_default()));
         }
         if taken.is_empty() {
             return (taken, w.indexed);
         }
         w.busy = true;
-        // Each owner's rows are in append order: its first is its oldest.
-        let oldest = w
-            .owners
-            .values()
-            .flat_map(|users| users.values())
-            .filter_map(|o| o.rows.first())
-            .chain(groups.iter().filter(|g| !g.ripe).filter_map(|g| g.rows.first()))
-            .map(|e| e.seq)
-            .min();
-        (taken, oldest.map_or(last_seq, |s| s - 1))
+        let indexed = w.indexed_up_to(groups.iter().filter(|g| !g.ripe).filter_map(|g| g.rows.first()), last_seq);
+        (taken, indexed)
     }
 
     /// Puts back what [`take_ripe`](Self::take_ripe) took, the append having failed.
@@ -421,20 +418,16 @@ impl Unindexed {
                 })
                 .map(|(_, _, d, u)| (d.to_owned(), u.to_owned()))
                 .collect();
-            let mut taken = Vec::with_capacity(chosen.len());
-            for (d, u) in chosen {
-                let Some(users) = w.owners.get_mut(&d) else { continue };
-                let Some(o) = users.remove(&u) else { continue };
-                if users.is_empty() {
-                    w.owners.remove(&d);
-                }
-                w.rows -= o.rows.len();
-                taken.push((d, u, o));
-            }
+            let taken: Vec<(String, String, OwnerRows)> = chosen
+                .into_iter()
+                .filter_map(|(d, u)| {
+                    let o = w.remove(&d, &u)?;
+                    Some((d, u, o))
+                })
+                .collect();
             w.busy = true;
-            // Each owner's rows are in append order: its first is its oldest.
-            let oldest = w.owners.values().flat_map(|u| u.values()).filter_map(|o| o.rows.first()).map(|e| e.seq).min();
-            (taken, oldest.map_or(w.last_seq, |s| s - 1))
+            let indexed = w.indexed_up_to(std::iter::empty(), w.last_seq);
+            (taken, indexed)
         };
         let entries: Vec<&Entry> = taken.iter().flat_map(|(_, _, o)| &o.rows).collect();
         let started = std::time::Instant::now();
