@@ -8,11 +8,13 @@
 //! migration 7):
 //!
 //! - an owner's rows are indexed in the append that brings
-//!   [`Options::archive_index_owner`](crate::Options) of them to wait;
-//! - every waiting row is indexed, in owner order, when
-//!   [`Options::archive_index_batch`](crate::Options) rows wait in all (owners that
-//!   write slowly), or when more than twice that many rows were appended after
-//!   `indexed_seq` (an owner that writes rarely holds it back);
+//!   [`Options::archive_index_owner`](crate::Options) of them to wait (an append
+//!   indexes about twice its own rows at most);
+//! - outside appends, a quarter of [`Options::archive_index_batch`](crate::Options)
+//!   rows at a time are indexed: the fullest owners' while that many rows wait in
+//!   all (owners that write slowly), the oldest owners' while more than twice that
+//!   many rows were appended after `indexed_seq` (an owner that writes rarely
+//!   holds it back);
 //! - before anything reads or changes an owner's archive, that owner's waiting rows
 //!   are indexed, so readers never miss a row.
 //!

@@ -65,10 +65,11 @@ pub struct Options {
     /// there, once this many of them wait (see the `archive` module): then an
     /// index page takes many of the owner's entries in one write. Default 128.
     pub archive_index_owner: usize,
-    /// Every waiting archive row is indexed at once when this many wait in all
-    /// (rows of owners that write slowly), or when more than twice this many rows
-    /// were appended after the oldest waiting one (a restart re-indexes them).
-    /// Each waiting row holds about 50 bytes of memory. Default 250,000.
+    /// Waiting archive rows are indexed a quarter of this many at a time, the
+    /// fullest owners' first, while this many wait in all (rows of owners that
+    /// write slowly), and the oldest owners' first while more than twice this
+    /// many rows were appended after the oldest waiting one (a restart re-indexes
+    /// them). Each waiting row holds about 50 bytes of memory. Default 250,000.
     pub archive_index_batch: usize,
 }
 
