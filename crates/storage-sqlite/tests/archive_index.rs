@@ -334,17 +334,21 @@ async fn reads_during_an_append_that_indexes_its_owners_see_every_row() {
         (0..39_000).map(|i| entry(&format!("u{}", i % 1000), i + 1, "p@example.org")).collect();
     stores.archive.append(Arc::new(rows)).await.unwrap();
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 0);
-    // One more row each makes every owner ripe; the reads run while they are indexed.
+    // 40 more rows each make every owner ripe (79 rows, within the append's
+    // budget of twice its own rows): all are indexed in it, and the reads run
+    // while it logs and indexes them.
     let writer = {
         let stores = stores.clone();
-        let rows: Vec<ArchiveEntry> = (0..1000).map(|u| entry(&format!("u{u}"), 39_001 + u, "p@example.org")).collect();
+        let rows: Vec<ArchiveEntry> =
+            (39_000..79_000).map(|i| entry(&format!("u{}", i % 1000), i + 1, "p@example.org")).collect();
         tokio::spawn(async move { stores.archive.append(Arc::new(rows)).await })
     };
-    // The append reaches the writer first; its indexing takes longer than this.
+    // The append reaches the writer first.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     for u in (0..1000).rev() {
-        assert_eq!(ids(&stores, &format!("u{u}"), &all()).await.len(), 40, "u{u}");
+        assert_eq!(ids(&stores, &format!("u{u}"), &all()).await.len(), 79, "u{u}");
     }
     writer.await.unwrap().unwrap();
-    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 40_000);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 79_000);
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 79_000, "no row left waiting");
 }
