@@ -231,12 +231,12 @@ impl MucLight {
             el.remove_attr("to");
             let row = ArchivedMessage {
                 id,
-                with_jid: String::new(),
-                with_resource: String::new(),
+                with_jid: Default::default(),
+                with_resource: Default::default(),
                 direction: Direction::Incoming,
-                sender: sender.to_owned(),
+                sender: sender.into(),
                 origin_id: Some(encode_id(id).into()),
-                stanza: el.to_string_with_ns(),
+                stanza: el.to_string_with_ns().into(),
             };
             mam.archive_room(ctx, room, row);
         }

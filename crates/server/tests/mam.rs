@@ -427,8 +427,8 @@ async fn page_everything(s: &TestServer) {
             with_resource: "phone".into(),
             direction: Direction::Incoming,
             sender: "bob@localhost/phone".into(),
-            origin_id: Some(format!("m{i}")),
-            stanza: format!("<message xmlns='jabber:client' from='bob@localhost/phone' to='alice@localhost' type='chat' id='m{i}'><body>{i}</body></message>"),
+            origin_id: Some(format!("m{i}").into()),
+            stanza: format!("<message xmlns='jabber:client' from='bob@localhost/phone' to='alice@localhost' type='chat' id='m{i}'><body>{i}</body></message>").into(),
         };
         rows.push(ArchiveEntry { user: acc.user.into(), domain: acc.domain.into(), msg });
     }

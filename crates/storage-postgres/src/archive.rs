@@ -24,13 +24,13 @@ fn message(row: &Row, what: &'static str) -> Result<ArchivedMessage> {
     let d: &str = col(row, 3, what)?;
     Ok(ArchivedMessage {
         id,
-        with_jid: col(row, 1, what)?,
-        with_resource: col(row, 2, what)?,
+        with_jid: col::<&str>(row, 1, what)?.into(),
+        with_resource: col::<&str>(row, 2, what)?.into(),
         direction: Direction::parse(d)
             .ok_or_else(|| Error::Backend(format!("postgres: archive row {id} has direction {d:?}")))?,
-        sender: col(row, 4, what)?,
-        origin_id: col(row, 5, what)?,
-        stanza: col(row, 6, what)?,
+        sender: col::<&str>(row, 4, what)?.into(),
+        origin_id: col::<Option<&str>>(row, 5, what)?.map(Into::into),
+        stanza: col::<&str>(row, 6, what)?.into(),
     })
 }
 
@@ -58,7 +58,7 @@ impl ArchiveStore for PgStore {
             direction.push(m.direction.as_str());
             sender.push(m.sender.as_str());
             origin.push(m.origin_id.as_deref());
-            stanza.push(m.stanza.as_str());
+            stanza.push(&*m.stanza);
         }
         let c = self.conn("archive append").await?;
         let err = self.err("archive append");

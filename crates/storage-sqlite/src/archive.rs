@@ -137,6 +137,25 @@ fn insert_rows<R>(
 /// [`meerkat_storage::RETRACT_WINDOW`] as an SQL parameter.
 const RETRACT_WINDOW: i64 = meerkat_storage::RETRACT_WINDOW as i64;
 
+/// A row to log, with its owner's key, its group in the append, and its short
+/// fields as `&str` (what the statement binds).
+struct Keyed<'a> {
+    key: i64,
+    group: usize,
+    row: &'a ArchiveEntry,
+    /// `with_jid`, `with_resource`, `sender`.
+    text: [&'a str; 3],
+    origin_id: Option<&'a str>,
+}
+
+impl<'a> Keyed<'a> {
+    fn new(key: i64, group: usize, row: &'a ArchiveEntry) -> Self {
+        let m = &row.msg;
+        let text = [m.with_jid.as_str(), m.with_resource.as_str(), m.sender.as_str()];
+        Keyed { key, group, row, text, origin_id: m.origin_id.as_deref() }
+    }
+}
+
 /// A logged row's index entries, waiting to be written.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -576,15 +595,16 @@ fn index_waiting(tx: &Transaction<'_>, waiting: &OwnerRows) -> rusqlite::Result<
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<(ArchivedMessage, String)> {
     let direction: String = r.get(3)?;
+    let text = |i| r.get_ref(i)?.as_str().map(CompactString::from).map_err(rusqlite::Error::from);
     Ok((
         ArchivedMessage {
             id: r.get(0)?,
-            with_jid: r.get(1)?,
-            with_resource: r.get(2)?,
+            with_jid: text(1)?,
+            with_resource: text(2)?,
             direction: Direction::Incoming,
-            sender: r.get(4)?,
-            origin_id: r.get(5)?,
-            stanza: r.get(6)?,
+            sender: text(4)?,
+            origin_id: r.get_ref(5)?.as_str_or_null()?.map(CompactString::from),
+            stanza: r.get_ref(6)?.as_str()?.into(),
         },
         direction,
     ))
@@ -639,7 +659,7 @@ impl ArchiveStore for SqliteStore {
             // The rows by owner; each owner's key from the cache, or looked up (or
             // created) once per batch inside the transaction.
             let mut groups: Vec<Group<'_>> = Vec::new();
-            let mut keyed: Vec<(i64, usize, &ArchiveEntry)> = Vec::with_capacity(rows.len());
+            let mut keyed: Vec<Keyed<'_>> = Vec::with_capacity(rows.len());
             {
                 let mut group_of: HashMap<(&str, &str), usize> = HashMap::default();
                 let mut find = tx.prepare_cached(concat!("SELECT ", owner!())).map_err(&err)?;
@@ -667,7 +687,7 @@ impl ArchiveStore for SqliteStore {
                             groups.len() - 1
                         }
                     };
-                    keyed.push((groups[g].key, g, r));
+                    keyed.push(Keyed::new(groups[g].key, g, r));
                 }
             }
             // The stored directions, borrowed by the parameters below.
@@ -677,16 +697,17 @@ impl ArchiveStore for SqliteStore {
                 &tx,
                 Insert::Log,
                 &mut keyed,
-                |(key, _, r), args| {
-                    let m = &r.msg;
+                |k, args| {
+                    let m = &k.row.msg;
+                    let [with_jid, with_resource, sender] = &k.text;
                     args.extend([
-                        key as &dyn ToSql,
+                        &k.key as &dyn ToSql,
                         &m.id,
-                        &m.with_jid,
-                        &m.with_resource,
+                        with_jid,
+                        with_resource,
                         &DIRECTIONS[usize::from(m.direction == Direction::Outgoing)],
-                        &m.sender,
-                        &m.origin_id,
+                        sender,
+                        &k.origin_id,
                         &m.stanza,
                     ]);
                 },
@@ -695,9 +716,9 @@ impl ArchiveStore for SqliteStore {
                     // the chunk's rows have consecutive seqs, ending here.
                     last_seq = tx.last_insert_rowid();
                     let first = last_seq - (chunk.len() as i64 - 1);
-                    for (k, (key, g, r)) in chunk.iter().enumerate() {
-                        let with_jid = r.msg.with_jid.as_str().into();
-                        groups[*g].rows.push(Entry { owner: *key, id: r.msg.id, seq: first + k as i64, with_jid });
+                    for (i, k) in chunk.iter().enumerate() {
+                        let (m, seq) = (&k.row.msg, first + i as i64);
+                        groups[k.group].rows.push(Entry { owner: k.key, id: m.id, seq, with_jid: m.with_jid.clone() });
                     }
                     Ok(())
                 },

@@ -42,9 +42,9 @@ fn entry(user: &str, id: i64, with: &str) -> ArchiveEntry {
             with_jid: with.into(),
             with_resource: "r".into(),
             direction: Direction::Incoming,
-            sender: format!("{with}/r"),
-            origin_id: Some(format!("o{id}")),
-            stanza: format!("<message n='{id}'/>"),
+            sender: format!("{with}/r").into(),
+            origin_id: Some(format!("o{id}").into()),
+            stanza: format!("<message n='{id}'/>").into(),
         },
     }
 }
@@ -112,7 +112,7 @@ async fn reads_see_waiting_rows_and_a_full_batch_is_indexed_in_one_go() {
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 20);
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_with"), 20);
     assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 20);
-    assert_eq!(stores.archive.fetch_ids(bob, &[4]).await.unwrap()[0].stanza, tomb);
+    assert_eq!(&*stores.archive.fetch_ids(bob, &[4]).await.unwrap()[0].stanza, tomb);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +175,7 @@ async fn a_large_append_indexes_every_row_as_its_own() {
             let want: Vec<i64> = (1..=100).filter(|i| (i % 3 == 0) == bobs).collect();
             assert_eq!(page.rows.iter().map(|r| r.id).collect::<Vec<_>>(), want, "{user}");
             for r in &page.rows {
-                assert_eq!(r.stanza, format!("<message n='{}'/>", r.id));
+                assert_eq!(*r.stanza, format!("<message n='{}'/>", r.id));
                 assert_eq!(r.origin_id.as_deref(), Some(format!("o{}", r.id).as_str()));
             }
         }
@@ -226,14 +226,14 @@ async fn repeated_rows_inside_full_index_chunks_are_deleted_once() {
     let mut second: Vec<ArchiveEntry> = (71..=137).map(|i| entry("alice", i, "bob@example.org")).collect();
     for id in [1, 33, 64] {
         let mut again = entry("alice", id, "bob@example.org");
-        again.msg.stanza = format!("<message n='{id}' again=''/>");
+        again.msg.stanza = format!("<message n='{id}' again=''/>").into();
         second.push(again);
     }
     stores.archive.append(Arc::new(second)).await.unwrap();
     // A read indexes them all (the repeated rows come after their originals).
     let page = stores.archive.query(Account::new("alice", "example.org"), &all()).await.unwrap();
     assert_eq!(page.rows.iter().map(|r| r.id).collect::<Vec<_>>(), (1..=137).collect::<Vec<_>>());
-    assert!(page.rows.iter().all(|r| r.stanza == format!("<message n='{}'/>", r.id)));
+    assert!(page.rows.iter().all(|r| *r.stanza == format!("<message n='{}'/>", r.id)));
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 137);
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_with"), 137);
     // Recovery after a stop re-indexes rows a read indexed: nothing is deleted.

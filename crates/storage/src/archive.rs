@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+pub use compact_str::CompactString;
+
 use crate::{Account, Result};
 
 /// Which way an archived message went, seen from the archive's owner.
@@ -40,31 +42,36 @@ impl Direction {
 }
 
 /// One archived message.
+///
+/// The short fields are [`CompactString`]s (a JID or an id of up to 24 bytes costs
+/// no allocation) and the stanza is shared: the sender's row and the recipient's
+/// row of one message, queued on the hot path of every chat message, hold one copy
+/// of its text between them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedMessage {
     /// Server-assigned, unique per owner, increasing with time (positive).
     pub id: i64,
     /// The other party's bare JID.
-    pub with_jid: String,
+    pub with_jid: CompactString,
     /// The other party's resource (empty when none).
-    pub with_resource: String,
+    pub with_resource: CompactString,
     /// Direction seen from the owner.
     pub direction: Direction,
     /// Who wrote it (a full JID; for room archives the occupant).
-    pub sender: String,
+    pub sender: CompactString,
     /// The message's own `id` attribute, which XEP-0424 retractions refer to.
-    pub origin_id: Option<String>,
+    pub origin_id: Option<CompactString>,
     /// The message stanza, serialised.
-    pub stanza: String,
+    pub stanza: Arc<str>,
 }
 
 /// A row to append: the owner and the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveEntry {
     /// The owner's localpart.
-    pub user: String,
+    pub user: CompactString,
     /// The owner's domain.
-    pub domain: String,
+    pub domain: CompactString,
     /// The message.
     pub msg: ArchivedMessage,
 }

@@ -126,14 +126,14 @@ async fn rooms(stores: &Stores, tag: &str) {
     // A room's history is in the archive with the room as owner; deleting the room deletes it.
     let row = ArchivedMessage {
         id: 77,
-        with_jid: String::new(),
-        with_resource: String::new(),
+        with_jid: Default::default(),
+        with_resource: Default::default(),
         direction: Direction::Incoming,
         sender: "owner@x/phone".into(),
         origin_id: None,
         stanza: "<message type='groupchat'><body>hi</body></message>".into(),
     };
-    let entry = ArchiveEntry { user: "lobby".into(), domain: service.clone(), msg: row };
+    let entry = ArchiveEntry { user: "lobby".into(), domain: service.as_str().into(), msg: row };
     stores.archive.append(std::sync::Arc::new(vec![entry])).await.unwrap();
     let acc = Account::new("lobby", &service);
     assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 1);

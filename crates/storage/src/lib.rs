@@ -19,8 +19,8 @@ pub mod conformance;
 pub mod memory;
 
 pub use archive::{
-    ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, Direction,
-    PageFrom, RETRACT_WINDOW,
+    ArchiveEntry, ArchiveMode, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, CompactString,
+    Direction, PageFrom, RETRACT_WINDOW,
 };
 
 pub use meerkat_sasl::StoredCredentials;

@@ -278,7 +278,7 @@ impl ArchiveStore for MemoryStore {
     async fn append(&self, rows: Arc<Vec<ArchiveEntry>>) -> Result<()> {
         let mut inner = self.inner.lock();
         for r in rows.iter() {
-            let a = inner.archive.entry((r.domain.clone(), r.user.clone())).or_default();
+            let a = inner.archive.entry((r.domain.to_string(), r.user.to_string())).or_default();
             a.entry(r.msg.id).or_insert_with(|| r.msg.clone());
         }
         Ok(())
@@ -335,7 +335,7 @@ impl ArchiveStore for MemoryStore {
             .take(crate::archive::RETRACT_WINDOW)
             .find(|m| m.direction == direction && m.origin_id.as_deref() == Some(origin_id));
         Ok(hit.map(|m| {
-            m.stanza = tombstone.to_owned();
+            m.stanza = tombstone.into();
             m.id
         }))
     }

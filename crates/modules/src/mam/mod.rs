@@ -136,7 +136,7 @@ impl Mam {
         });
         let Some(check) = check else { return };
         let (Some(user), domain) = (owner.node(), owner.domain()) else { return };
-        let entry = ArchiveEntry { user: user.as_str().to_owned(), domain: domain.as_str().to_owned(), msg };
+        let entry = ArchiveEntry { user: user.as_str().into(), domain: domain.as_str().into(), msg };
         self.writer.push(&ctx.stores, owner.as_str(), Op::Append(entry, check));
     }
 
@@ -178,7 +178,7 @@ impl Mam {
     /// XEP-0425 moderation refers to).
     pub(crate) fn archive_room(&self, ctx: &ServerContext, room: &BareJid, msg: ArchivedMessage) {
         let (Some(user), domain) = (room.node(), room.domain()) else { return };
-        let entry = ArchiveEntry { user: user.as_str().to_owned(), domain: domain.as_str().to_owned(), msg };
+        let entry = ArchiveEntry { user: user.as_str().into(), domain: domain.as_str().into(), msg };
         self.writer.push(&ctx.stores, room.as_str(), Op::Append(entry, Check::None));
     }
 
@@ -231,14 +231,14 @@ fn archivable(st: &Stanza) -> bool {
 }
 
 /// A row for `st`, with `other` as the other party, archived as `stanza`.
-fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction, stanza: String) -> ArchivedMessage {
+fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction, stanza: Arc<str>) -> ArchivedMessage {
     ArchivedMessage {
         id,
-        with_jid: bare_str(other).to_owned(),
-        with_resource: other.resource().map(|r| r.as_str().to_owned()).unwrap_or_default(),
+        with_jid: bare_str(other).into(),
+        with_resource: other.resource().map(|r| r.as_str().into()).unwrap_or_default(),
         direction,
-        sender: st.from.as_ref().map(|f| f.as_str().to_owned()).unwrap_or_default(),
-        origin_id: st.id().map(str::to_owned),
+        sender: st.from.as_ref().map(|f| f.as_str().into()).unwrap_or_default(),
+        origin_id: st.id().map(Into::into),
         stanza,
     }
 }
@@ -246,14 +246,15 @@ fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction, stanza: String) 
 /// The text a message is archived as: the message without the stanza ids the
 /// archives stamp on it (each result carries its archive's id), the same in the
 /// sender's and in the recipient's archive.
-fn archive_text(st: &Stanza) -> String {
-    st.el.to_string_with_ns_skipping(|c| c.is("stanza-id", ns::SID))
+fn archive_text(st: &Stanza) -> Arc<str> {
+    Arc::from(st.el.to_string_with_ns_skipping(|c| c.is("stanza-id", ns::SID)))
 }
 
-/// The text of a message that arrived: its sender's if it came with it.
-fn received_text(st: &Stanza) -> String {
+/// The text of a message that arrived: its sender's if it came with it (the
+/// same allocation as the sender's row on this node).
+fn received_text(st: &Stanza) -> Arc<str> {
     match &st.archive_text {
-        Some(text) => String::from(&**text),
+        Some(text) => text.clone(),
         None => archive_text(st),
     }
 }
@@ -302,9 +303,9 @@ impl SessionHooks for Mam {
         let by = s.bare.as_str();
         st.el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
         // Serialised once, for the sender's row here and the recipient's where it
-        // arrives (on this node: a copy of the text, not another serialisation).
+        // arrives (on this node: the same text, shared, not another serialisation).
         let text = archive_text(st);
-        st.archive_text = Some(Arc::from(text.as_str()));
+        st.archive_text = Some(text.clone());
         let id = new_archive_id();
         st.el.append_child(Element::builder("stanza-id", ns::SID).attr("id", encode_id(id)).attr("by", by).build());
         let with = bare_str(to);

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meerkat_storage::{Account, ArchiveEntry, ArchiveMode, ArchivePrefs, Direction, Stores};
+use meerkat_storage::{Account, ArchiveEntry, ArchiveMode, ArchivePrefs, CompactString, Direction, Stores};
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
@@ -68,8 +68,9 @@ impl Op {
 struct Queue {
     ops: Vec<(u64, Op)>,
     next_seq: u64,
-    /// Owner bare JID → sequence number of its last queued operation.
-    pending: foldhash::HashMap<String, u64>,
+    /// Owner bare JID → sequence number of its last queued operation (emptied
+    /// by every batch written; a JID of up to 24 bytes is kept without allocating).
+    pending: foldhash::HashMap<CompactString, u64>,
     /// The queue reached `max_queue` and has not drained below half of it since
     /// (for logging the transitions once).
     full: bool,
@@ -163,11 +164,10 @@ impl Writer {
             let seq = q.next_seq;
             q.next_seq += 1;
             q.ops.push((seq, op));
-            // An owner with rows waiting already costs no allocation.
             match q.pending.get_mut(owner) {
                 Some(last) => *last = seq,
                 None => {
-                    q.pending.insert(owner.to_owned(), seq);
+                    q.pending.insert(owner.into(), seq);
                 }
             }
             q.update(&self.shared);
@@ -438,11 +438,11 @@ mod tests {
             msg: ArchivedMessage {
                 id,
                 with_jid: "bob@localhost".into(),
-                with_resource: String::new(),
+                with_resource: Default::default(),
                 direction: Direction::Incoming,
                 sender: "bob@localhost/r".into(),
                 origin_id: None,
-                stanza: format!("<message id='{id}'/>"),
+                stanza: format!("<message id='{id}'/>").into(),
             },
         }
     }
@@ -478,7 +478,7 @@ mod tests {
         let w = writer(10, 100);
         let with_origin = |id: i64| {
             let mut e = entry(id);
-            e.msg.origin_id = Some(format!("o{id}"));
+            e.msg.origin_id = Some(format!("o{id}").into());
             e
         };
         w.push(&stores, "alice@localhost", Op::Append(with_origin(1), Check::None));
@@ -496,7 +496,7 @@ mod tests {
         assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
         let acc = Account::new("alice", "localhost");
         let rows = stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows;
-        let got: Vec<(i64, &str)> = rows.iter().map(|m| (m.id, m.stanza.as_str())).collect();
+        let got: Vec<(i64, &str)> = rows.iter().map(|m| (m.id, &*m.stanza)).collect();
         // The retraction found row 1, written before it in the same batch; row 3
         // came after it and is untouched.
         assert_eq!(got, vec![(1, "<retracted/>"), (2, "<message id='2'/>"), (3, "<message id='3'/>")]);

@@ -852,12 +852,12 @@ impl Room {
             if let Some(mam) = env.mam {
                 let row = ArchivedMessage {
                     id,
-                    with_jid: String::new(),
-                    with_resource: String::new(),
+                    with_jid: Default::default(),
+                    with_resource: Default::default(),
                     direction: Direction::Incoming,
-                    sender: format!("{}/{}", sender_bare, nick),
+                    sender: format!("{sender_bare}/{nick}").into(),
                     origin_id: Some(encode_id(id).into()),
-                    stanza: el.to_string_with_ns(),
+                    stanza: el.to_string_with_ns().into(),
                 };
                 mam.archive_room(env.ctx, &self.jid, row);
             }
