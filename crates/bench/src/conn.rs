@@ -19,6 +19,7 @@ use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureSch
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use crate::frame::{self, BenchMsg, Frame};
 use crate::ws::{WsCodec, WsUrl, NS_FRAMING};
 
 /// Bytes read per `read` call into the per-thread buffer.
@@ -161,6 +162,20 @@ pub struct Conn {
     /// Bytes to send; [`flush`](Self::flush) writes and clears them.
     pub out: Vec<u8>,
     eof: bool,
+    /// Received bytes for the light framer ([`crate::frame`]) while it reads the
+    /// stream (`Some` from the first read after [`fast_messages`](Self::fast_messages)
+    /// that finds the decoder empty), and how much of them is consumed.
+    raw: Option<Vec<u8>>,
+    raw_pos: usize,
+    want_fast: bool,
+}
+
+/// An element from [`Conn::next_incoming`].
+pub enum Incoming {
+    /// A bench-stamped message, read by the framer.
+    Bench(BenchMsg),
+    /// Any other element, parsed by the strict decoder.
+    Element(meerkat_xml::Element),
 }
 
 impl Conn {
@@ -175,7 +190,17 @@ impl Conn {
             }
         };
         tcp.set_nodelay(true)?;
-        Ok(Conn { tcp, tls: None, ws: None, dec: Decoder::new(Framing::Stream, limits()), out: Vec::new(), eof: false })
+        Ok(Conn {
+            tcp,
+            tls: None,
+            ws: None,
+            dec: Decoder::new(Framing::Stream, limits()),
+            out: Vec::new(),
+            eof: false,
+            raw: None,
+            raw_pos: 0,
+            want_fast: false,
+        })
     }
 
     /// Opens a WebSocket connection to `url` (TCP to `server`), runs the HTTP upgrade
@@ -223,11 +248,64 @@ impl Conn {
         drop(self);
     }
 
+    /// From now on (once the decoder holds nothing), bench-stamped messages are
+    /// read by the light framer ([`crate::frame`]) and returned by
+    /// [`next_incoming`](Self::next_incoming) without a tree; the other methods
+    /// that read give the stream back to the strict decoder.
+    pub fn fast_messages(&mut self) {
+        self.want_fast = true;
+    }
+
+    /// The next element: a bench-stamped message read by the framer, or any
+    /// other element from the decoder; `Ok(None)` when more bytes are needed.
+    pub fn next_incoming(&mut self) -> Result<Option<Incoming>, String> {
+        loop {
+            if self.raw.is_none() || self.dec.buffered() > 0 {
+                match self.decoded_element()? {
+                    Some(el) => return Ok(Some(Incoming::Element(el))),
+                    None if self.raw.is_none() => return Ok(None),
+                    None => {}
+                }
+            }
+            let (Some(raw), dec) = (&mut self.raw, &mut self.dec) else { continue };
+            match frame::next(&raw[self.raw_pos..]) {
+                Frame::Incomplete => {
+                    raw.drain(..self.raw_pos);
+                    self.raw_pos = 0;
+                    return Ok(None);
+                }
+                Frame::Bench { len, msg } => {
+                    self.raw_pos += len;
+                    return Ok(Some(Incoming::Bench(msg)));
+                }
+                Frame::Element { skip, len } => {
+                    dec.feed(&raw[self.raw_pos + skip..self.raw_pos + len]);
+                    self.raw_pos += len;
+                }
+                Frame::Unhandled => self.end_fast(),
+            }
+        }
+    }
+
+    /// Hands what the framer holds to the decoder; the decoder reads from now on.
+    fn end_fast(&mut self) {
+        self.want_fast = false;
+        if let Some(raw) = self.raw.take() {
+            self.dec.feed(&raw[self.raw_pos..]);
+            self.raw_pos = 0;
+        }
+    }
+
     /// The next complete top-level element, skipping stream headers; `Ok(None)`
     /// when more bytes are needed; `Err` names why the stream is over.
     pub fn next_element(&mut self) -> Result<Option<meerkat_xml::Element>, String> {
+        self.end_fast();
+        self.decoded_element()
+    }
+
+    fn decoded_element(&mut self) -> Result<Option<meerkat_xml::Element>, String> {
         loop {
-            return match self.next_decoded() {
+            return match self.decoded() {
                 Ok(None) => Ok(None),
                 Ok(Some(StreamEvent::Element(el))) => Ok(Some(el)),
                 Ok(Some(StreamEvent::Header(_))) => continue,
@@ -240,6 +318,11 @@ impl Conn {
     /// The next decoded event without reading. On WebSocket, the RFC 7395 framing
     /// elements become what they stand for: `<open/>` a header, `<close/>` the close.
     pub fn next_decoded(&mut self) -> Result<Option<StreamEvent>, meerkat_xml::Error> {
+        self.end_fast();
+        self.decoded()
+    }
+
+    fn decoded(&mut self) -> Result<Option<StreamEvent>, meerkat_xml::Error> {
         let ev = self.dec.next_event()?;
         if self.ws.is_some() {
             if let Some(StreamEvent::Element(el)) = &ev {
@@ -314,10 +397,13 @@ impl Conn {
     }
 
     fn read_available(&mut self) -> io::Result<()> {
+        if self.want_fast && self.raw.is_none() && self.dec.buffered() == 0 {
+            self.raw = Some(Vec::new());
+        }
         for _ in 0..READS_PER_WAKE {
             let n = match &mut self.tls {
                 None => READ_BUF.with_borrow_mut(|buf| match self.tcp.try_read(buf) {
-                    Ok(n) => feed(&mut self.dec, &mut self.ws, &buf[..n]).map(|()| n),
+                    Ok(n) => feed(&mut self.dec, &mut self.raw, &mut self.ws, &buf[..n]).map(|()| n),
                     Err(e) => Err(e),
                 }),
                 Some(tls) => tls.read_tls(&mut TcpIo(&self.tcp)),
@@ -354,7 +440,7 @@ impl Conn {
                     self.eof = true;
                     return Ok(());
                 }
-                Ok(n) => feed(&mut self.dec, &mut self.ws, &buf[..n])?,
+                Ok(n) => feed(&mut self.dec, &mut self.raw, &mut self.ws, &buf[..n])?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     self.eof = true;
@@ -451,15 +537,19 @@ impl Conn {
     }
 }
 
-/// Feeds bytes read from the server to the decoder, through the WebSocket deframer
-/// when there is one.
-fn feed(dec: &mut Decoder, ws: &mut Option<Box<WsCodec>>, data: &[u8]) -> io::Result<()> {
+/// Feeds bytes read from the server to the decoder (or to the framer's buffer
+/// while it reads), through the WebSocket deframer when there is one.
+fn feed(dec: &mut Decoder, raw: &mut Option<Vec<u8>>, ws: &mut Option<Box<WsCodec>>, data: &[u8]) -> io::Result<()> {
+    let mut sink = |b: &[u8]| match raw {
+        Some(raw) => raw.extend_from_slice(b),
+        None => dec.feed(b),
+    };
     match ws {
         None => {
-            dec.feed(data);
+            sink(data);
             Ok(())
         }
-        Some(ws) => ws.input(data, &mut |b| dec.feed(b)),
+        Some(ws) => ws.input(data, &mut sink),
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod cli;
 mod conn;
+mod frame;
 mod hist;
 mod login;
 mod mam;

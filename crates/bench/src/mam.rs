@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::conn::{Conn, ConnError};
+use crate::frame::BenchMsg;
 use crate::report::WorkerReport;
 use crate::schedule::Bucket;
 use crate::session::{answer_iq, lock, notified, on_message, send_due, Seen, NS_BENCH};
@@ -402,7 +403,7 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen, a: &mut Archive, sent: u
             "message" => {
                 if let Some(b) = el.get_child("bench", NS_BENCH) {
                     let from_partner = b.attr("s").and_then(|s| s.parse::<u32>().ok()) == Some(a.partner);
-                    if on_message(ctx, &el, b, now, seen, &mut lock(ctx)) && from_partner {
+                    if on_message(ctx, &BenchMsg::from_element(&el, b), now, seen, &mut lock(ctx)) && from_partner {
                         a.from_partner += 1;
                     }
                 } else if let Some(res) = el.get_child("result", NS_MAM) {

@@ -52,7 +52,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::cli::{Args, Scenario};
-use crate::conn::{Conn, ConnError};
+use crate::conn::{Conn, ConnError, Incoming};
+use crate::frame::BenchMsg;
 use crate::report::WorkerReport;
 use crate::schedule::SendPlan;
 use crate::session::{answer_iq, lock, notified, NS_BENCH};
@@ -507,12 +508,19 @@ impl<'a> User<'a> {
         let ctx = self.ctx;
         let mut st: Option<MutexGuard<'_, WorkerReport>> = None;
         loop {
-            let Some(el) = conn.next_element()? else { return Ok(()) };
+            let el = match conn.next_incoming()? {
+                None => return Ok(()),
+                Some(Incoming::Bench(m)) => {
+                    self.on_message(&m, now, st.get_or_insert_with(|| lock(ctx)));
+                    continue;
+                }
+                Some(Incoming::Element(el)) => el,
+            };
             match el.name() {
                 "message" => {
                     if let Some(b) = el.get_child("bench", NS_BENCH) {
                         let st = st.get_or_insert_with(|| lock(ctx));
-                        self.on_message(&el, b, now, st);
+                        self.on_message(&BenchMsg::from_element(&el, b), now, st);
                     } else if el.has_child("subject", "jabber:client") && !el.has_child("body", "jabber:client") {
                         // muc: the subject ends a join.
                         let room = el.attr("from").and_then(|f| self.rooms.room_of(f));
@@ -553,13 +561,12 @@ impl<'a> User<'a> {
     }
 
     /// A stamped room message.
-    fn on_message(&mut self, msg: &Element, b: &Element, now: u64, st: &mut WorkerReport) {
-        let num = |a: &str| b.attr(a).and_then(|v| v.parse::<u64>().ok());
-        if msg.attr("type") == Some("error") {
+    fn on_message(&mut self, m: &BenchMsg, now: u64, st: &mut WorkerReport) {
+        if m.error {
             st.errors += 1;
             return;
         }
-        let (Some(run), Some(t), Some(n), Some(g)) = (num("r"), num("t"), num("n"), num("g")) else {
+        let (Some(run), Some(t), Some(n), Some(g)) = (m.r, m.t, m.n, m.g) else {
             st.stale += 1;
             return;
         };
@@ -692,6 +699,7 @@ pub async fn online(ctx: &Ctx, k: u32, mut conn: Conn, notify: Option<Arc<Notify
         (timer(ctx.tl.setup_us), timer(join_us.min(ctx.tl.start_us)), timer(ctx.tl.start_us), timer(ctx.tl.close_us));
     tokio::pin!(setup, join, start, close);
     let (mut setup_done, mut joined, mut start_checked) = (false, !rooms.muc, false);
+    conn.fast_messages();
     // What arrived with the login's last answer is handled now, not at the next read.
     if let Err(reason) = u.process(&mut conn) {
         lock(ctx).disconnected(reason);

@@ -14,7 +14,8 @@ use meerkat_xml::{Element, STREAM_NS};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::conn::{Conn, ConnError};
+use crate::conn::{Conn, ConnError, Incoming};
+use crate::frame::BenchMsg;
 use crate::report::WorkerReport;
 use crate::schedule::Bucket;
 use crate::worker::{unix_us, Ctx};
@@ -76,6 +77,7 @@ pub async fn online(ctx: &Ctx, k: u32, mut conn: Conn, notify: Option<Arc<Notify
     let mut seq = 0u64;
     let close = tokio::time::sleep_until(ctx.tl.instant(ctx.tl.close_us));
     tokio::pin!(close);
+    conn.fast_messages();
     // What arrived with the login's last answer is handled now, not at the next read.
     if let Err(reason) = process(ctx, &mut conn, &mut seen) {
         lock(ctx).disconnected(reason);
@@ -161,12 +163,19 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen) -> Result<(), String> {
     let now = unix_us();
     let mut stats: Option<MutexGuard<'_, WorkerReport>> = None;
     loop {
-        let Some(el) = conn.next_element()? else { return Ok(()) };
+        let el = match conn.next_incoming()? {
+            None => return Ok(()),
+            Some(Incoming::Bench(m)) => {
+                on_message(ctx, &m, now, seen, stats.get_or_insert_with(|| lock(ctx)));
+                continue;
+            }
+            Some(Incoming::Element(el)) => el,
+        };
         match el.name() {
             "message" => {
                 if let Some(b) = el.get_child("bench", NS_BENCH) {
                     let st = stats.get_or_insert_with(|| lock(ctx));
-                    on_message(ctx, &el, b, now, seen, st);
+                    on_message(ctx, &BenchMsg::from_element(&el, b), now, seen, st);
                 }
             }
             "iq" => {
@@ -182,20 +191,12 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen) -> Result<(), String> {
 }
 
 /// Counts a received bench message; returns whether it was a first delivery.
-pub(crate) fn on_message(
-    ctx: &Ctx,
-    msg: &Element,
-    b: &Element,
-    now: u64,
-    seen: &mut Seen,
-    st: &mut WorkerReport,
-) -> bool {
-    let num = |a: &str| b.attr(a).and_then(|v| v.parse::<u64>().ok());
-    let (Some(run), Some(t), Some(s), Some(n)) = (num("r"), num("t"), num("s"), num("n")) else {
+pub(crate) fn on_message(ctx: &Ctx, m: &BenchMsg, now: u64, seen: &mut Seen, st: &mut WorkerReport) -> bool {
+    let (Some(run), Some(t), Some(s), Some(n)) = (m.r, m.t, m.s, m.n) else {
         st.stale += 1;
         return false;
     };
-    if msg.attr("type") == Some("error") {
+    if m.error {
         st.errors += 1;
         return false;
     }

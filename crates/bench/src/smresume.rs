@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::conn::{Conn, ConnError};
+use crate::frame::BenchMsg;
 use crate::login::{self, Resumed, Session, Want, NS_SM};
 use crate::sasl::NonceGen;
 use crate::schedule::Bucket;
@@ -220,7 +221,7 @@ fn process(ctx: &Ctx, conn: &mut Conn, seen: &mut Seen, sm: &mut Sm) -> Result<(
             "message" => {
                 sm.h_in = sm.h_in.wrapping_add(1);
                 if let Some(b) = el.get_child("bench", NS_BENCH) {
-                    on_message(ctx, &el, b, now, seen, &mut lock(ctx));
+                    on_message(ctx, &BenchMsg::from_element(&el, b), now, seen, &mut lock(ctx));
                 }
             }
             "presence" => sm.h_in = sm.h_in.wrapping_add(1),
