@@ -235,7 +235,7 @@ impl MucLight {
                 with_resource: Default::default(),
                 direction: Direction::Incoming,
                 sender: sender.into(),
-                origin_id: Some(encode_id(id).into()),
+                origin_id: Some(encode_id(id)),
                 stanza: el.to_string_with_ns().into(),
             };
             mam.archive_room(ctx, room, row);

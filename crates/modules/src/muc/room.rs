@@ -856,7 +856,7 @@ impl Room {
                     with_resource: Default::default(),
                     direction: Direction::Incoming,
                     sender: format!("{sender_bare}/{nick}").into(),
-                    origin_id: Some(encode_id(id).into()),
+                    origin_id: Some(encode_id(id)),
                     stanza: el.to_string_with_ns().into(),
                 };
                 mam.archive_room(env.ctx, &self.jid, row);
