@@ -156,6 +156,10 @@ pub struct General {
     /// `policy-violation` (a consumer that stopped reading).
     #[serde(default = "default_mailbox")]
     pub session_mailbox: usize,
+    /// Threads of the async runtime that runs the sessions (absent: one per
+    /// core). Several nodes sharing one machine each take their share of it.
+    #[serde(default)]
+    pub worker_threads: Option<Spanned<usize>>,
 }
 
 fn default_hosts() -> Spanned<Vec<String>> {
@@ -182,6 +186,7 @@ impl Default for General {
             data_dir: default_data_dir(),
             max_connections: default_max_connections(),
             session_mailbox: default_mailbox(),
+            worker_threads: None,
         }
     }
 }
@@ -551,6 +556,11 @@ impl Config {
                 "general.loglevel".into(),
                 format!("`{lvl}` is not one of error, warning, info, debug, trace"),
             );
+        }
+        if let Some(n) = &self.general.worker_threads {
+            if *n.get_ref() == 0 {
+                report(span(n), "general.worker_threads".into(), "must be at least 1 (or absent: one per core)".into());
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.listen.c2s.iter().enumerate() {
