@@ -277,9 +277,11 @@ pub(crate) struct Unindexed {
 }
 
 impl Unindexed {
-    pub(crate) fn new(owner_rows: usize, batch: usize) -> Self {
+    /// Rows wait for `owner_rows` of an owner's, or `batch` in all; `indexed` is the
+    /// database's `indexed_seq` when it was opened (where this process starts).
+    pub(crate) fn new(owner_rows: usize, batch: usize, indexed: i64) -> Self {
         Unindexed {
-            waiting: Mutex::new(Waiting::default()),
+            waiting: Mutex::new(Waiting { last_seq: indexed, indexed, ..Waiting::default() }),
             keys: Mutex::new(Keys::default()),
             owner_rows: owner_rows.max(1),
             batch: batch.max(1),
@@ -479,7 +481,7 @@ impl Unindexed {
 }
 
 /// Whose rows [`Unindexed::index_some`] indexes first.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pick {
     /// The owners with the most rows waiting (the most entries per index page).
     Fullest,
@@ -541,7 +543,8 @@ fn advance(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
 
 /// Indexes the rows `mam_messages` holds after `indexed_seq`: those a process that
 /// stopped without indexing them left behind. Runs when the database is opened.
-pub(crate) fn recover(conn: &mut Connection) -> Result<()> {
+/// Returns the resulting `indexed_seq`.
+pub(crate) fn recover(conn: &mut Connection) -> Result<i64> {
     let err = db_err("archive index recovery");
     let tx = write_tx(conn, "archive index recovery")?;
     let from: i64 =
@@ -559,7 +562,8 @@ pub(crate) fn recover(conn: &mut Connection) -> Result<()> {
     let last = rows.iter().map(|e| e.seq).max().unwrap_or(from);
     index_entries(&tx, &rows.iter().collect::<Vec<_>>()).map_err(&err)?;
     advance(&tx, last).map_err(&err)?;
-    tx.commit().map_err(&err)
+    tx.commit().map_err(&err)?;
+    Ok(last)
 }
 
 /// In the transaction of a removal: deletes the archive of `domain`/`user` (a
@@ -971,7 +975,7 @@ mod tests {
     /// neither the waiting set nor the committed indexes then.
     #[test]
     fn reads_queue_behind_an_append_indexing_ripe_owners() {
-        let u = Unindexed::new(3, 1_000);
+        let u = Unindexed::new(3, 1_000, 0);
         u.record(vec![group("alice", 1..=2), group("bob", 3..=3)], 3, 0);
         assert!(!u.read_waits("x", "carol"));
         let mut groups = vec![group("alice", 4..=4), group("bob", 5..=5)];
@@ -987,11 +991,25 @@ mod tests {
         assert_eq!((w.rows, w.indexed), (2, 2));
     }
 
+    /// A process starts at the `indexed_seq` the database holds: its first appends
+    /// after a million indexed rows are not mistaken for rows left waiting since
+    /// seq 0 (which made one needless index step of the oldest owners).
+    #[test]
+    fn a_new_process_starts_where_the_index_is() {
+        let rows = || vec![group("a", 1_000_001..=1_000_002)];
+        let u = Unindexed::new(3, 1_000, 1_000_000);
+        u.record(rows(), 1_000_002, 0);
+        assert_eq!(u.due(), None);
+        let from_zero = Unindexed::new(3, 1_000, 0);
+        from_zero.record(rows(), 1_000_002, 0);
+        assert_eq!(from_zero.due(), Some(Pick::Oldest));
+    }
+
     /// An append indexes about twice its own rows at most: of three ripe owners,
     /// the later ones wait for a later append.
     #[test]
     fn an_append_indexes_about_twice_its_rows() {
-        let u = Unindexed::new(3, 1_000);
+        let u = Unindexed::new(3, 1_000, 0);
         u.record(vec![group("a", 1..=4), group("b", 5..=8), group("c", 9..=12)], 12, 0);
         let mut groups = vec![group("a", 13..=13), group("b", 14..=14), group("c", 15..=15)];
         let (taken, _) = u.take_ripe(&mut groups, 15);

@@ -138,6 +138,9 @@ pub(crate) struct Pool {
     writer: mpsc::Sender<Job>,
     /// `None` for in-memory databases (one connection serves everything).
     readers: Option<mpsc::Sender<Job>>,
+    /// The archive's `indexed_seq` when the file was opened (after recovery):
+    /// every row up to it is indexed.
+    pub(crate) archive_indexed: i64,
 }
 
 impl Pool {
@@ -152,7 +155,7 @@ impl Pool {
         let mut writer = Connection::open(path).map_err(open_err)?;
         configure(&mut writer, true).map_err(open_err)?;
         migrate(&mut writer)?;
-        archive::recover(&mut writer)?;
+        let archive_indexed = archive::recover(&mut writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let flags =
@@ -162,6 +165,7 @@ impl Pool {
             readers.push(r);
         }
         Ok(Pool {
+            archive_indexed,
             writer: spawn_workers("meerkat-sqlite-w", vec![writer])?,
             readers: Some(spawn_workers("meerkat-sqlite-r", readers)?),
         })
@@ -172,7 +176,7 @@ impl Pool {
         let mut conn = Connection::open_in_memory().map_err(open_err)?;
         configure(&mut conn, true).map_err(open_err)?;
         migrate(&mut conn)?;
-        Ok(Pool { writer: spawn_workers("meerkat-sqlite-mem", vec![conn])?, readers: None })
+        Ok(Pool { writer: spawn_workers("meerkat-sqlite-mem", vec![conn])?, readers: None, archive_indexed: 0 })
     }
 
     /// Runs `f` on a connection thread and returns its result.

@@ -40,7 +40,8 @@ pub(crate) struct SqliteStore {
 
 impl SqliteStore {
     pub(crate) fn new(pool: Pool, opts: &Options) -> Self {
-        SqliteStore { pool, unindexed: Arc::new(Unindexed::new(opts.archive_index_owner, opts.archive_index_batch)) }
+        let unindexed = Unindexed::new(opts.archive_index_owner, opts.archive_index_batch, pool.archive_indexed);
+        SqliteStore { pool, unindexed: Arc::new(unindexed) }
     }
 
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
