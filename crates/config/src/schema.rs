@@ -162,6 +162,10 @@ pub struct General {
     pub worker_threads: Option<Spanned<usize>>,
 }
 
+/// Most runtime threads a configuration may ask for (a typo such as 40000 would
+/// otherwise start that many threads).
+const MAX_WORKER_THREADS: usize = 1024;
+
 fn default_hosts() -> Spanned<Vec<String>> {
     Spanned::new(0..0, vec!["localhost".to_string()])
 }
@@ -558,8 +562,9 @@ impl Config {
             );
         }
         if let Some(n) = &self.general.worker_threads {
-            if *n.get_ref() == 0 {
-                report(span(n), "general.worker_threads".into(), "must be at least 1 (or absent: one per core)".into());
+            if !(1..=MAX_WORKER_THREADS).contains(n.get_ref()) {
+                let msg = format!("must be between 1 and {MAX_WORKER_THREADS} (or absent: one per core)");
+                report(span(n), "general.worker_threads".into(), msg);
             }
         }
         let mut seen = std::collections::HashSet::new();

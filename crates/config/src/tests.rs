@@ -46,12 +46,14 @@ fn semantic_errors_are_all_reported_with_lines() {
 }
 
 #[test]
-fn worker_threads_is_optional_and_at_least_one() {
+fn worker_threads_is_optional_and_bounded() {
     assert!(Config::parse("[general]\n", "m").unwrap().general.worker_threads.is_none());
     let c = Config::parse("[general]\nworker_threads = 3\n", "m").unwrap();
     assert_eq!(c.general.worker_threads.map(|n| n.into_inner()), Some(3));
     let e = Config::parse("[general]\nhosts = [\"x\"]\nworker_threads = 0\n", "m").unwrap_err();
     assert_eq!((e.errors[0].line, e.errors[0].key.as_deref()), (3, Some("general.worker_threads")), "{e}");
+    let e = Config::parse("[general]\nworker_threads = 40000\n", "m").unwrap_err();
+    assert!(e.to_string().contains("between 1 and 1024"), "{e}");
 }
 
 #[test]

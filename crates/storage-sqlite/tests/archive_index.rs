@@ -49,6 +49,11 @@ fn entry(user: &str, id: i64, with: &str) -> ArchiveEntry {
     }
 }
 
+/// Rows with ids `ids` (plus one), dealt round robin to owners `u0..u{owners-1}`.
+fn spread(ids: std::ops::Range<i64>, owners: i64) -> Vec<ArchiveEntry> {
+    ids.map(|i| entry(&format!("u{}", i % owners), i + 1, "p@example.org")).collect()
+}
+
 /// `SELECT COUNT(*)` (or another single integer) with a plain connection.
 fn count(path: &Path, sql: &str) -> i64 {
     rusqlite::Connection::open(path).expect("open").query_row(sql, [], |r| r.get(0)).expect(sql)
@@ -193,9 +198,7 @@ async fn reads_during_a_batch_being_indexed_see_every_row() {
     let (_dir, path) = temp_db();
     let stores = open_indexing(&path, 1_000_000, 20_000).await;
     // 19,999 rows waiting: 40 for each of u0..u498, 39 for u499.
-    let rows: Vec<ArchiveEntry> =
-        (0..19_999).map(|i| entry(&format!("u{}", i % 500), i + 1, "p@example.org")).collect();
-    stores.archive.append(Arc::new(rows)).await.unwrap();
+    stores.archive.append(Arc::new(spread(0..19_999, 500))).await.unwrap();
     // The 20,000th row starts the batch; the reads run while it is indexed.
     let writer = {
         let stores = stores.clone();
@@ -330,18 +333,16 @@ async fn reads_during_an_append_that_indexes_its_owners_see_every_row() {
     let (_dir, path) = temp_db();
     let stores = open_indexing(&path, 40, 1_000_000).await;
     // 39 rows waiting for each of u0..u999.
-    let rows: Vec<ArchiveEntry> =
-        (0..39_000).map(|i| entry(&format!("u{}", i % 1000), i + 1, "p@example.org")).collect();
-    stores.archive.append(Arc::new(rows)).await.unwrap();
+    stores.archive.append(Arc::new(spread(0..39_000, 1000))).await.unwrap();
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 0);
     // 40 more rows each make every owner ripe (79 rows, within the append's
     // budget of twice its own rows): all are indexed in it, and the reads run
     // while it logs and indexes them.
     let writer = {
         let stores = stores.clone();
-        let rows: Vec<ArchiveEntry> =
-            (39_000..79_000).map(|i| entry(&format!("u{}", i % 1000), i + 1, "p@example.org")).collect();
-        tokio::spawn(async move { stores.archive.append(Arc::new(rows)).await })
+        // Built before the task starts, so that the append reaches the writer first.
+        let rows = Arc::new(spread(39_000..79_000, 1000));
+        tokio::spawn(async move { stores.archive.append(rows).await })
     };
     // The append reaches the writer first.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -351,4 +352,22 @@ async fn reads_during_an_append_that_indexes_its_owners_see_every_row() {
     writer.await.unwrap().unwrap();
     assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 79_000);
     assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 79_000, "no row left waiting");
+}
+
+/// A reopened store starts at the `indexed_seq` the file holds: a few rows appended
+/// after 100 indexed ones wait for their owners, instead of being taken for rows
+/// waiting since seq 0 and indexed at once as the oldest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_store_starts_at_the_stored_indexed_seq() {
+    let (_dir, path) = temp_db();
+    let stores = open_lazy(&path).await;
+    stores.archive.append(Arc::new(spread(0..100, 4))).await.unwrap();
+    drop(stores);
+    // Opening indexes what the first process left (seq 1..=100).
+    let stores = open_indexing(&path, 1_000_000, 10).await;
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 100);
+    stores.archive.append(Arc::new(spread(100..102, 4))).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_by_owner"), 100, "the 2 new rows wait");
+    assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 100);
+    assert_eq!(ids(&stores, "u0", &all()).await.len(), 26, "and reads still see them");
 }
