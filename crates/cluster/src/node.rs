@@ -31,6 +31,11 @@ const RETRANSMIT_AFTER: Duration = Duration::from_millis(1000);
 const SNAPSHOT_CHUNK: usize = 500;
 /// A sync request unanswered for this long is sent again.
 const SYNC_RETRY: Duration = Duration::from_secs(2);
+/// Most work taken from the router per turn before what it produced is sent
+/// (and other events get their turn).
+const WORK_BURST: usize = 4096;
+/// Most bytes per batch (NATS refuses messages over 1 MB by default).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// One of this node's sessions, as the directory publishes it.
 struct Mine {
@@ -62,6 +67,8 @@ struct Peer {
     out_next: u64,
     inflight: VecDeque<(u64, Bytes)>,
     progress_at: Instant,
+    /// Numbered this turn, not yet published (also in `inflight`).
+    unsent: Vec<Bytes>,
     /// Its subject (`<cluster>.node.<name>`).
     subject: async_nats::Subject,
 }
@@ -84,6 +91,7 @@ impl Peer {
             out_next: 1,
             inflight: VecDeque::new(),
             progress_at: now,
+            unsent: Vec::new(),
             subject,
         }
     }
@@ -126,7 +134,9 @@ pub(crate) struct Node {
     client: async_nats::Client,
     me: NodeName,
     inc: u64,
-    dir_subject: String,
+    dir_subject: async_nats::Subject,
+    /// Directory updates of this turn, not yet published.
+    dir_unsent: Vec<Bytes>,
     node_prefix: String,
     dir_sub: async_nats::Subscriber,
     my_sub: async_nats::Subscriber,
@@ -155,7 +165,7 @@ impl Node {
         work: mpsc::UnboundedReceiver<Work>,
     ) -> anyhow::Result<Self> {
         let name = cfg.name.get_ref();
-        let dir_subject = format!("{name}.dir");
+        let dir_subject: async_nats::Subject = format!("{name}.dir").into();
         let node_prefix = format!("{name}.node.");
         let dir_sub = client.subscribe(dir_subject.clone()).await?;
         let my_sub = client.subscribe(format!("{node_prefix}{me}")).await?;
@@ -171,6 +181,7 @@ impl Node {
             me,
             inc,
             dir_subject,
+            dir_unsent: Vec::new(),
             node_prefix,
             dir_sub,
             my_sub,
@@ -212,7 +223,7 @@ impl Node {
         loop {
             tokio::select! {
                 w = self.work.recv() => match w {
-                    Some(w) => self.on_work(w).await,
+                    Some(w) => self.on_work_burst(w).await,
                     None => break,
                 },
                 m = self.dir_sub.next() => match m {
@@ -248,6 +259,7 @@ impl Node {
         while let Ok(w) = self.work.try_recv() {
             self.on_work(w).await;
         }
+        self.flush().await;
         self.publish_dir(Msg::Bye).await;
         let _ = self.client.flush().await;
         tracing::info!(node = %self.me, "left the cluster");
@@ -283,14 +295,82 @@ impl Node {
         }
     }
 
-    /// Work from the router.
+    /// Publishes encoded envelopes in order, as few NATS messages as the batch
+    /// size allows (one envelope goes alone, as it is).
+    async fn publish_all(&self, subject: &async_nats::Subject, items: &[Bytes]) {
+        let mut start = 0;
+        let mut size = 0;
+        for (i, b) in items.iter().enumerate() {
+            if i > start && size + b.len() > MAX_BATCH_BYTES {
+                self.publish_run(subject, &items[start..i]).await;
+                (start, size) = (i, 0);
+            }
+            size += b.len() + 4;
+        }
+        if start < items.len() {
+            self.publish_run(subject, &items[start..]).await;
+        }
+    }
+
+    async fn publish_run(&self, subject: &async_nats::Subject, run: &[Bytes]) {
+        let b = match run {
+            [one] => one.clone(),
+            _ => crate::wire::encode_batch(&self.me, self.inc, run),
+        };
+        self.publish_bytes(subject.clone(), b).await;
+    }
+
+    /// Publishes what this turn's work queued: directory updates first, then
+    /// each node's forwarded traffic.
+    async fn flush(&mut self) {
+        if !self.dir_unsent.is_empty() {
+            let items = std::mem::take(&mut self.dir_unsent);
+            self.publish_all(&self.dir_subject, &items).await;
+        }
+        let out: Vec<(async_nats::Subject, Vec<Bytes>)> = self
+            .peers
+            .values_mut()
+            .filter(|p| !p.unsent.is_empty())
+            .map(|p| (p.subject.clone(), std::mem::take(&mut p.unsent)))
+            .collect();
+        for (subject, items) in out {
+            self.publish_all(&subject, &items).await;
+        }
+    }
+
+    /// A turn of work from the router: this item, what else is queued, and what
+    /// the sessions that can run now add to it; then everything goes out, one
+    /// NATS message per destination. Between turns nothing is left unsent, so
+    /// heartbeats and acknowledgements never overtake what they describe.
+    async fn on_work_burst(&mut self, first: Work) {
+        self.on_work(first).await;
+        let mut taken = 1;
+        while taken < WORK_BURST {
+            let Ok(w) = self.work.try_recv() else { break };
+            self.on_work(w).await;
+            taken += 1;
+        }
+        if taken < WORK_BURST {
+            // Let the tasks that are ready run first (a session reading its
+            // client's stanzas queues more here), then take what they queued.
+            tokio::task::yield_now().await;
+            while taken < WORK_BURST {
+                let Ok(w) = self.work.try_recv() else { break };
+                self.on_work(w).await;
+                taken += 1;
+            }
+        }
+        self.flush().await;
+    }
+
+    /// Work from the router. Nothing is published here: see [`Node::flush`].
     async fn on_work(&mut self, w: Work) {
         match w {
             Work::Added { jid, id, since } => {
                 self.dir_seq += 1;
                 self.mine.insert(jid.to_string(), Mine { id: id.0, since, priority: 0, presence: None });
                 let m = Msg::Added { seq: self.dir_seq, jid: jid.to_string(), id: id.0, since };
-                self.publish_dir(m).await;
+                self.dir_unsent.push(self.envelope(m));
             }
             Work::Removed { jid, id } => {
                 if self.mine.get(jid.as_str()).is_some_and(|m| m.id == id.0) {
@@ -298,7 +378,7 @@ impl Node {
                 }
                 self.dir_seq += 1;
                 let m = Msg::Removed { seq: self.dir_seq, jid: jid.to_string(), id: id.0 };
-                self.publish_dir(m).await;
+                self.dir_unsent.push(self.envelope(m));
             }
             Work::Presence { jid, id, priority, presence } => {
                 let xml = presence.map(|p| p.to_string_with_ns());
@@ -308,14 +388,15 @@ impl Node {
                 }
                 self.dir_seq += 1;
                 let m = Msg::Presence { seq: self.dir_seq, jid: jid.to_string(), id: id.0, priority, presence: xml };
-                self.publish_dir(m).await;
+                self.dir_unsent.push(self.envelope(m));
             }
             Work::Forward { node, what } => self.forward(node, what).await,
         }
     }
 
-    /// Numbers a forward for `node`, keeps it until acknowledged, and sends it.
-    /// The message is encoded once: a retransmission sends the same bytes.
+    /// Numbers a forward for `node`, keeps it until acknowledged, and queues it
+    /// for this turn's [`Node::flush`]. The message is encoded once: a
+    /// retransmission sends the same bytes.
     async fn forward(&mut self, node: NodeName, what: Forward) {
         let Some(peer) = self.peers.get_mut(&node) else {
             // The node was lost between the routing decision and now.
@@ -354,12 +435,23 @@ impl Node {
         if peer.inflight.len() % 10_000 == 0 {
             tracing::warn!(%node, unacked = peer.inflight.len(), "a cluster node is slow to acknowledge");
         }
-        let subject = peer.subject.clone();
-        self.publish_bytes(subject, bytes).await;
+        peer.unsent.push(bytes);
     }
 
-    /// A message from another node (or this node's own directory messages).
+    /// A NATS message from another node (or this node's own directory
+    /// messages): one envelope or a batch of them.
     async fn on_message(&mut self, b: &[u8]) {
+        match crate::wire::split_batch(b) {
+            Some(items) => {
+                for item in items {
+                    self.on_envelope(item).await;
+                }
+            }
+            None => self.on_envelope(b).await,
+        }
+    }
+
+    async fn on_envelope(&mut self, b: &[u8]) {
         let Some(env) = Envelope::decode(b) else {
             tracing::warn!(bytes = b.len(), "ignoring a malformed cluster message");
             return;
@@ -597,7 +689,7 @@ impl Node {
     async fn on_tick(&mut self) {
         let now = Instant::now();
         let mut acks = Vec::new();
-        let mut resend: Vec<(async_nats::Subject, Bytes)> = Vec::new();
+        let mut resend: Vec<(async_nats::Subject, Vec<Bytes>)> = Vec::new();
         let mut lost = Vec::new();
         for (name, p) in &mut self.peers {
             if now.duration_since(p.last_seen) > self.timeout {
@@ -612,14 +704,14 @@ impl Node {
             if !p.inflight.is_empty() && now.duration_since(p.progress_at) > RETRANSMIT_AFTER {
                 p.progress_at = now;
                 tracing::debug!(node = %name, unacked = p.inflight.len(), "sending unacknowledged cluster traffic again");
-                resend.extend(p.inflight.iter().map(|(_, b)| (p.subject.clone(), b.clone())));
+                resend.push((p.subject.clone(), p.inflight.iter().map(|(_, b)| b.clone()).collect()));
             }
         }
         for (name, m) in acks {
             self.publish_to(&name, m).await;
         }
-        for (subject, b) in resend {
-            self.publish_bytes(subject, b).await;
+        for (subject, items) in resend {
+            self.publish_all(&subject, &items).await;
         }
         for name in lost {
             tracing::warn!(node = %name, timeout_ms = self.timeout.as_millis() as u64, "cluster node lost");

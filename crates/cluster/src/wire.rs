@@ -179,6 +179,47 @@ impl<'a> R<'a> {
     }
 }
 
+/// The tag that marks a batch: several envelopes in one NATS message.
+const BATCH: u8 = 11;
+
+/// Encodes several encoded envelopes of one sender as one NATS message: the
+/// sender's name and incarnation, tag 11, the count, then each envelope with a
+/// `u32` length. Under load a node sends what it queued for one destination in
+/// one message: one publish, one delivery and one wake-up of the receiver for
+/// many stanzas.
+pub fn encode_batch(from: &str, inc: u64, items: &[Bytes]) -> Bytes {
+    let size: usize = items.iter().map(|b| b.len() + 4).sum();
+    let mut w = W(Vec::with_capacity(21 + from.len() + size));
+    w.str(from);
+    w.u64(inc);
+    w.u8(BATCH);
+    w.u64(items.len() as u64);
+    for b in items {
+        w.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        w.0.extend_from_slice(b);
+    }
+    w.0.into()
+}
+
+/// The envelopes of a well-formed batch, in order; `None` when `b` is not a
+/// batch or is a malformed one (which then fails to decode as an envelope).
+pub fn split_batch(b: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut r = R(b);
+    let n = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
+    r.take(n)?;
+    r.u64()?;
+    if r.u8()? != BATCH {
+        return None;
+    }
+    let count = r.u64()?;
+    let mut items = Vec::with_capacity(count.min(4096) as usize);
+    for _ in 0..count {
+        let n = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
+        items.push(r.take(n)?);
+    }
+    r.0.is_empty().then_some(items)
+}
+
 impl Envelope {
     /// Encodes a `Data` message carrying a stanza, serialising the element
     /// straight into the message (the hot path of cross-node delivery); decodes
@@ -506,6 +547,26 @@ mod tests {
         };
         assert_eq!(to, "a@b/c");
         assert_eq!(meerkat_xml::parse_element(&xml, &meerkat_xml::Limits::default()).unwrap(), el);
+    }
+
+    #[test]
+    fn a_batch_splits_into_its_envelopes() {
+        let items: Vec<Bytes> = [Msg::Heartbeat { seq: 1 }, Msg::Ack { to_inc: 1, epoch: 2, seq: 3 }, Msg::Bye]
+            .into_iter()
+            .map(|msg| Envelope { from: "n1".into(), inc: 42, msg }.encode())
+            .collect();
+        let b = encode_batch("n1", 42, &items);
+        let split = split_batch(&b).expect("a batch");
+        assert_eq!(split, items.iter().map(|i| &i[..]).collect::<Vec<_>>());
+        // A batch is not an envelope, an envelope is not a batch, and every strict
+        // prefix of a batch is neither.
+        assert_eq!(Envelope::decode(&b), None);
+        assert_eq!(split_batch(&items[0]), None);
+        for n in 0..b.len() {
+            assert_eq!(split_batch(&b[..n]), None, "prefix of {n} bytes");
+            assert_eq!(Envelope::decode(&b[..n]), None, "prefix of {n} bytes");
+        }
+        assert_eq!(split_batch(&encode_batch("n1", 42, &[])), Some(vec![]));
     }
 
     #[test]

@@ -113,6 +113,55 @@ async fn three_nodes_serve_one_domain() {
     cluster_support::drop_schema(&schema).await;
 }
 
+/// What a session sends in one burst crosses to another node as few NATS
+/// messages (batches of envelopes), and arrives complete and in order.
+#[tokio::test]
+async fn a_burst_crosses_nodes_in_batches_and_in_order() {
+    let nats = Nats::start();
+    let schema = pg_schema("batch");
+    let cluster = cluster_name();
+    let n1 = node("n1", &nats, &schema, &cluster).await;
+    let n2 = node("n2", &nats, &schema, &cluster).await;
+    n1.add_user("alice@localhost", "alice-pass").await;
+    n1.add_user("bob@localhost", "bob-pass").await;
+    let mut a = online(n1.addr(TlsMode::None), "alice", "alice-pass", "laptop").await;
+    let mut b = online(n2.addr(TlsMode::None), "bob", "bob-pass", "phone").await;
+    wait_sessions(&n1, "bob@localhost", 1).await;
+
+    // A second subscriber on n2's subject sees what n1 sends it.
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let mut tap = raw.subscribe(format!("{cluster}.node.n2")).await.unwrap();
+    raw.flush().await.unwrap();
+
+    const N: usize = 50;
+    let burst: String = (0..N)
+        .map(|i| format!("<message to='bob@localhost/phone' type='chat' id='b{i}'><body>{i}</body></message>"))
+        .collect();
+    a.send(&burst).await;
+    for i in 0..N {
+        let m = b.expect_where(|e| e.name() == "message").await;
+        assert_eq!(m.attr("id"), Some(format!("b{i}").as_str()), "in order");
+    }
+
+    let (mut nats_messages, mut envelopes, mut largest) = (0, 0, 0);
+    while envelopes < N {
+        let m = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut tap))
+            .await
+            .expect("n1's traffic for n2")
+            .unwrap();
+        let n = meerkat_cluster::wire::split_batch(&m.payload).map_or(1, |items| items.len());
+        nats_messages += 1;
+        envelopes += n;
+        largest = largest.max(n);
+    }
+    assert!(largest > 1, "no batch: {nats_messages} NATS messages for {envelopes} envelopes");
+    assert!(nats_messages < N / 2, "{nats_messages} NATS messages for {envelopes} envelopes");
+
+    n1.stop().await;
+    n2.stop().await;
+    cluster_support::drop_schema(&schema).await;
+}
+
 /// Multi-datacenter: two NATS clusters of two servers joined by a gateway, a
 /// Meerkat node in each, one domain and one (global) PostgreSQL. A user in dc1
 /// and a user in dc2 subscribe to each other and chat.

@@ -118,26 +118,23 @@ impl Conn {
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let mut got = Got { bytes: 0, eof: false, more: false };
+            // Poll once per read, whichever the stream: rustls hands out buffered
+            // plaintext first, and tokio treats a read shorter than the buffer as
+            // draining the socket, so the next poll is Pending without a system
+            // call (`try_read` would make one more `recvfrom` per wake-up, only to
+            // be told EAGAIN). Pending means drained; `ready` awaits new data.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             while got.bytes < READ_BUDGET {
-                let n = match self {
-                    Conn::Plain(s) => match s.try_read(&mut buf) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(got),
-                        Err(e) => return Err(e),
-                    },
-                    Conn::Tls(s) => {
-                        // Poll once: rustls hands out buffered plaintext first; Pending
-                        // means both rustls and the socket are drained (tokio re-arms
-                        // readiness, which `ready` then awaits).
-                        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                        let mut rb = tokio::io::ReadBuf::new(&mut buf);
-                        match std::pin::Pin::new(s.as_mut()).poll_read(&mut cx, &mut rb) {
-                            std::task::Poll::Ready(Ok(())) => rb.filled().len(),
-                            std::task::Poll::Ready(Err(e)) => return Err(e),
-                            std::task::Poll::Pending => return Ok(got),
-                        }
-                    }
-                    Conn::Gone => 0,
+                let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                let polled = match self {
+                    Conn::Plain(s) => std::pin::Pin::new(s).poll_read(&mut cx, &mut rb),
+                    Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(&mut cx, &mut rb),
+                    Conn::Gone => std::task::Poll::Ready(Ok(())),
+                };
+                let n = match polled {
+                    std::task::Poll::Ready(Ok(())) => rb.filled().len(),
+                    std::task::Poll::Ready(Err(e)) => return Err(e),
+                    std::task::Poll::Pending => return Ok(got),
                 };
                 if n == 0 {
                     got.eof = true;
