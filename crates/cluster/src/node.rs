@@ -20,8 +20,8 @@ use crate::link::Work;
 use crate::singletons::{owner_value, Alive, Held};
 use crate::wire::{Envelope, Msg, Payload, SessionMsgWire, SnapEntry, Target};
 
-/// How often acknowledgements due, stalled streams and silent nodes are checked.
-const TICK: Duration = Duration::from_millis(10);
+/// How often a starting node checks whether it knows every other node yet.
+const STARTUP_TICK: Duration = Duration::from_millis(10);
 /// Traffic received is acknowledged on its own after this long when no
 /// traffic back to its sender carried the acknowledgement first.
 const ACK_DELAY: Duration = Duration::from_millis(50);
@@ -216,9 +216,12 @@ impl Node {
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>, ready: oneshot::Sender<()>) {
         let mut ready = Some(ready);
         let started = Instant::now();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_heartbeat = Instant::now() - self.heartbeat;
+        // The timers (acknowledgements due, stalled streams, silent nodes, the
+        // next heartbeat) wake the task when the first of them is due, not on a
+        // fixed tick: a quiet node stays asleep.
+        let timer = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(timer);
         tracing::info!(node = %self.me, inc = self.inc, "joined the cluster");
         loop {
             tokio::select! {
@@ -234,7 +237,7 @@ impl Node {
                     Some(m) => self.on_message(&m.payload).await,
                     None => break,
                 },
-                _ = tick.tick() => {
+                _ = &mut timer => {
                     if last_heartbeat.elapsed() >= self.heartbeat {
                         last_heartbeat = Instant::now();
                         let hb = Msg::Heartbeat { seq: self.dir_seq };
@@ -251,6 +254,16 @@ impl Node {
                     }
                 }
                 _ = stop.changed() => break,
+            }
+            let now = Instant::now();
+            let mut next = self.next_deadline(last_heartbeat);
+            if ready.is_some() {
+                next = next.min(now + STARTUP_TICK);
+            }
+            // Whatever is due was handled above; never spin on a past deadline.
+            let next = next.max(now + Duration::from_millis(1));
+            if next != timer.deadline().into_std() {
+                timer.as_mut().reset(next.into());
             }
         }
         // Orderly stop: what the sessions did while closing goes out first, then
@@ -415,7 +428,7 @@ impl Node {
         };
         let seq = peer.out_next;
         let (from, inc, to_inc, epoch) = (&*self.me, self.inc, peer.inc, peer.out_epoch);
-        // What arrived from that node rides along (the tick then has no
+        // What arrived from that node rides along (the timer then has no
         // acknowledgement of its own to send it).
         let ack = peer.ack_due.take().map(|_| peer.ack_point());
         let bytes = match what {
@@ -686,13 +699,30 @@ impl Node {
         tokio::spawn(async move { router.route_fallback(&ctx, to, Stanza::from_trusted(el), hops).await });
     }
 
+    /// When the first timer is due: the next heartbeat, an acknowledgement
+    /// waiting `ACK_DELAY`, a stream without progress for `RETRANSMIT_AFTER`,
+    /// a node silent for the timeout.
+    fn next_deadline(&self, last_heartbeat: Instant) -> Instant {
+        let mut next = last_heartbeat + self.heartbeat;
+        for p in self.peers.values() {
+            next = next.min(p.last_seen + self.timeout);
+            if let Some(since) = p.ack_due {
+                next = next.min(since + ACK_DELAY);
+            }
+            if !p.inflight.is_empty() {
+                next = next.min(p.progress_at + RETRANSMIT_AFTER);
+            }
+        }
+        next
+    }
+
     async fn on_tick(&mut self) {
         let now = Instant::now();
         let mut acks = Vec::new();
         let mut resend: Vec<(async_nats::Subject, Vec<Bytes>)> = Vec::new();
         let mut lost = Vec::new();
         for (name, p) in &mut self.peers {
-            if now.duration_since(p.last_seen) > self.timeout {
+            if now.duration_since(p.last_seen) >= self.timeout {
                 lost.push(name.clone());
                 continue;
             }
@@ -701,7 +731,7 @@ impl Node {
                 let (epoch, seq) = p.ack_point();
                 acks.push((name.clone(), Msg::Ack { to_inc: p.inc, epoch, seq }));
             }
-            if !p.inflight.is_empty() && now.duration_since(p.progress_at) > RETRANSMIT_AFTER {
+            if !p.inflight.is_empty() && now.duration_since(p.progress_at) >= RETRANSMIT_AFTER {
                 p.progress_at = now;
                 tracing::debug!(node = %name, unacked = p.inflight.len(), "sending unacknowledged cluster traffic again");
                 resend.push((p.subject.clone(), p.inflight.iter().map(|(_, b)| b.clone()).collect()));
