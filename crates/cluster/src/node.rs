@@ -358,22 +358,23 @@ impl Node {
     async fn on_work_burst(&mut self, first: Work) {
         self.on_work(first).await;
         let mut taken = 1;
-        while taken < WORK_BURST {
-            let Ok(w) = self.work.try_recv() else { break };
-            self.on_work(w).await;
-            taken += 1;
-        }
+        self.take_queued(&mut taken).await;
         if taken < WORK_BURST {
             // Let the tasks that are ready run first (a session reading its
             // client's stanzas queues more here), then take what they queued.
             tokio::task::yield_now().await;
-            while taken < WORK_BURST {
-                let Ok(w) = self.work.try_recv() else { break };
-                self.on_work(w).await;
-                taken += 1;
-            }
+            self.take_queued(&mut taken).await;
         }
         self.flush().await;
+    }
+
+    /// Handles the work queued now, up to the turn's `WORK_BURST`.
+    async fn take_queued(&mut self, taken: &mut usize) {
+        while *taken < WORK_BURST {
+            let Ok(w) = self.work.try_recv() else { break };
+            self.on_work(w).await;
+            *taken += 1;
+        }
     }
 
     /// Work from the router. Nothing is published here: see [`Node::flush`].
