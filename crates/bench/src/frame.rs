@@ -33,17 +33,15 @@ pub struct BenchMsg {
 }
 
 impl BenchMsg {
+    /// From whether the message is an error and its `<bench/>` attributes.
+    fn read<'a>(error: bool, attr: impl Fn(&str) -> Option<&'a str>) -> Self {
+        let num = |a: &str| attr(a).and_then(|v| v.parse::<u64>().ok());
+        BenchMsg { error, r: num("r"), t: num("t"), s: num("s"), n: num("n"), g: num("g") }
+    }
+
     /// The same from a parsed message and its `<bench/>` child.
     pub fn from_element(msg: &meerkat_xml::Element, b: &meerkat_xml::Element) -> Self {
-        let num = |a: &str| b.attr(a).and_then(|v| v.parse::<u64>().ok());
-        BenchMsg {
-            error: msg.attr("type") == Some("error"),
-            r: num("r"),
-            t: num("t"),
-            s: num("s"),
-            n: num("n"),
-            g: num("g"),
-        }
+        Self::read(msg.attr("type") == Some("error"), |a| b.attr(a))
     }
 }
 
@@ -107,15 +105,8 @@ pub fn next(buf: &[u8]) -> Frame {
         let head = &buf[ts + 1..te];
         if name(head) == b"message" && attr(&buf[bs + 1..be], b"xmlns") == Some(NS_BENCH.as_bytes()) {
             let b = &buf[bs + 1..be];
-            let num = |a: &[u8]| attr(b, a).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-            let msg = BenchMsg {
-                error: attr(head, b"type") == Some(b"error"),
-                r: num(b"r"),
-                t: num(b"t"),
-                s: num(b"s"),
-                n: num(b"n"),
-                g: num(b"g"),
-            };
+            let error = attr(head, b"type") == Some(b"error");
+            let msg = BenchMsg::read(error, |a| std::str::from_utf8(attr(b, a.as_bytes())?).ok());
             return Frame::Bench { len, msg };
         }
     }

@@ -303,51 +303,23 @@ impl Node {
     }
 
     async fn publish_bytes(&self, subject: async_nats::Subject, b: Bytes) {
-        if let Err(e) = self.client.publish(subject, b).await {
-            tracing::warn!(error = %e, "cannot publish to a cluster node");
-        }
-    }
-
-    /// Publishes encoded envelopes in order, as few NATS messages as the batch
-    /// size allows (one envelope goes alone, as it is).
-    async fn publish_all(&self, subject: &async_nats::Subject, items: &[Bytes]) {
-        let mut start = 0;
-        let mut size = 0;
-        for (i, b) in items.iter().enumerate() {
-            if i > start && size + b.len() > MAX_BATCH_BYTES {
-                self.publish_run(subject, &items[start..i]).await;
-                (start, size) = (i, 0);
-            }
-            size += b.len() + 4;
-        }
-        if start < items.len() {
-            self.publish_run(subject, &items[start..]).await;
-        }
-    }
-
-    async fn publish_run(&self, subject: &async_nats::Subject, run: &[Bytes]) {
-        let b = match run {
-            [one] => one.clone(),
-            _ => crate::wire::encode_batch(&self.me, self.inc, run),
-        };
-        self.publish_bytes(subject.clone(), b).await;
+        publish(&self.client, subject, b).await;
     }
 
     /// Publishes what this turn's work queued: directory updates first, then
-    /// each node's forwarded traffic.
+    /// each node's forwarded traffic. The queues keep their capacity for the
+    /// next turn.
     async fn flush(&mut self) {
+        let (client, me, inc) = (&self.client, &*self.me, self.inc);
         if !self.dir_unsent.is_empty() {
-            let items = std::mem::take(&mut self.dir_unsent);
-            self.publish_all(&self.dir_subject, &items).await;
+            publish_all(client, me, inc, &self.dir_subject, &self.dir_unsent).await;
+            self.dir_unsent.clear();
         }
-        let out: Vec<(async_nats::Subject, Vec<Bytes>)> = self
-            .peers
-            .values_mut()
-            .filter(|p| !p.unsent.is_empty())
-            .map(|p| (p.subject.clone(), std::mem::take(&mut p.unsent)))
-            .collect();
-        for (subject, items) in out {
-            self.publish_all(&subject, &items).await;
+        for p in self.peers.values_mut() {
+            if !p.unsent.is_empty() {
+                publish_all(client, me, inc, &p.subject, &p.unsent).await;
+                p.unsent.clear();
+            }
         }
     }
 
@@ -742,7 +714,7 @@ impl Node {
             self.publish_to(&name, m).await;
         }
         for (subject, items) in resend {
-            self.publish_all(&subject, &items).await;
+            publish_all(&self.client, &self.me, self.inc, &subject, &items).await;
         }
         for name in lost {
             tracing::warn!(node = %name, timeout_ms = self.timeout.as_millis() as u64, "cluster node lost");
@@ -777,6 +749,48 @@ impl Node {
             }
         });
     }
+}
+
+async fn publish(client: &async_nats::Client, subject: async_nats::Subject, b: Bytes) {
+    if let Err(e) = client.publish(subject, b).await {
+        tracing::warn!(error = %e, "cannot publish to a cluster node");
+    }
+}
+
+/// Publishes encoded envelopes of node `from` (incarnation `inc`) in order, in
+/// as few NATS messages as the batch size allows; one envelope goes alone, as
+/// it is.
+async fn publish_all(
+    client: &async_nats::Client,
+    from: &str,
+    inc: u64,
+    subject: &async_nats::Subject,
+    items: &[Bytes],
+) {
+    let mut rest = items;
+    while !rest.is_empty() {
+        let n = run_len(rest);
+        let b = match &rest[..n] {
+            [one] => one.clone(),
+            run => crate::wire::encode_batch(from, inc, run),
+        };
+        publish(client, subject.clone(), b).await;
+        rest = &rest[n..];
+    }
+}
+
+/// How many of `items` go in the next NATS message: the longest run within
+/// `MAX_BATCH_BYTES`, and at least one envelope (a larger one goes alone).
+fn run_len(items: &[Bytes]) -> usize {
+    let mut size = 0;
+    items
+        .iter()
+        .position(|b| {
+            size += b.len() + 4;
+            size > MAX_BATCH_BYTES
+        })
+        .unwrap_or(items.len())
+        .max(1)
 }
 
 /// RFC 6121 §4.5.2 on behalf of a session that cannot: unavailable presence
@@ -910,4 +924,22 @@ fn decode_forward(ctx: &ServerContext, p: Payload) -> Option<Forward> {
             Forward::Msg { to, msg }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_within_their_size() {
+        let kib = |n: usize| Bytes::from(vec![0u8; n * 1024]);
+        let items = vec![kib(100), kib(100), kib(100), kib(100), kib(100)];
+        assert_eq!(run_len(&items), 2);
+        assert_eq!(run_len(&items[4..]), 1);
+        let big = vec![kib(300), kib(1)];
+        assert_eq!(run_len(&big), 1, "an envelope over the batch size goes alone");
+        assert_eq!(run_len(&big[1..]), 1);
+        let small: Vec<Bytes> = (0..1000).map(|_| kib(1)).collect();
+        assert_eq!(run_len(&small), MAX_BATCH_BYTES / (1024 + 4), "255 of 1 KiB and their lengths");
+    }
 }
