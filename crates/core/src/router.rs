@@ -34,9 +34,31 @@ pub struct SessionHandle {
     pub jid: FullJid,
     /// The session's bounded mailbox.
     pub mailbox: mpsc::Sender<SessionMsg>,
-    /// Notified when the mailbox overflowed: the session must close
+    /// Raised when the mailbox overflowed: the session must close
     /// (`policy-violation`), since it cannot receive the kick through the mailbox.
-    pub overflow: Arc<tokio::sync::Notify>,
+    pub overflow: Arc<Overflow>,
+}
+
+/// A session's overflow signal: raised by whoever found its mailbox full, seen by
+/// the session before it next waits for its mailbox.
+///
+/// No wake-up goes with it: a full mailbox holds messages, so its session was
+/// woken by the first of them and will look at the flag when it comes back for
+/// more. The session's wait is then one channel, not a channel and a `Notify`
+/// (whose waiter list is locked at every poll).
+#[derive(Debug, Default)]
+pub struct Overflow(std::sync::atomic::AtomicBool);
+
+impl Overflow {
+    /// The mailbox is full: the session must close.
+    pub fn raise(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the signal was raised since the last call (which lowers it).
+    pub fn take(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) && self.0.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
 }
 
 /// The routing interface.

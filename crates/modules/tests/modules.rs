@@ -14,7 +14,7 @@ use meerkat_core::{HookRegistry, ServerContext, SessionHandle, SessionMsg, Sessi
 use meerkat_stanza::{ns, FullJid, IqType, Jid, Stanza, StanzaKind, StreamError};
 use meerkat_storage::{Account, LastActivity, RosterItem, StoredCredentials, Subscription};
 use meerkat_xml::{Element, Limits};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 // ---------------------------------------------------------------- harness
 
@@ -122,7 +122,7 @@ impl Server {
             h.on_bound(&ctx, &mut s).await.expect("session hooks accept the bind");
         }
         let (tx, rx) = mpsc::channel(256);
-        let old = ctx.router.register(SessionHandle { id: s.id, jid, mailbox: tx, overflow: Arc::new(Notify::new()) });
+        let old = ctx.router.register(SessionHandle { id: s.id, jid, mailbox: tx, overflow: Arc::default() });
         assert!(old.is_none());
         let mut c = Client { ctx, s, rx, out: Vec::new(), kicked: None };
         c.flush();

@@ -111,7 +111,7 @@ impl LocalRouter {
             Err(TrySendError::Full(SessionMsg::Stanza(st))) => {
                 let st = *st;
                 tracing::warn!(jid = %h.jid, "session mailbox full: closing the session");
-                h.overflow.notify_one();
+                h.overflow.raise();
                 Err(st)
             }
             Err(TrySendError::Closed(SessionMsg::Stanza(st))) => Err(*st),
@@ -560,7 +560,7 @@ fn send_local(h: &SessionHandle, msg: SessionMsg) -> bool {
     match h.mailbox.try_send(msg) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
-            h.overflow.notify_one();
+            h.overflow.raise();
             false
         }
         Err(TrySendError::Closed(_)) => false,

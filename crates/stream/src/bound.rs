@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use meerkat_core::hooks::{Flow, IqScope};
-use meerkat_core::router::SessionHandle;
+use meerkat_core::router::{Overflow, SessionHandle};
 use meerkat_core::{ServerContext, SessionMsg, SessionState};
 use meerkat_stanza::{
     make_error_reply, make_iq_result, ns, BareJid, IqType, Jid, Stanza, StanzaError, StanzaKind, StreamError,
 };
 use meerkat_xml::Element;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::c2s::{C2s, Output, Pinger, Stage, State};
 
@@ -66,7 +66,7 @@ impl C2s {
     ) -> Result<Box<SessionState>, StanzaError> {
         let id = self.ctx.next_session_id();
         let (tx, rx) = mpsc::channel(self.ctx.config.general.session_mailbox.max(16));
-        let overflow = Arc::new(Notify::new());
+        let overflow = Arc::new(Overflow::default());
         let mut s = Box::new(SessionState::new(id, jid.clone(), self.info.peer));
         for h in &self.ctx.hooks.session {
             h.on_bound(&self.ctx, &mut s).await?;
@@ -74,10 +74,10 @@ impl C2s {
         let handle = SessionHandle { id, jid, mailbox: tx, overflow: overflow.clone() };
         if let Some(old) = self.ctx.router.register(handle) {
             if old.mailbox.try_send(SessionMsg::Replaced).is_err() {
-                old.overflow.notify_one();
+                old.overflow.raise();
             }
         }
-        self.mailbox = Some((rx, overflow));
+        self.mailbox = Some(crate::c2s::Inbox::new(rx, overflow));
         self.deadline = None;
         if let Some(p) = self.ctx.config.modules.mod_ping.as_ref().filter(|p| p.send_pings) {
             self.pinger = Some(Pinger {

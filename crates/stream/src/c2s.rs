@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meerkat_config::{C2sListener, TlsMode};
+use meerkat_core::router::Overflow;
 use meerkat_core::{ServerContext, SessionMsg, SessionState};
 use meerkat_sasl::ChannelBinding;
 use meerkat_stanza::{ns, BareJid, StreamError};
 use meerkat_xml::{Element, StreamEvent};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::sasl::SaslExchange;
 
@@ -44,6 +45,31 @@ pub enum Mailbox {
     /// A new connection resumes this session (XEP-0198): the transport hands the
     /// whole `C2s` over (as `Box<C2s>`) and ends.
     Takeover(tokio::sync::oneshot::Sender<Box<dyn std::any::Any + Send>>),
+}
+
+/// A bound session's mailbox: the router's messages, and its overflow signal.
+pub(crate) struct Inbox {
+    pub(crate) rx: mpsc::Receiver<SessionMsg>,
+    overflow: Arc<Overflow>,
+}
+
+impl Inbox {
+    pub(crate) fn new(rx: mpsc::Receiver<SessionMsg>, overflow: Arc<Overflow>) -> Self {
+        Inbox { rx, overflow }
+    }
+
+    /// The next message, or `Overflow`. The overflow signal goes first: a session
+    /// told to close does not first write a full mailbox to a client that is not
+    /// reading.
+    async fn recv(&mut self) -> Mailbox {
+        if self.overflow.take() {
+            return Mailbox::Overflow;
+        }
+        match self.rx.recv().await {
+            Some(m) => Mailbox::Msg(m),
+            None => Mailbox::Overflow,
+        }
+    }
 }
 
 /// Where a listener stands on TLS for this connection.
@@ -135,7 +161,7 @@ pub struct C2s {
     pub(crate) deadline: Option<Instant>,
     pub(crate) last_recv: Instant,
     pub(crate) pinger: Option<Pinger>,
-    pub(crate) mailbox: Option<(mpsc::Receiver<SessionMsg>, Arc<Notify>)>,
+    pub(crate) mailbox: Option<Inbox>,
     /// Text of the last unavailable presence (XEP-0012 status).
     pub(crate) last_status: String,
     /// Token bucket for `max_stanza_rate`.
@@ -202,7 +228,7 @@ impl C2s {
     /// backlog (a busy room, a burst of presence) goes out in one write rather
     /// than one write per stanza. Costs nothing when the mailbox is empty.
     pub async fn drain_mailbox(&mut self, max: usize) {
-        if let Some((rx, _)) = &self.mailbox {
+        if let Some(Inbox { rx, .. }) = &self.mailbox {
             // Room for the backlog's output at once, rather than growing the
             // queue through every power of two (+1: a request for an ack).
             let waiting = rx.len().min(max);
@@ -214,7 +240,7 @@ impl C2s {
             if self.is_closed() || self.is_detached() {
                 return;
             }
-            let Some((rx, _)) = &mut self.mailbox else { return };
+            let Some(Inbox { rx, .. }) = &mut self.mailbox else { return };
             let Ok(m) = rx.try_recv() else { return };
             self.on_mailbox(Mailbox::Msg(m)).await;
         }
@@ -235,13 +261,7 @@ impl C2s {
         };
         let mailbox = async {
             match &mut self.mailbox {
-                Some((rx, overflow)) => tokio::select! {
-                    m = rx.recv() => match m {
-                        Some(m) => Mailbox::Msg(m),
-                        None => Mailbox::Overflow,
-                    },
-                    _ = overflow.notified() => Mailbox::Overflow,
-                },
+                Some(inbox) => inbox.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -564,7 +584,7 @@ impl C2s {
             self.sm_finish(&s.bare, &s.jid).await;
             // Anything modules queued for the client while closing is dropped with
             // the connection; stanzas still in the mailbox go back through the router.
-            if let Some((mut rx, _)) = self.mailbox.take() {
+            if let Some(Inbox { mut rx, .. }) = self.mailbox.take() {
                 rx.close();
                 while let Ok(msg) = rx.try_recv() {
                     match msg {
@@ -581,5 +601,28 @@ impl C2s {
         }
         self.deadline = None;
         self.pinger = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_overflow_is_seen_before_waiting_messages_and_once() {
+        let (tx, rx) = mpsc::channel(2);
+        let overflow = Arc::new(Overflow::default());
+        let mut inbox = Inbox::new(rx, overflow.clone());
+        tx.try_send(SessionMsg::Replaced).unwrap();
+        tx.try_send(SessionMsg::Replaced).unwrap();
+        // What the router does when the mailbox is full.
+        assert!(tx.try_send(SessionMsg::Replaced).is_err());
+        overflow.raise();
+        assert!(matches!(inbox.recv().await, Mailbox::Overflow));
+        assert!(matches!(inbox.recv().await, Mailbox::Msg(SessionMsg::Replaced)));
+        assert!(matches!(inbox.recv().await, Mailbox::Msg(SessionMsg::Replaced)));
+        drop(tx);
+        // A closed mailbox ends the session like an overflow.
+        assert!(matches!(inbox.recv().await, Mailbox::Overflow));
     }
 }

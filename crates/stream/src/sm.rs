@@ -345,7 +345,7 @@ impl C2s {
         let State::Bound(s) = std::mem::replace(&mut self.state, State::Closed) else { return None };
         let sm = self.sm.take()?;
         let mut pending = Vec::new();
-        if let Some((mut rx, _)) = self.mailbox.take() {
+        if let Some(crate::c2s::Inbox { mut rx, .. }) = self.mailbox.take() {
             rx.close();
             while let Ok(msg) = rx.try_recv() {
                 match msg {

@@ -9,7 +9,7 @@ use meerkat_core::ServerContext;
 use meerkat_sasl::ChannelBinding;
 use meerkat_stanza::ns;
 use meerkat_stream::{C2s, Listener, Output, TlsState, TransportInfo};
-use meerkat_xml::{Decoder, Framing, Limits};
+use meerkat_xml::{Decoder, Framing, Limits, StreamEvent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -227,12 +227,29 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
     let mut dec = Decoder::new(Framing::Stream, limits);
     let mut shaper = rt.shaper_rate.map(|r| Shaper { rate: r as f64, tokens: r as f64, at: Instant::now() });
     let mut wbuf: Vec<u8> = Vec::new();
+    // One timer for the connection's life. It is moved only when the session's
+    // next deadline comes before the one it is set for: every read pushes the
+    // ping deadline later, and setting the timer again at every wake-up would
+    // lock the timer wheel twice per message. A timer that fires early does no
+    // harm (`on_timer` looks at the clock) and is set again.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut timer_set: Option<Instant> = None;
+    // Likewise one wait for the shutdown signal, not one per wake-up.
+    let shutdown_signal = shutdown.changed();
+    tokio::pin!(shutdown_signal);
+    let mut shutting_down = false;
     // Read at once: a TLS handshake may already have decrypted the client's first
     // bytes, which no socket readiness will announce.
     let mut more = true;
     let mut handover = None;
     loop {
-        let deadline = c2s.next_deadline();
+        if let Some(d) = c2s.next_deadline() {
+            if timer_set.is_none_or(|t| d < t) {
+                timer.as_mut().reset(d.into());
+                timer_set = Some(d);
+            }
+        }
         tokio::select! {
             r = conn.ready(more) => match r.and_then(|()| conn.read_now(&mut dec)) {
                 Err(_) => c2s.on_disconnect().await,
@@ -244,7 +261,11 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
                     loop {
                         match dec.next_event() {
                             Ok(Some(ev)) => {
-                                let default_ns = dec.default_ns().to_string();
+                                // Only a stream header needs the stream's default namespace.
+                                let default_ns = match ev {
+                                    StreamEvent::Header(_) => dec.default_ns().to_owned(),
+                                    _ => String::new(),
+                                };
                                 c2s.on_event(ev, &default_ns).await;
                                 // STARTTLS and SASL success restart the stream: act on
                                 // them before decoding anything further.
@@ -280,8 +301,14 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
                     c2s.drain_mailbox(MAILBOX_BATCH).await;
                 }
             },
-            _ = sleep_until(deadline) => c2s.on_timer().await,
-            _ = shutdown.changed() => c2s.on_shutdown().await,
+            () = &mut timer, if timer_set.is_some() => {
+                timer_set = None;
+                c2s.on_timer().await;
+            }
+            _ = &mut shutdown_signal, if !shutting_down => {
+                shutting_down = true;
+                c2s.on_shutdown().await;
+            }
         }
         if let Some(tx) = handover.take() {
             // XEP-0198: a new connection resumed this session; this one just ends.
@@ -302,13 +329,6 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
     conn.shutdown().await;
     if c2s.is_detached() {
         meerkat_stream::park(c2s).await;
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }
 
