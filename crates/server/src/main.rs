@@ -8,6 +8,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use meerkat_config::Config;
 
+/// jemalloc rather than glibc's malloc: a message fanned out to a room is
+/// allocated on one runtime thread and freed on others, which glibc serves
+/// through locked arenas (docs/benchmarks.md, "Allocator").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "meerkat", version, about = "Meerkat XMPP server")]
 struct Cli {
