@@ -44,8 +44,11 @@ pub struct SessionHandle {
 ///
 /// No wake-up goes with it: a full mailbox holds messages, so its session was
 /// woken by the first of them and will look at the flag when it comes back for
-/// more. The session's wait is then one channel, not a channel and a `Notify`
-/// (whose waiter list is locked at every poll).
+/// more. (Should it empty the mailbox between the failed send and the flag, it is
+/// keeping up after all, and closes on its next message; the stanza that did not
+/// fit was handled by the router as undeliverable either way.) The session's wait
+/// is then one channel, not a channel and a `Notify` (whose waiter list is locked
+/// at every poll).
 #[derive(Debug, Default)]
 pub struct Overflow(std::sync::atomic::AtomicBool);
 
