@@ -243,7 +243,7 @@ impl Node {
                         let hb = Msg::Heartbeat { seq: self.dir_seq };
                         self.publish_dir(hb).await;
                     }
-                    self.on_tick().await;
+                    self.on_timers().await;
                     // Ready once a heartbeat interval passed (peers announced
                     // themselves) and every peer heard of sent its snapshot.
                     if ready.is_some()
@@ -299,10 +299,6 @@ impl Node {
             Some(p) => p.subject.clone(),
             None => self.subject_of(node),
         };
-        self.publish_bytes(subject, b).await;
-    }
-
-    async fn publish_bytes(&self, subject: async_nats::Subject, b: Bytes) {
         publish(&self.client, subject, b).await;
     }
 
@@ -689,7 +685,10 @@ impl Node {
         next
     }
 
-    async fn on_tick(&mut self) {
+    /// What is due (see [`Node::next_deadline`]): acknowledgements sent on their
+    /// own, stalled streams sent again, silent nodes declared lost. Running early
+    /// does nothing.
+    async fn on_timers(&mut self) {
         let now = Instant::now();
         let mut acks = Vec::new();
         let mut resend: Vec<(async_nats::Subject, Vec<Bytes>)> = Vec::new();

@@ -26,6 +26,7 @@ use meerkat_xml::{Element, Limits, Node, StreamEvent};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::waits::{Deadline, Shutdown};
 use crate::websocket::HttpRuntime;
 
 /// XEP-0124 namespace.
@@ -214,9 +215,11 @@ impl Session {
         Ok(tx)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>, shutdown: watch::Receiver<bool>) {
+        let mut timer = Deadline::new();
+        let mut shutdown = Shutdown::new(shutdown);
         loop {
-            let next = self.next_deadline();
+            timer.set(self.next_deadline());
             tokio::select! {
                 r = rx.recv() => match r {
                     Some(req) => self.on_request(req).await,
@@ -234,8 +237,8 @@ impl Session {
                     }
                     m => self.c2s.on_mailbox(m).await,
                 },
-                _ = sleep_until(next) => self.on_timer().await,
-                _ = shutdown.changed() => self.c2s.on_shutdown().await,
+                () = timer.fired() => self.on_timer().await,
+                () = shutdown.signalled() => self.c2s.on_shutdown().await,
             }
             self.collect();
             self.deliver();
@@ -447,12 +450,5 @@ fn requalify(el: &mut Element) {
                 requalify(c);
             }
         }
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }

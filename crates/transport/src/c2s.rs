@@ -9,7 +9,7 @@ use meerkat_core::ServerContext;
 use meerkat_sasl::ChannelBinding;
 use meerkat_stanza::ns;
 use meerkat_stream::{C2s, Listener, Output, TlsState, TransportInfo};
-use meerkat_xml::{Decoder, Framing, Limits, StreamEvent};
+use meerkat_xml::{Decoder, Framing, Limits};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -17,6 +17,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::tls::{channel_binding, TlsMaterial};
+use crate::waits::{Deadline, Shutdown};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -208,7 +209,7 @@ fn write_header(out: &mut Vec<u8>, id: &str, from: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
     let mode = rt.cfg.tls.mode;
     let (mut conn, tls_state, cb) = if mode == TlsMode::Tls {
         let Some(tls) = &rt.tls else { return };
@@ -227,29 +228,14 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
     let mut dec = Decoder::new(Framing::Stream, limits);
     let mut shaper = rt.shaper_rate.map(|r| Shaper { rate: r as f64, tokens: r as f64, at: Instant::now() });
     let mut wbuf: Vec<u8> = Vec::new();
-    // One timer for the connection's life. It is moved only when the session's
-    // next deadline comes before the one it is set for: every read pushes the
-    // ping deadline later, and setting the timer again at every wake-up would
-    // lock the timer wheel twice per message. A timer that fires early does no
-    // harm (`on_timer` looks at the clock) and is set again.
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    let mut timer_set: Option<Instant> = None;
-    // Likewise one wait for the shutdown signal, not one per wake-up.
-    let shutdown_signal = shutdown.changed();
-    tokio::pin!(shutdown_signal);
-    let mut shutting_down = false;
+    let mut timer = Deadline::new();
+    let mut shutdown = Shutdown::new(shutdown);
     // Read at once: a TLS handshake may already have decrypted the client's first
     // bytes, which no socket readiness will announce.
     let mut more = true;
     let mut handover = None;
     loop {
-        if let Some(d) = c2s.next_deadline() {
-            if timer_set.is_none_or(|t| d < t) {
-                timer.as_mut().reset(d.into());
-                timer_set = Some(d);
-            }
-        }
+        timer.set(c2s.next_deadline());
         tokio::select! {
             r = conn.ready(more) => match r.and_then(|()| conn.read_now(&mut dec)) {
                 Err(_) => c2s.on_disconnect().await,
@@ -261,12 +247,7 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
                     loop {
                         match dec.next_event() {
                             Ok(Some(ev)) => {
-                                // Only a stream header needs the stream's default namespace.
-                                let default_ns = match ev {
-                                    StreamEvent::Header(_) => dec.default_ns().to_owned(),
-                                    _ => String::new(),
-                                };
-                                c2s.on_event(ev, &default_ns).await;
+                                c2s.on_event(ev, dec.default_ns()).await;
                                 // STARTTLS and SASL success restart the stream: act on
                                 // them before decoding anything further.
                                 if !flush(&mut c2s, &mut conn, &mut dec, &rt, &mut wbuf, &mut more).await || c2s.is_closed() {
@@ -301,14 +282,8 @@ async fn connection(rt: Arc<ListenerRuntime>, tcp: TcpStream, peer: SocketAddr, 
                     c2s.drain_mailbox(MAILBOX_BATCH).await;
                 }
             },
-            () = &mut timer, if timer_set.is_some() => {
-                timer_set = None;
-                c2s.on_timer().await;
-            }
-            _ = &mut shutdown_signal, if !shutting_down => {
-                shutting_down = true;
-                c2s.on_shutdown().await;
-            }
+            () = timer.fired() => c2s.on_timer().await,
+            () = shutdown.signalled() => c2s.on_shutdown().await,
         }
         if let Some(tx) = handover.take() {
             // XEP-0198: a new connection resumed this session; this one just ends.

@@ -12,6 +12,7 @@
 mod bosh;
 mod c2s;
 pub mod tls;
+mod waits;
 mod websocket;
 
 pub use bosh::BoshSessions;

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -28,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::tls::TlsMaterial;
+use crate::waits::{Deadline, Shutdown};
 
 /// Initial read buffer of a WebSocket connection (it grows for larger frames).
 const WS_READ_BUFFER: usize = 4096;
@@ -162,10 +162,11 @@ async fn session(conn: Conn, mut ws: WebSocket) {
     let mut c2s = C2s::new(rt.ctx.clone(), listener, info);
     let limits = Limits { max_stanza_bytes: rt.cfg.max_stanza_size, ..Limits::default() };
     let mut dec = Decoder::new(Framing::Fragments, limits);
-    let mut shutdown = conn.shutdown.clone();
+    let mut timer = Deadline::new();
+    let mut shutdown = Shutdown::new(conn.shutdown.clone());
     let mut handover = None;
     loop {
-        let deadline = c2s.next_deadline();
+        timer.set(c2s.next_deadline());
         tokio::select! {
             m = ws.recv() => match m {
                 Some(Ok(Message::Text(t))) => {
@@ -204,8 +205,8 @@ async fn session(conn: Conn, mut ws: WebSocket) {
                 meerkat_stream::Mailbox::Takeover(tx) => handover = Some(tx),
                 m => c2s.on_mailbox(m).await,
             },
-            _ = sleep_until(deadline) => c2s.on_timer().await,
-            _ = shutdown.changed() => c2s.on_shutdown().await,
+            () = timer.fired() => c2s.on_timer().await,
+            () = shutdown.signalled() => c2s.on_shutdown().await,
         }
         if let Some(tx) = handover.take() {
             let _ = ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
@@ -220,13 +221,6 @@ async fn session(conn: Conn, mut ws: WebSocket) {
     let _ = ws.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
     if c2s.is_detached() {
         meerkat_stream::park(c2s).await;
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }
 
