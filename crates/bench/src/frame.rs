@@ -13,6 +13,8 @@
 //! processing instruction, text, the stream's end tag) hands the rest of the stream
 //! back to the decoder for good.
 
+use memchr::{memchr, memchr3};
+
 use crate::session::NS_BENCH;
 
 /// What a bench-stamped message says (its `<bench/>` attributes, parsed as numbers).
@@ -103,32 +105,66 @@ pub fn next(buf: &[u8]) -> Frame {
     let len = i;
     if let (Some((ts, te)), Some((bs, be))) = (top, bench) {
         let head = &buf[ts + 1..te];
-        if name(head) == b"message" && attr(&buf[bs + 1..be], b"xmlns") == Some(NS_BENCH.as_bytes()) {
-            let b = &buf[bs + 1..be];
-            let error = attr(head, b"type") == Some(b"error");
-            let msg = BenchMsg::read(error, |a| std::str::from_utf8(attr(b, a.as_bytes())?).ok());
-            return Frame::Bench { len, msg };
+        if name(head) == b"message" {
+            if let Some(msg) = bench_attrs(head, &buf[bs + 1..be]) {
+                return Frame::Bench { len, msg };
+            }
         }
     }
     Frame::Element { skip: start, len }
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+/// A `<bench/>` tag's numbers, read in one pass over its attributes (the first
+/// of a name counts); `None` when its namespace is not the bench's.
+fn bench_attrs(head: &[u8], bench: &[u8]) -> Option<BenchMsg> {
+    let mut msg = BenchMsg { error: attr(head, b"type") == Some(b"error"), ..BenchMsg::default() };
+    let mut ns = None;
+    for (key, value) in attrs(bench) {
+        let slot = match key {
+            b"xmlns" => {
+                ns.get_or_insert(value);
+                continue;
+            }
+            b"r" => &mut msg.r,
+            b"t" => &mut msg.t,
+            b"s" => &mut msg.s,
+            b"n" => &mut msg.n,
+            b"g" => &mut msg.g,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = number(value);
+        }
+    }
+    (ns == Some(NS_BENCH.as_bytes())).then_some(msg)
+}
+
+/// A decimal number, as `str::parse::<u64>` reads it (an optional `+`, then
+/// digits, no overflow).
+fn number(v: &[u8]) -> Option<u64> {
+    let digits = v.strip_prefix(b"+").unwrap_or(v);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 /// The index of the `>` ending the tag whose name starts at `from` (quoted values skipped).
 fn tag_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut j = from;
-    while j < buf.len() {
+    loop {
+        j += memchr3(b'>', b'\'', b'"', &buf[j..])?;
         match buf[j] {
             b'>' => return Some(j),
-            q @ (b'\'' | b'"') => j += 1 + memchr(q, &buf[j + 1..])?,
-            _ => {}
+            q => j += 1 + memchr(q, &buf[j + 1..])? + 1,
         }
-        j += 1;
     }
-    None
 }
 
 /// A tag's name: what precedes the first whitespace, `/` or end.
@@ -139,8 +175,14 @@ fn name(tag: &[u8]) -> &[u8] {
 
 /// The raw value of attribute `want` in a start tag's inside (`name a='v' …`).
 fn attr<'a>(tag: &'a [u8], want: &[u8]) -> Option<&'a [u8]> {
+    attrs(tag).find(|(key, _)| *key == want).map(|(_, value)| value)
+}
+
+/// The attributes of a start tag's inside, in order, as raw (name, value); the
+/// iteration ends at the first malformed one.
+fn attrs(tag: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut rest = &tag[name(tag).len()..];
-    loop {
+    std::iter::from_fn(move || {
         let s = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         rest = &rest[s..];
         let eq = memchr(b'=', rest)?;
@@ -151,11 +193,10 @@ fn attr<'a>(tag: &'a [u8], want: &[u8]) -> Option<&'a [u8]> {
             return None;
         }
         let end = memchr(q, &rest[1..])?;
-        if key == want {
-            return Some(&rest[1..1 + end]);
-        }
+        let value = &rest[1..1 + end];
         rest = &rest[end + 2..];
-    }
+        Some((key, value))
+    })
 }
 
 #[cfg(test)]
@@ -235,5 +276,24 @@ mod tests {
         assert_eq!(next(b"<!-- c --><presence/>"), Frame::Unhandled);
         assert_eq!(next(b"text<presence/>"), Frame::Unhandled);
         assert_eq!(next(b" \r\n "), Frame::Incomplete);
+    }
+
+    #[test]
+    fn numbers_read_as_str_parse_reads_them() {
+        for v in ["0", "7", "+5", "1795950869721000", "18446744073709551615", "18446744073709551616", "", "+", "1a", "-1", " 1"] {
+            assert_eq!(number(v.as_bytes()), v.parse::<u64>().ok(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_gt_does_not_end_a_tag() {
+        let tag = format!("<message id='a>b' to=\"c'>d\"><bench xmlns='{NS_BENCH}' r='1' t='2' s='3' n='4' r='9'/></message>");
+        match next(tag.as_bytes()) {
+            Frame::Bench { len, msg } => {
+                assert_eq!(len, tag.len());
+                assert_eq!(msg, BenchMsg { error: false, r: Some(1), t: Some(2), s: Some(3), n: Some(4), g: None });
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
