@@ -280,14 +280,28 @@ mod tests {
 
     #[test]
     fn numbers_read_as_str_parse_reads_them() {
-        for v in ["0", "7", "+5", "1795950869721000", "18446744073709551615", "18446744073709551616", "", "+", "1a", "-1", " 1"] {
+        for v in [
+            "0",
+            "7",
+            "+5",
+            "1795950869721000",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "+",
+            "1a",
+            "-1",
+            " 1",
+        ] {
             assert_eq!(number(v.as_bytes()), v.parse::<u64>().ok(), "{v:?}");
         }
     }
 
     #[test]
     fn a_quoted_gt_does_not_end_a_tag() {
-        let tag = format!("<message id='a>b' to=\"c'>d\"><bench xmlns='{NS_BENCH}' r='1' t='2' s='3' n='4' r='9'/></message>");
+        let tag = format!(
+            "<message id='a>b' to=\"c'>d\"><bench xmlns='{NS_BENCH}' r='1' t='2' s='3' n='4' r='9'/></message>"
+        );
         match next(tag.as_bytes()) {
             Frame::Bench { len, msg } => {
                 assert_eq!(len, tag.len());
