@@ -22,6 +22,12 @@
 //! oldest waiting row's, minus one); rows a crash left unindexed after it are
 //! indexed by [`recover`] when the database is opened.
 //!
+//! Two rows of an append that carry the same text (one allocation: a message's
+//! row in its sender's archive and in its recipient's) for two owners store it
+//! once: the second row's `stanza` is empty and its `shared` names the holder,
+//! whose `shared` names it back; the text goes over to the second row before the
+//! holder is deleted or its text replaced ([`hand_over_texts`]; migration 8).
+//!
 //! Reads are keyset range scans over one index, joined to the log by `seq`, fetching
 //! one row more than the page to learn whether it is complete. A row appended twice
 //! for the same `(owner, id)` (two sessions of a user each taking a copy) is kept
@@ -41,7 +47,9 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToS
 use crate::db_err;
 use crate::store::{write_tx, SqliteStore};
 
-const COLUMNS: &str = "m.id, m.with_jid, m.with_resource, m.direction, m.sender, m.origin_id, m.stanza";
+/// A row's columns; its text from the holder when it shares one.
+const COLUMNS: &str = "m.id, m.with_jid, m.with_resource, m.direction, m.sender, m.origin_id, \
+     CASE m.stanza WHEN '' THEN (SELECT h.stanza FROM mam_messages h WHERE h.seq = m.shared) ELSE m.stanza END";
 
 /// The archive owner's key for the account in parameters 1 and 2 (`NULL`, which
 /// matches no row, when it never had an archive).
@@ -71,8 +79,9 @@ impl Insert {
     const fn head(self) -> (&'static str, usize) {
         match self {
             Insert::Log => (
-                "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza)",
-                8,
+                "INSERT INTO mam_messages (owner, id, with_jid, with_resource, direction, sender, origin_id, stanza, \
+                 shared)",
+                9,
             ),
             Insert::ByOwner => ("INSERT OR IGNORE INTO mam_by_owner (owner, id, seq)", 3),
             Insert::ByWith => ("INSERT OR IGNORE INTO mam_by_with (owner, with_jid, id, seq)", 4),
@@ -146,14 +155,71 @@ struct Keyed<'a> {
     /// `with_jid`, `with_resource`, `sender`.
     text: [&'a str; 3],
     origin_id: Option<&'a str>,
+    /// The row it shares its text with (see [`pair_texts`]).
+    shared: Option<i64>,
+    /// The text is the `shared` row's: this row stores none.
+    reads_shared: bool,
 }
 
 impl<'a> Keyed<'a> {
     fn new(key: i64, group: usize, row: &'a ArchiveEntry) -> Self {
         let m = &row.msg;
         let text = [m.with_jid.as_str(), m.with_resource.as_str(), m.sender.as_str()];
-        Keyed { key, group, row, text, origin_id: m.origin_id.as_deref() }
+        Keyed { key, group, row, text, origin_id: m.origin_id.as_deref(), shared: None, reads_shared: false }
     }
+}
+
+/// Pairs the rows of an append that carry one text (the same allocation, as the
+/// archive module gives a message's sender's row and its recipient's) for two
+/// owners: the first holds the text, the second reads it. `first_seq` is the
+/// `seq` the first row gets (rows get consecutive ones). A text pairs once, and
+/// never within one owner, whose repeated rows ([`index_entries`]) are deleted.
+fn pair_texts(keyed: &mut [Keyed<'_>], first_seq: i64) {
+    let mut holders: HashMap<*const u8, usize> = HashMap::default();
+    for i in 0..keyed.len() {
+        let text = &keyed[i].row.msg.stanza;
+        if Arc::strong_count(text) < 2 || text.is_empty() {
+            continue;
+        }
+        match holders.entry(Arc::as_ptr(text).cast::<u8>()) {
+            std::collections::hash_map::Entry::Occupied(h) if keyed[*h.get()].key != keyed[i].key => {
+                let h = h.remove();
+                keyed[h].shared = Some(first_seq + i as i64);
+                keyed[i].shared = Some(first_seq + h as i64);
+                keyed[i].reads_shared = true;
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+        }
+    }
+}
+
+/// Before rows are deleted or their texts replaced: the rows that read a text
+/// one of them holds get it. The rows are chosen by the condition on `h.seq`
+/// that follows.
+macro_rules! hand_over {
+    ($rows:expr) => {
+        concat!(
+            "UPDATE mam_messages AS r SET stanza = h.stanza, shared = NULL FROM mam_messages AS h
+             WHERE r.seq = h.shared AND r.shared = h.seq AND r.stanza = '' AND h.stanza <> '' AND h.seq ",
+            $rows
+        )
+    };
+}
+
+/// Hands over the text row `seq` holds, if another row reads it.
+fn hand_over_text(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(hand_over!("= ?1"))?.execute([seq])?;
+    Ok(())
+}
+
+/// Hands over the texts the indexed rows of `domain`/`user`'s archive hold.
+fn hand_over_texts(tx: &Transaction<'_>, domain: &str, user: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(concat!(hand_over!("IN (SELECT seq FROM mam_by_owner WHERE owner = "), owner!(), ")"))?
+        .execute(params![domain, user])?;
+    Ok(())
 }
 
 /// A logged row's index entries, waiting to be written.
@@ -513,6 +579,7 @@ fn index_entries(tx: &Transaction<'_>, entries: &[&Entry]) -> rusqlite::Result<(
                 for r in chunk.iter_mut() {
                     let seq: i64 = holder.query_row(params![r.0, r.1], |row| row.get(0))?;
                     if seq != r.2 {
+                        hand_over_text(tx, r.2)?;
                         delete.execute([r.2])?;
                         r.2 = 0; // seqs start at 1
                         dups = true;
@@ -578,9 +645,11 @@ pub(crate) fn delete_archive(
     if let Some(o) = waiting {
         let mut st = tx.prepare_cached("DELETE FROM mam_messages WHERE seq = ?1")?;
         for e in &o.rows {
+            hand_over_text(tx, e.seq)?;
             st.execute([e.seq])?;
         }
     }
+    hand_over_texts(tx, domain, user)?;
     for sql in [
         concat!("DELETE FROM mam_messages WHERE seq IN (SELECT seq FROM mam_by_owner WHERE owner = ", owner!(), ")"),
         concat!("DELETE FROM mam_by_owner WHERE owner = ", owner!()),
@@ -694,9 +763,16 @@ impl ArchiveStore for SqliteStore {
                     keyed.push(Keyed::new(groups[g].key, g, r));
                 }
             }
-            // The stored directions, borrowed by the parameters below.
+            // A rowid table gives each new row the largest rowid plus one: the
+            // rows get consecutive seqs from here (checked below).
+            let first_seq: i64 =
+                tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM mam_messages", [], |r| r.get(0)).map_err(&err)?;
+            pair_texts(&mut keyed, first_seq);
+            // The stored directions and the text of a row that reads another's,
+            // borrowed by the parameters below.
             static DIRECTIONS: [&str; 2] = [Direction::Incoming.as_str(), Direction::Outgoing.as_str()];
-            let mut last_seq = 0;
+            static NO_TEXT: &str = "";
+            let mut last_seq = first_seq - 1;
             insert_rows(
                 &tx,
                 Insert::Log,
@@ -712,14 +788,19 @@ impl ArchiveStore for SqliteStore {
                         &DIRECTIONS[usize::from(m.direction == Direction::Outgoing)],
                         sender,
                         &k.origin_id,
-                        &m.stanza,
+                        if k.reads_shared { &NO_TEXT } else { &m.stanza },
+                        &k.shared,
                     ]);
                 },
                 |chunk, _| {
-                    // A rowid table gives each new row the largest rowid plus one:
-                    // the chunk's rows have consecutive seqs, ending here.
-                    last_seq = tx.last_insert_rowid();
-                    let first = last_seq - (chunk.len() as i64 - 1);
+                    let first = last_seq + 1;
+                    last_seq += chunk.len() as i64;
+                    if tx.last_insert_rowid() != last_seq {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                            Some(format!("archive rows got seq {}, not {last_seq}", tx.last_insert_rowid())),
+                        ));
+                    }
                     for (i, k) in chunk.iter().enumerate() {
                         let (m, seq) = (&k.row.msg, first + i as i64);
                         groups[k.group].rows.push(Entry { owner: k.key, id: m.id, seq, with_jid: m.with_jid.clone() });
@@ -864,7 +945,10 @@ impl ArchiveStore for SqliteStore {
                     })
                     .map_err(&err)?;
                 if let Some((_, seq)) = found {
-                    tx.prepare_cached("UPDATE mam_messages SET stanza = ?2 WHERE seq = ?1")
+                    hand_over_text(&tx, seq)
+                        .and_then(|()| {
+                            tx.prepare_cached("UPDATE mam_messages SET stanza = ?2, shared = NULL WHERE seq = ?1")
+                        })
                         .and_then(|mut st| st.execute(params![seq, t]))
                         .map_err(&err)?;
                 }

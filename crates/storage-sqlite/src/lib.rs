@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_archive_owner.sql")),
     (6, include_str!("../migrations/0006_muc_nick.sql")),
     (7, include_str!("../migrations/0007_archive_log.sql")),
+    (8, include_str!("../migrations/0008_archive_shared_text.sql")),
 ];
 
 /// The schema version this build creates and understands.

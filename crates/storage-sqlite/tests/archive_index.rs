@@ -371,3 +371,78 @@ async fn a_reopened_store_starts_at_the_stored_indexed_seq() {
     assert_eq!(count(&path, "SELECT indexed_seq FROM mam_index_state"), 100);
     assert_eq!(ids(&stores, "u0", &all()).await.len(), 26, "and reads still see them");
 }
+
+/// A message's row in its sender's archive and in its recipient's: the same text
+/// (one allocation, as the archive module makes them) for two owners.
+fn pair(id: i64, text: &Arc<str>) -> [ArchiveEntry; 2] {
+    let mut out = entry("alice", id, "bob@example.org");
+    out.msg.direction = Direction::Outgoing;
+    out.msg.stanza = text.clone();
+    let mut inc = entry("bob", id, "alice@example.org");
+    inc.msg.stanza = text.clone();
+    [out, inc]
+}
+
+/// The text of `user`'s row `id`, as a read returns it.
+async fn text_of(stores: &Stores, user: &str, id: i64) -> String {
+    let rows = stores.archive.fetch_ids(Account::new(user, "example.org"), &[id]).await.expect("fetch");
+    assert_eq!(rows.len(), 1, "{user}'s row {id}");
+    rows[0].stanza.to_string()
+}
+
+/// The two rows of a message share one stored text, and each keeps it whatever
+/// happens to the other: a retraction's tombstone, a repeated row deleted, the
+/// other archive removed with its rows waiting or indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_text_is_stored_once_for_both_archives_and_outlives_either_row() {
+    let (_dir, path) = temp_db();
+    let stores = open_lazy(&path).await;
+    let texts: Vec<Arc<str>> = (1..=4).map(|i| Arc::from(format!("<message n='{i}'>text {i}</message>"))).collect();
+    // Message 3's recipient took two copies (two sessions): the second keeps its
+    // own text (only one row reads a holder's), and is deleted as a repeat.
+    let mut rows: Vec<ArchiveEntry> = texts.iter().zip(1..).flat_map(|(t, i)| pair(i, t)).collect();
+    rows.push(pair(3, &texts[2])[1].clone());
+    // Texts not shared: an owner's own rows, and another allocation of one text.
+    let mut own = entry("carol", 9, "dave@example.org");
+    own.msg.stanza = texts[0].to_string().into();
+    rows.push(own);
+    stores.archive.append(Arc::new(rows)).await.unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 10);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages WHERE stanza = ''"), 4, "one per message");
+    for (i, t) in (1..=4).zip(&texts) {
+        assert_eq!(text_of(&stores, "alice", i).await, **t);
+        assert_eq!(text_of(&stores, "bob", i).await, **t);
+    }
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages"), 9, "bob's repeated row 3 is deleted");
+
+    // A tombstone on either side leaves the other side's text.
+    let tomb = "<message><retracted/></message>";
+    let alice = Account::new("alice", "example.org");
+    let bob = Account::new("bob", "example.org");
+    assert_eq!(
+        stores.archive.retract(alice, "bob@example.org", Direction::Outgoing, "o1", tomb).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        stores.archive.retract(bob, "alice@example.org", Direction::Incoming, "o2", tomb).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        (text_of(&stores, "alice", 1).await, text_of(&stores, "bob", 1).await),
+        (tomb.into(), texts[0].to_string())
+    );
+    assert_eq!(
+        (text_of(&stores, "alice", 2).await, text_of(&stores, "bob", 2).await),
+        (texts[1].to_string(), tomb.into())
+    );
+
+    // Removing alice's archive: bob keeps every text, indexed rows' (3, 4) and
+    // waiting rows' (5) alike.
+    stores.archive.append(Arc::new(pair(5, &Arc::from("<message n='5'/>")).to_vec())).await.unwrap();
+    stores.archive.remove_archive(alice).await.unwrap();
+    let got: Vec<String> =
+        stores.archive.query(bob, &all()).await.unwrap().rows.iter().map(|r| r.stanza.to_string()).collect();
+    let want = [&*texts[0], tomb, &*texts[2], &*texts[3], "<message n='5'/>"];
+    assert_eq!(got, want);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM mam_messages WHERE stanza = ''"), 0);
+}
