@@ -284,7 +284,8 @@ pub struct MamCfg {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MamWriterCfg {
-    /// Rows written per transaction at most.
+    /// Rows waiting that start a write before `flush_interval`; a write takes
+    /// every row waiting then, however many (group commit).
     #[serde(default = "default_mam_batch")]
     pub batch_size: usize,
     /// Milliseconds a row may wait for its batch to fill before it is written.

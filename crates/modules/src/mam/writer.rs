@@ -1,11 +1,16 @@
 //! The archive's background writer: the delivery hot path never awaits the database.
 //!
 //! Hooks push operations (rows to append, retractions) into an in-memory queue and
-//! wake the writer task when a batch is full; the task also wakes every
-//! `flush_interval`. It writes consecutive appends of up to `batch_size` rows in one
-//! transaction. Before writing, it settles what the hot path could not decide
-//! without a database round trip: preferences not yet cached, and the `roster`
-//! mode's roster lookup.
+//! wake the writer task when `batch_size` rows wait; the task also wakes every
+//! `flush_interval`. A write takes every operation waiting (group commit), and
+//! writes consecutive appends in one transaction: when storage is slower than
+//! the message rate for a while, the writes grow with the backlog instead of the
+//! backlog growing. (With a fixed cap per write, each write's round trip through
+//! a busy runtime limited the rows written per second: at 60,000 msgs/s the
+//! queue filled and messages were refused, where writes of everything waiting
+//! kept up; docs/benchmarks.md, session 15.) Before writing, it settles what the
+//! hot path could not decide without a database round trip: preferences not yet
+//! cached, and the `roster` mode's roster lookup.
 //!
 //! Every operation carries a sequence number. A query first calls [`Writer::flush_user`],
 //! which waits until the user's last queued operation is written (read-your-writes)
@@ -20,8 +25,8 @@
 //! another, and retractions — are always queued: refusing them would lose a message
 //! the sender was told was sent, or leave it in one archive only. They can take the
 //! queue past the bound only by what was in flight when it filled (routing and the
-//! bounded session mailboxes), plus one row per session racing the check; the batch
-//! being retried (at most `batch_size` rows) is held outside the queue.
+//! bounded session mailboxes), plus one row per session racing the check; the
+//! operations being written (at most what the queue held) are outside it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -113,7 +118,7 @@ struct Shared {
 /// The writer's settings (`[modules.mod_mam.async_writer]`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    /// Rows per transaction at most.
+    /// Rows waiting that start a write before `flush_interval`.
     pub(crate) batch_size: usize,
     /// How long a row waits for its batch to fill.
     pub(crate) flush_interval: Duration,
@@ -226,22 +231,18 @@ impl Writer {
 }
 
 /// The writer task: waits for a full batch, a flush request or the interval, then
-/// writes everything queued in batches; retries a failing batch with back-off.
+/// writes everything queued, and again while more was queued meanwhile; retries a
+/// failing write with back-off.
 async fn run(shared: Arc<Shared>, stores: Stores) {
     loop {
         let _ = tokio::time::timeout(shared.flush_interval, shared.wake.notified()).await;
         loop {
             let batch: Vec<(u64, Op)> = {
                 let mut q = shared.queue.lock();
-                // Usually the whole queue, taken without moving a row; the next
-                // queue starts with room for as many (no regrowth under load).
-                let batch = if q.ops.len() <= shared.batch_size {
-                    let room = q.ops.len();
-                    std::mem::replace(&mut q.ops, Vec::with_capacity(room))
-                } else {
-                    let rest = q.ops.split_off(shared.batch_size);
-                    std::mem::replace(&mut q.ops, rest)
-                };
+                // The whole queue, taken without moving a row; the next queue
+                // starts with room for as many (no regrowth under load).
+                let room = q.ops.len();
+                let batch = std::mem::replace(&mut q.ops, Vec::with_capacity(room));
                 q.update(&shared);
                 batch
             };
@@ -382,10 +383,18 @@ mod tests {
 
     use super::*;
 
-    /// An archive whose first `fails` appends fail.
+    /// An archive whose first `fails` appends fail; it records the rows of each
+    /// append that succeeds.
     struct Flaky {
         inner: Arc<dyn ArchiveStore>,
         fails: AtomicUsize,
+        appended: Mutex<Vec<usize>>,
+    }
+
+    impl Flaky {
+        fn new(inner: Arc<dyn ArchiveStore>, fails: usize) -> Arc<Self> {
+            Arc::new(Flaky { inner, fails: AtomicUsize::new(fails), appended: Mutex::default() })
+        }
     }
 
     #[async_trait::async_trait]
@@ -396,7 +405,10 @@ mod tests {
             {
                 return Err(Error::Backend("injected failure".into()));
             }
-            self.inner.append(rows).await
+            let n = rows.len();
+            self.inner.append(rows).await?;
+            self.appended.lock().push(n);
+            Ok(())
         }
         async fn query(&self, acc: Account<'_>, q: &ArchiveQuery) -> StoreResult<ArchivePage> {
             self.inner.query(acc, q).await
@@ -450,7 +462,7 @@ mod tests {
     #[tokio::test]
     async fn failed_batches_are_retried_not_dropped_and_flush_waits_per_user() {
         let mut stores = meerkat_storage::memory::stores();
-        stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
+        stores.archive = Flaky::new(stores.archive.clone(), 2);
         let w = writer(2, 100);
         for id in 1..=5 {
             w.push(&stores, "alice@localhost", Op::Append(entry(id), Check::None));
@@ -470,11 +482,30 @@ mod tests {
         assert_eq!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.len(), 5);
     }
 
+    /// Group commit: a write takes every row waiting, however many batches they
+    /// fill, so a writer that fell behind catches up in one round trip.
+    #[tokio::test]
+    async fn a_write_takes_every_row_waiting() {
+        let mut stores = meerkat_storage::memory::stores();
+        let flaky = Flaky::new(stores.archive.clone(), 0);
+        stores.archive = flaky.clone();
+        let w = writer(2, 100);
+        // Queued before the writer task runs (this runtime has one thread).
+        for id in 1..=9 {
+            w.push(&stores, "alice@localhost", Op::Append(entry(id), Check::None));
+        }
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        assert_eq!(*flaky.appended.lock(), [9], "one append of the nine rows");
+        w.push(&stores, "alice@localhost", Op::Append(entry(10), Check::None));
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        assert_eq!(*flaky.appended.lock(), [9, 1]);
+    }
+
     #[tokio::test]
     async fn a_retraction_applies_to_rows_of_its_own_batch_in_order_despite_failures() {
         let mut stores = meerkat_storage::memory::stores();
         // The first two appends fail: the rows before the retraction, then again.
-        stores.archive = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(2) });
+        stores.archive = Flaky::new(stores.archive.clone(), 2);
         let w = writer(10, 100);
         let with_origin = |id: i64| {
             let mut e = entry(id);
@@ -506,7 +537,7 @@ mod tests {
     async fn a_full_queue_refuses_new_messages_until_storage_recovers_and_loses_nothing() {
         let mut stores = meerkat_storage::memory::stores();
         // Storage is down until told otherwise.
-        let flaky = Arc::new(Flaky { inner: stores.archive.clone(), fails: AtomicUsize::new(usize::MAX) });
+        let flaky = Flaky::new(stores.archive.clone(), usize::MAX);
         stores.archive = flaky.clone();
         let w = writer(2, 6);
         // Admission as the send hook decides it: a message is accepted (its row
