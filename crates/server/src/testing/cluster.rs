@@ -31,15 +31,42 @@ pub fn wait_port(port: u16) {
 }
 
 impl Nats {
-    /// Starts `nats-server` (Debian's package; scripts/test installs it).
+    /// Starts `nats-server` (Debian's package; scripts/test installs it) on a
+    /// port it picks itself and reports in a ports file: a port picked here and
+    /// released for it could be taken by another test's server meanwhile (then
+    /// this one would fail to bind, and the test would talk to the other's).
     pub fn start() -> Nats {
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        let dir = std::env::temp_dir().join(format!(
+            "meerkat-nats-{}-{}",
+            std::process::id(),
+            meerkat_storage::conformance::unique_tag()
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the nats-server ports file");
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server must be installed (apt-get install nats-server)");
+        let file = dir.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            // {"nats":["nats://127.0.0.1:PORT"]}
+            let found = std::fs::read_to_string(&file).ok().and_then(|text| {
+                let url = text.split('"').find(|s| s.starts_with("nats://"))?;
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+            if let Some(port) = found {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "nats-server wrote no ports file in {}", dir.display());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = std::fs::remove_dir_all(&dir);
         wait_port(port);
         Nats { child, port }
     }
