@@ -17,9 +17,34 @@ pub struct TwoDatacenters {
     pub dc2: Vec<String>,
 }
 
+/// Whether every child still runs a moment after its ports answered: one that
+/// could not bind a port picked by [`free_port`] (another test's process took it
+/// meanwhile) has exited, and its port may be answered by that other process.
+fn all_running(children: &mut [Child]) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    children.iter_mut().all(|c| matches!(c.try_wait(), Ok(None)))
+}
+
+/// Kills and reaps `children`.
+fn stop_all(children: &mut [Child]) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 impl TwoDatacenters {
-    /// Starts the four servers.
+    /// Starts the four servers (again, on other ports, if one could not bind its own).
     pub fn start() -> TwoDatacenters {
+        for _ in 0..5 {
+            if let Some(dcs) = Self::try_start() {
+                return dcs;
+            }
+        }
+        panic!("the four nats-servers did not start (ports taken five times)");
+    }
+
+    fn try_start() -> Option<TwoDatacenters> {
         let dir = tempfile::tempdir().unwrap();
         // Per server: client, route and gateway ports.
         let ports: Vec<[u16; 3]> = (0..4).map(|_| [free_port(), free_port(), free_port()]).collect();
@@ -64,17 +89,18 @@ impl TwoDatacenters {
         for p in &ports {
             wait_port(p[0]);
         }
+        if !all_running(&mut servers) {
+            stop_all(&mut servers);
+            return None;
+        }
         let url = |i: usize| format!("nats://127.0.0.1:{}", ports[i][0]);
-        TwoDatacenters { servers, _dir: dir, dc1: vec![url(0), url(1)], dc2: vec![url(2), url(3)] }
+        Some(TwoDatacenters { servers, _dir: dir, dc1: vec![url(0), url(1)], dc2: vec![url(2), url(3)] })
     }
 }
 
 impl Drop for TwoDatacenters {
     fn drop(&mut self) {
-        for c in &mut self.servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_all(&mut self.servers);
     }
 }
 
