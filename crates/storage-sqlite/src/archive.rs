@@ -33,6 +33,7 @@
 //! for the same `(owner, id)` (two sessions of a user each taking a copy) is kept
 //! once: the second is deleted when it is indexed.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::sync::Arc;
 
 use compact_str::CompactString;
@@ -155,17 +156,35 @@ struct Keyed<'a> {
     /// `with_jid`, `with_resource`, `sender`.
     text: [&'a str; 3],
     origin_id: Option<&'a str>,
-    /// The row it shares its text with (see [`pair_texts`]).
-    shared: Option<i64>,
-    /// The text is the `shared` row's: this row stores none.
-    reads_shared: bool,
+    /// Where its text is stored (see [`pair_texts`]).
+    stored: Stored,
+}
+
+/// Where a row's text is stored; binds as the row's `shared` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// In the row, for it alone (`shared` NULL).
+    Own,
+    /// In the row, and the row with this `seq` reads it.
+    Holds(i64),
+    /// In the row with this `seq`: this row's `stanza` is empty.
+    Reads(i64),
+}
+
+impl ToSql for Stored {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match *self {
+            Stored::Own => rusqlite::types::Null.into(),
+            Stored::Holds(seq) | Stored::Reads(seq) => seq.into(),
+        })
+    }
 }
 
 impl<'a> Keyed<'a> {
     fn new(key: i64, group: usize, row: &'a ArchiveEntry) -> Self {
         let m = &row.msg;
         let text = [m.with_jid.as_str(), m.with_resource.as_str(), m.sender.as_str()];
-        Keyed { key, group, row, text, origin_id: m.origin_id.as_deref(), shared: None, reads_shared: false }
+        Keyed { key, group, row, text, origin_id: m.origin_id.as_deref(), stored: Stored::Own }
     }
 }
 
@@ -182,14 +201,13 @@ fn pair_texts(keyed: &mut [Keyed<'_>], first_seq: i64) {
             continue;
         }
         match holders.entry(Arc::as_ptr(text).cast::<u8>()) {
-            std::collections::hash_map::Entry::Occupied(h) if keyed[*h.get()].key != keyed[i].key => {
+            MapEntry::Occupied(h) if keyed[*h.get()].key != keyed[i].key => {
                 let h = h.remove();
-                keyed[h].shared = Some(first_seq + i as i64);
-                keyed[i].shared = Some(first_seq + h as i64);
-                keyed[i].reads_shared = true;
+                keyed[h].stored = Stored::Holds(first_seq + i as i64);
+                keyed[i].stored = Stored::Reads(first_seq + h as i64);
             }
-            std::collections::hash_map::Entry::Occupied(_) => {}
-            std::collections::hash_map::Entry::Vacant(v) => {
+            MapEntry::Occupied(_) => {}
+            MapEntry::Vacant(v) => {
                 v.insert(i);
             }
         }
@@ -788,8 +806,8 @@ impl ArchiveStore for SqliteStore {
                         &DIRECTIONS[usize::from(m.direction == Direction::Outgoing)],
                         sender,
                         &k.origin_id,
-                        if k.reads_shared { &NO_TEXT } else { &m.stanza },
-                        &k.shared,
+                        if matches!(k.stored, Stored::Reads(_)) { &NO_TEXT } else { &m.stanza },
+                        &k.stored,
                     ]);
                 },
                 |chunk, _| {

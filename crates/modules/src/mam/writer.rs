@@ -5,12 +5,11 @@
 //! `flush_interval`. A write takes every operation waiting (group commit), and
 //! writes consecutive appends in one transaction: when storage is slower than
 //! the message rate for a while, the writes grow with the backlog instead of the
-//! backlog growing. (With a fixed cap per write, each write's round trip through
-//! a busy runtime limited the rows written per second: at 60,000 msgs/s the
-//! queue filled and messages were refused, where writes of everything waiting
-//! kept up; docs/benchmarks.md, session 15.) Before writing, it settles what the
-//! hot path could not decide without a database round trip: preferences not yet
-//! cached, and the `roster` mode's roster lookup.
+//! backlog growing (a fixed cap per write, each write waiting its turn on a busy
+//! runtime, refused messages at 56,000 msgs/s: docs/benchmarks.md, session 15).
+//! Before writing, it settles what the hot path could not decide without a
+//! database round trip: preferences not yet cached, and the `roster` mode's
+//! roster lookup.
 //!
 //! Every operation carries a sequence number. A query first calls [`Writer::flush_user`],
 //! which waits until the user's last queued operation is written (read-your-writes)

@@ -36,24 +36,22 @@ impl Nats {
     /// released for it could be taken by another test's server meanwhile (then
     /// this one would fail to bind, and the test would talk to the other's).
     pub fn start() -> Nats {
-        let dir = std::env::temp_dir().join(format!(
-            "meerkat-nats-{}-{}",
-            std::process::id(),
-            meerkat_storage::conformance::unique_tag()
-        ));
-        std::fs::create_dir_all(&dir).expect("a directory for the nats-server ports file");
+        let dir = tempfile::tempdir().expect("a directory for the nats-server ports file");
         let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
-            .arg(&dir)
+            .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server must be installed (apt-get install nats-server)");
-        let file = dir.join(format!("nats-server_{}.ports", child.id()));
+        let file = dir.path().join(format!("nats-server_{}.ports", child.id()));
         let deadline = Instant::now() + Duration::from_secs(10);
         let port = loop {
-            // {"nats":["nats://127.0.0.1:PORT"]}
+            // {"nats":["nats://127.0.0.1:PORT"]}, once written in full.
             let found = std::fs::read_to_string(&file).ok().and_then(|text| {
+                if !text.trim_end().ends_with('}') {
+                    return None;
+                }
                 let url = text.split('"').find(|s| s.starts_with("nats://"))?;
                 url.rsplit(':').next()?.parse::<u16>().ok()
             });
@@ -63,10 +61,9 @@ impl Nats {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("nats-server exited at start: {status}");
             }
-            assert!(Instant::now() < deadline, "nats-server wrote no ports file in {}", dir.display());
+            assert!(Instant::now() < deadline, "nats-server wrote no ports file in {}", dir.path().display());
             std::thread::sleep(Duration::from_millis(20));
         };
-        let _ = std::fs::remove_dir_all(&dir);
         wait_port(port);
         Nats { child, port }
     }
