@@ -230,6 +230,14 @@ fn archivable(st: &Stanza) -> bool {
         && !el.has_child("result", NS_MAM1)
 }
 
+/// Whether a message that arrived is archived: it is when it carries its
+/// sender's archive text (the sender's side on this node found it archivable,
+/// and its content has not changed since: see [`Stanza::archive_text`]), else
+/// as [`archivable`] finds.
+fn archivable_arrival(st: &Stanza) -> bool {
+    st.archive_text.is_some() || archivable(st)
+}
+
 /// A row for `st`, with `other` as the other party, archived as `stanza`.
 fn row(id: i64, st: &Stanza, other: &Jid, direction: Direction, stanza: Arc<str>) -> ArchivedMessage {
     ArchivedMessage {
@@ -316,7 +324,7 @@ impl SessionHooks for Mam {
     }
 
     fn on_user_receive(&self, ctx: &ServerContext, s: &mut SessionState, st: &mut Stanza) -> Flow {
-        if !archivable(st) {
+        if !archivable_arrival(st) {
             return Flow::Continue;
         }
         let Some(from) = &st.from else { return Flow::Continue };
@@ -338,7 +346,7 @@ fn own_stanza_id(st: &Stanza, owner: &BareJid) -> Option<i64> {
 #[async_trait::async_trait]
 impl DeliveryHooks for Mam {
     fn on_deliver_message(&self, ctx: &ServerContext, to: &BareJid, st: &mut Stanza) {
-        if !archivable(st) {
+        if !archivable_arrival(st) {
             return;
         }
         if st.from.is_none() {
@@ -361,7 +369,7 @@ impl DeliveryHooks for Mam {
     }
 
     async fn on_inbound_offline_filter(&self, ctx: &ServerContext, to: &BareJid, st: &Stanza) -> Flow {
-        if !archivable(st) {
+        if !archivable_arrival(st) {
             return Flow::Continue;
         }
         let Some(from) = &st.from else { return Flow::Continue };

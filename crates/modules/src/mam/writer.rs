@@ -11,10 +11,13 @@
 //! database round trip: preferences not yet cached, and the `roster` mode's
 //! roster lookup.
 //!
-//! Every operation carries a sequence number. A query first calls [`Writer::flush_user`],
-//! which waits until the user's last queued operation is written (read-your-writes)
-//! without waiting for other users' rows. A failed batch is logged and retried with
-//! back-off, never dropped; at shutdown [`Writer::shutdown`] writes what is left.
+//! Every operation gets a sequence number. A query first calls [`Writer::flush_user`],
+//! which waits until the user's last queued operation is written (read-your-writes),
+//! and returns at once when none is waiting. The queue keeps the rows in the
+//! vector the storage takes, and reuses the last batch's buffers: queuing a row
+//! neither allocates nor compares keys, and a batch goes to storage without a copy.
+//! A failed batch is logged and retried with back-off, never dropped; at shutdown
+//! [`Writer::shutdown`] writes what is left.
 //!
 //! The queue is bounded (`max_queue`) without dropping anything: once it holds
 //! `max_queue` operations, [`Writer::has_room`] is false and the sender's hook
@@ -31,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meerkat_storage::{Account, ArchiveEntry, ArchiveMode, ArchivePrefs, CompactString, Direction, Stores};
+use meerkat_storage::{Account, ArchiveEntry, ArchiveMode, ArchivePrefs, Direction, Stores};
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
@@ -60,21 +63,97 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    fn owner(&self) -> String {
+    /// Whether the operation changes `owner`'s archive (a bare JID).
+    fn is_for(&self, owner: &str) -> bool {
         match self {
-            Op::Append(e, _) => format!("{}@{}", e.user, e.domain),
-            Op::Retract { user, domain, .. } => format!("{user}@{domain}"),
+            Op::Append(e, _) => owns(owner, &e.user, &e.domain),
+            Op::Retract { user, domain, .. } => owns(owner, user, domain),
         }
     }
 }
 
-#[derive(Default)]
+/// A retraction waiting in the queue (see [`Op::Retract`]).
+#[derive(Debug)]
+struct Retraction {
+    user: String,
+    domain: String,
+    with: String,
+    direction: Direction,
+    origin_id: String,
+    tombstone: String,
+}
+
+/// Queued operations: the rows in one vector, as the storage takes them (a
+/// batch without retractions or skipped rows goes to storage without a copy),
+/// with their checks beside them, and the retractions by position.
+#[derive(Debug, Default)]
+struct Batch {
+    rows: Vec<ArchiveEntry>,
+    checks: Vec<Check>,
+    /// Each retraction comes after the first `.0` rows.
+    retractions: Vec<(usize, Retraction)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.rows.len() + self.retractions.len()
+    }
+
+    /// Drops `owner`'s operations, keeping the others' in order.
+    fn forget(&mut self, owner: &str) {
+        let rows = std::mem::take(&mut self.rows);
+        let checks = std::mem::take(&mut self.checks);
+        let mut retractions = std::mem::take(&mut self.retractions).into_iter().peekable();
+        for (i, (e, c)) in rows.into_iter().zip(checks).enumerate() {
+            while let Some((_, r)) = retractions.next_if(|(at, _)| *at <= i) {
+                self.keep_retraction(owner, r);
+            }
+            if !owns(owner, &e.user, &e.domain) {
+                self.rows.push(e);
+                self.checks.push(c);
+            }
+        }
+        for (_, r) in retractions {
+            self.keep_retraction(owner, r);
+        }
+    }
+
+    fn keep_retraction(&mut self, owner: &str, r: Retraction) {
+        if !owns(owner, &r.user, &r.domain) {
+            self.retractions.push((self.rows.len(), r));
+        }
+    }
+}
+
+/// Whether `owner` is the bare JID `user@domain` (without building it).
+fn owns(owner: &str, user: &str, domain: &str) -> bool {
+    owner.len() == user.len() + 1 + domain.len()
+        && owner.starts_with(user)
+        && owner.ends_with(domain)
+        && owner.as_bytes()[user.len()] == b'@'
+}
+
+/// Slots of [`Queue::pending`].
+const PENDING_SLOTS: usize = 4096;
+
+/// The slot of `owner` (a bare JID) in [`Queue::pending`].
+fn pending_slot(owner: &str) -> usize {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::default().hash_one(owner) as usize) % PENDING_SLOTS
+}
+
 struct Queue {
-    ops: Vec<(u64, Op)>,
+    batch: Batch,
+    /// The buffers of the last batch written, emptied: the next queue fills
+    /// them instead of growing new ones.
+    spare: Batch,
     next_seq: u64,
-    /// Owner bare JID → sequence number of its last queued operation (emptied
-    /// by every batch written; a JID of up to 24 bytes is kept without allocating).
-    pending: foldhash::HashMap<CompactString, u64>,
+    /// By [`pending_slot`] of the owner: the sequence number of the last
+    /// operation queued for an owner of that slot. [`Writer::flush_user`] waits
+    /// for it: owners that share a slot may wait for each other's rows, which
+    /// are written in the same write anyway (a write takes the whole queue).
+    /// No allocation, no key comparison per row.
+    pending: Box<[u64]>,
     /// The queue reached `max_queue` and has not drained below half of it since
     /// (for logging the transitions once).
     full: bool,
@@ -84,7 +163,7 @@ impl Queue {
     /// Publishes the length for [`Writer::has_room`] and logs when the queue fills
     /// or has drained again.
     fn update(&mut self, shared: &Shared) {
-        let len = self.ops.len();
+        let len = self.batch.len();
         shared.queued.store(len, Ordering::Relaxed);
         if !self.full && len >= shared.max_queue {
             self.full = true;
@@ -96,6 +175,15 @@ impl Queue {
             self.full = false;
             tracing::info!(rows = len, "archive: the write queue has drained; archivable messages are accepted again");
         }
+    }
+
+    /// Takes the queued operations (the sequence number of the last of them),
+    /// leaving the spare buffers in their place.
+    fn take(&mut self, shared: &Shared) -> (Batch, u64) {
+        let spare = std::mem::take(&mut self.spare);
+        let batch = std::mem::replace(&mut self.batch, spare);
+        self.update(shared);
+        (batch, self.next_seq - 1)
     }
 }
 
@@ -135,7 +223,13 @@ impl Writer {
     pub(crate) fn new(limits: Limits, prefs: Arc<PrefsCache>, mode: ArchiveMode) -> Self {
         let (written, _) = watch::channel(0);
         let shared = Shared {
-            queue: Mutex::new(Queue { next_seq: 1, ..Queue::default() }),
+            queue: Mutex::new(Queue {
+                batch: Batch::default(),
+                spare: Batch::default(),
+                next_seq: 1,
+                pending: vec![0; PENDING_SLOTS].into_boxed_slice(),
+                full: false,
+            }),
             wake: Notify::new(),
             written,
             batch_size: limits.batch_size,
@@ -159,23 +253,28 @@ impl Writer {
     /// starts with the first operation, on the stores of the server that queued it.
     /// `owner` is the bare JID whose archive `op` changes.
     pub(crate) fn push(&self, stores: &Stores, owner: &str, op: Op) {
-        debug_assert_eq!(op.owner(), owner);
+        debug_assert!(op.is_for(owner));
         self.started.get_or_init(|| {
             tokio::spawn(run(self.shared.clone(), stores.clone()));
         });
+        let slot = pending_slot(owner);
         let full = {
             let mut q = self.shared.queue.lock();
             let seq = q.next_seq;
             q.next_seq += 1;
-            q.ops.push((seq, op));
-            match q.pending.get_mut(owner) {
-                Some(last) => *last = seq,
-                None => {
-                    q.pending.insert(owner.into(), seq);
+            match op {
+                Op::Append(e, check) => {
+                    q.batch.rows.push(e);
+                    q.batch.checks.push(check);
+                }
+                Op::Retract { user, domain, with, direction, origin_id, tombstone } => {
+                    let at = q.batch.rows.len();
+                    q.batch.retractions.push((at, Retraction { user, domain, with, direction, origin_id, tombstone }));
                 }
             }
+            q.pending[slot] = seq;
             q.update(&self.shared);
-            q.ops.len() >= self.shared.batch_size
+            q.batch.len() >= self.shared.batch_size
         };
         if full {
             self.shared.wake.notify_one();
@@ -185,11 +284,12 @@ impl Writer {
     /// Waits until every operation queued so far for `owner` is written. Returns
     /// `false` when that did not happen within `limit` (storage failing).
     pub(crate) async fn flush_user(&self, owner: &str, limit: Duration) -> bool {
-        let Some(target) = self.shared.queue.lock().pending.get(owner).copied() else {
-            return true;
-        };
-        self.shared.wake.notify_one();
+        let target = self.shared.queue.lock().pending[pending_slot(owner)];
         let mut rx = self.shared.written.subscribe();
+        if *rx.borrow() >= target {
+            return true;
+        }
+        self.shared.wake.notify_one();
         tokio::time::timeout(limit, rx.wait_for(|w| *w >= target)).await.is_ok_and(|r| r.is_ok())
     }
 
@@ -199,8 +299,7 @@ impl Writer {
     pub(crate) async fn forget_user(&self, owner: &str, limit: Duration) {
         let last = {
             let mut q = self.shared.queue.lock();
-            q.ops.retain(|(_, op)| op.owner() != owner);
-            q.pending.remove(owner);
+            q.batch.forget(owner);
             q.update(&self.shared);
             q.next_seq - 1
         };
@@ -211,17 +310,12 @@ impl Writer {
 
     /// Writes everything still queued (server shutdown).
     pub(crate) async fn shutdown(&self, stores: &Stores) {
-        let ops = {
-            let mut q = self.shared.queue.lock();
-            let ops = std::mem::take(&mut q.ops);
-            q.update(&self.shared);
-            ops
-        };
-        if ops.is_empty() {
+        let (batch, _) = self.shared.queue.lock().take(&self.shared);
+        if batch.len() == 0 {
             return;
         }
-        let n = ops.len();
-        if write_batch(&self.shared, stores, ops, Some(5)).await {
+        let n = batch.len();
+        if write_batch(&self.shared, stores, batch, Some(5)).await.is_some() {
             tracing::info!(rows = n, "archive: pending rows written at shutdown");
         } else {
             tracing::error!(rows = n, "archive: pending rows could not be written before shutdown and are lost");
@@ -236,20 +330,14 @@ async fn run(shared: Arc<Shared>, stores: Stores) {
     loop {
         let _ = tokio::time::timeout(shared.flush_interval, shared.wake.notified()).await;
         loop {
-            let batch: Vec<(u64, Op)> = {
-                let mut q = shared.queue.lock();
-                // The whole queue, taken without moving a row; the next queue
-                // starts with room for as many (no regrowth under load).
-                let room = q.ops.len();
-                let batch = std::mem::replace(&mut q.ops, Vec::with_capacity(room));
-                q.update(&shared);
-                batch
-            };
-            let Some(&(last, _)) = batch.last() else { break };
-            write_batch(&shared, &stores, batch, None).await;
-            {
-                let mut q = shared.queue.lock();
-                q.pending.retain(|_, seq| *seq > last);
+            // The whole queue, taken without moving a row; the next queue fills
+            // the buffers of the last batch written (no regrowth under load).
+            let (batch, last) = shared.queue.lock().take(&shared);
+            if batch.len() == 0 {
+                break;
+            }
+            if let Some(emptied) = write_batch(&shared, &stores, batch, None).await {
+                shared.queue.lock().spare = emptied;
             }
             shared.written.send_replace(last);
         }
@@ -289,58 +377,70 @@ impl Retry {
 
 /// Writes a batch in order: the rows between two retractions in one append.
 /// Deferred checks are settled first, in place, so a retry does not repeat them;
-/// the rows then move into the append without a copy. Every storage call is
-/// retried until it succeeds (or, with `attempts`, that many times: false when
-/// the batch could not be written).
-async fn write_batch(shared: &Shared, stores: &Stores, mut ops: Vec<(u64, Op)>, attempts: Option<u32>) -> bool {
+/// the rows then go to storage without a copy (only rows skipped or a
+/// retraction make it move them). Every storage call is retried until it
+/// succeeds (or, with `attempts`, that many times: `None` when the batch could
+/// not be written). Returns the batch's buffers, emptied, for the next queue.
+async fn write_batch(shared: &Shared, stores: &Stores, batch: Batch, attempts: Option<u32>) -> Option<Batch> {
+    let Batch { mut rows, mut checks, retractions } = batch;
     let mut retry = Retry::new(attempts);
-    for (_, op) in &mut ops {
-        let Op::Append(e, check) = op else { continue };
+    for (e, check) in rows.iter().zip(checks.iter_mut()) {
         while !matches!(check, Check::None | Check::Skip) {
             match admitted(shared, stores, e, *check).await {
                 Ok(true) => *check = Check::None,
                 Ok(false) => *check = Check::Skip,
                 Err(err) => {
                     if !retry.again("checking whether to archive a row", 1, &err).await {
-                        return false;
+                        return None;
                     }
                 }
             }
         }
     }
-    let mut rows = Vec::with_capacity(ops.len());
-    for (_, op) in ops {
-        match op {
-            Op::Append(e, Check::None) => rows.push(e),
-            Op::Append(..) => {}
-            Op::Retract { user, domain, with, direction, origin_id, tombstone } => {
-                if !append(stores, std::mem::take(&mut rows), &mut retry).await {
-                    return false;
-                }
-                let acc = Account::new(&user, &domain);
-                while let Err(e) = stores.archive.retract(acc, &with, direction, &origin_id, &tombstone).await {
-                    if !retry.again("a retraction", 1, &e).await {
-                        return false;
-                    }
-                }
+    if retractions.is_empty() {
+        if checks.contains(&Check::Skip) {
+            let mut keep = checks.iter();
+            rows.retain(|_| keep.next() == Some(&Check::None));
+        }
+        checks.clear();
+        let rows = append(stores, rows, &mut retry).await?;
+        return Some(Batch { rows, checks, retractions });
+    }
+    let mut rows = rows.into_iter().zip(checks);
+    let mut done = 0;
+    for (at, r) in retractions {
+        let before: Vec<ArchiveEntry> =
+            rows.by_ref().take(at - done).filter(|(_, c)| *c == Check::None).map(|(e, _)| e).collect();
+        done = at;
+        append(stores, before, &mut retry).await?;
+        let acc = Account::new(&r.user, &r.domain);
+        while let Err(e) = stores.archive.retract(acc, &r.with, r.direction, &r.origin_id, &r.tombstone).await {
+            if !retry.again("a retraction", 1, &e).await {
+                return None;
             }
         }
     }
-    append(stores, rows, &mut retry).await
+    let rest: Vec<ArchiveEntry> = rows.filter(|(_, c)| *c == Check::None).map(|(e, _)| e).collect();
+    append(stores, rest, &mut retry).await?;
+    Some(Batch::default())
 }
 
-/// Appends rows in one transaction, retrying as `retry` allows.
-async fn append(stores: &Stores, rows: Vec<ArchiveEntry>, retry: &mut Retry) -> bool {
+/// Appends rows in one transaction, retrying as `retry` allows. Returns their
+/// vector, emptied, once written.
+async fn append(stores: &Stores, rows: Vec<ArchiveEntry>, retry: &mut Retry) -> Option<Vec<ArchiveEntry>> {
     if rows.is_empty() {
-        return true;
+        return Some(rows);
     }
     let rows = Arc::new(rows);
     while let Err(e) = stores.archive.append(rows.clone()).await {
         if !retry.again("a batch write", rows.len(), &e).await {
-            return false;
+            return None;
         }
     }
-    true
+    // Storage keeps no reference once the append is done.
+    let mut rows = Arc::try_unwrap(rows).unwrap_or_default();
+    rows.clear();
+    Some(rows)
 }
 
 /// Settles a row's deferred check.
@@ -498,6 +598,54 @@ mod tests {
         w.push(&stores, "alice@localhost", Op::Append(entry(10), Check::None));
         assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
         assert_eq!(*flaky.appended.lock(), [9, 1]);
+    }
+
+    /// The next queue fills the buffers of the batch written before it.
+    #[tokio::test]
+    async fn the_queue_reuses_the_buffers_of_the_last_batch_written() {
+        let stores = meerkat_storage::memory::stores();
+        let w = writer(100, 1000);
+        for id in 1..=50 {
+            w.push(&stores, "alice@localhost", Op::Append(entry(id), Check::None));
+        }
+        assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
+        let q = w.shared.queue.lock();
+        assert!(q.batch.rows.is_empty() && q.spare.rows.is_empty());
+        // Written and emptied, its buffer is the spare (or the queue, if a take
+        // happened since): room for the 50 rows either way, without growing.
+        assert!(q.spare.rows.capacity().max(q.batch.rows.capacity()) >= 50);
+    }
+
+    #[test]
+    fn forgetting_an_owner_keeps_the_others_operations_in_order() {
+        let row = |user: &str, id| {
+            let mut e = entry(id);
+            e.user = user.into();
+            e
+        };
+        let retraction = |user: &str, origin: &str| Retraction {
+            user: user.into(),
+            domain: "localhost".into(),
+            with: "bob@localhost".into(),
+            direction: Direction::Outgoing,
+            origin_id: origin.into(),
+            tombstone: String::new(),
+        };
+        let mut b = Batch::default();
+        for (user, id) in [("alice", 1), ("carol", 2), ("alice", 3), ("carol", 4)] {
+            b.rows.push(row(user, id));
+            b.checks.push(if id == 4 { Check::Prefs } else { Check::None });
+        }
+        // carol's retraction after rows 1-2, alice's after 1-3, carol's at the end.
+        b.retractions =
+            vec![(2, retraction("carol", "a")), (3, retraction("alice", "b")), (4, retraction("carol", "c"))];
+        b.forget("alice@localhost");
+        assert_eq!(b.rows.iter().map(|e| e.msg.id).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(b.checks, [Check::None, Check::Prefs]);
+        let kept: Vec<(usize, &str)> = b.retractions.iter().map(|(at, r)| (*at, r.origin_id.as_str())).collect();
+        assert_eq!(kept, [(1, "a"), (2, "c")], "each still after the same rows of carol's");
+        assert!(owns("alice@localhost", "alice", "localhost"));
+        assert!(!owns("alice@localhost", "alic", "elocalhost") && !owns("alice@localhost", "alice", "localhos"));
     }
 
     #[tokio::test]
