@@ -128,10 +128,24 @@ async fn a_burst_crosses_nodes_in_batches_and_in_order() {
     let mut b = online(n2.addr(TlsMode::None), "bob", "bob-pass", "phone").await;
     wait_sessions(&n1, "bob@localhost", 1).await;
 
-    // A second subscriber on n2's subject sees what n1 sends it.
+    // A second subscriber on the nodes' subjects sees what n1 sends n2. It is
+    // in place once its own probe (on a subject no node reads) comes back: the
+    // server handles a connection's commands in order, but `flush` does not
+    // wait for it, and a subscription still in flight missed the one NATS
+    // message the whole burst travels in (CI, sessions 14 and 16).
     let raw = async_nats::connect(nats.url()).await.unwrap();
-    let mut tap = raw.subscribe(format!("{cluster}.node.n2")).await.unwrap();
-    raw.flush().await.unwrap();
+    let mut tap = raw.subscribe(format!("{cluster}.node.*")).await.unwrap();
+    raw.publish(format!("{cluster}.node.probe"), "probe".into()).await.unwrap();
+    let probe = async {
+        while let Some(m) = futures_util::StreamExt::next(&mut tap).await {
+            if m.subject.ends_with(".node.probe") {
+                return true;
+            }
+        }
+        false
+    };
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), probe).await, Ok(true), "the tap's probe came back");
+    let for_n2 = format!("{cluster}.node.n2");
 
     const N: usize = 50;
     let burst: String = (0..N)
@@ -151,6 +165,9 @@ async fn a_burst_crosses_nodes_in_batches_and_in_order() {
             panic!("n1's traffic for n2: {envelopes} of {N} envelopes in {nats_messages} NATS messages after 20 s");
         };
         let m = m.expect("the tap's subscription ended");
+        if m.subject.as_str() != for_n2 {
+            continue; // n2's acknowledgements to n1
+        }
         let n = meerkat_cluster::wire::split_batch(&m.payload).map_or(1, |items| items.len());
         nats_messages += 1;
         envelopes += n;
