@@ -334,6 +334,9 @@ async fn run(shared: Arc<Shared>, stores: Stores) {
             // the buffers of the last batch written (no regrowth under load).
             let (batch, last) = shared.queue.lock().take(&shared);
             if batch.len() == 0 {
+                // Every operation up to `last` was written by the writes before
+                // this one, or forgotten (`forget_user`): nobody waits for them.
+                shared.written.send_if_modified(|w| std::mem::replace(w, last.max(*w)) < last);
                 break;
             }
             if let Some(emptied) = write_batch(&shared, &stores, batch, None).await {
@@ -614,6 +617,24 @@ mod tests {
         // Written and emptied, its buffer is the spare (or the queue, if a take
         // happened since): room for the 50 rows either way, without growing.
         assert!(q.spare.rows.capacity().max(q.batch.rows.capacity()) >= 50);
+    }
+
+    /// Rows forgotten (account removal) leave nothing to wait for: neither the
+    /// removal nor a later query of that owner (or of one sharing its slot)
+    /// waits for a write that will not come.
+    #[tokio::test]
+    async fn forgetting_a_user_waits_for_nothing_and_leaves_no_wait_behind() {
+        let stores = meerkat_storage::memory::stores();
+        let w = writer(100, 1000);
+        for id in 1..=3 {
+            w.push(&stores, "alice@localhost", Op::Append(entry(id), Check::None));
+        }
+        let started = std::time::Instant::now();
+        w.forget_user("alice@localhost", Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "forget_user waited {:?}", started.elapsed());
+        assert!(w.flush_user("alice@localhost", Duration::from_millis(500)).await);
+        let acc = Account::new("alice", "localhost");
+        assert!(stores.archive.query(acc, &ArchiveQuery::default()).await.unwrap().rows.is_empty());
     }
 
     #[test]
