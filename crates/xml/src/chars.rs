@@ -56,10 +56,10 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<&str, Error> {
     Ok(s)
 }
 
-/// 0x01 in every byte of a word.
-const LOW: u64 = u64::from_ne_bytes([1; 8]);
+/// 0x01 in every byte of a word (for tests of eight bytes at once).
+pub(crate) const LOW: u64 = u64::from_ne_bytes([1; 8]);
 /// 0x80 in every byte of a word.
-const HIGH: u64 = LOW * 0x80;
+pub(crate) const HIGH: u64 = LOW * 0x80;
 
 /// `NameStartChar` of XML 1.0 §2.3 without the colon (i.e. of an NCName).
 #[inline]

@@ -44,7 +44,7 @@ use parking_lot::RwLock;
 
 use crate::stanza_id::{decode_id, encode_id, new_archive_id};
 pub(crate) use iq::{form, parse_datetime};
-use writer::{Check, Op, Writer};
+use writer::{Check, Op, Retraction, Writer};
 
 /// XEP-0313 namespace, version 2.
 pub const NS_MAM2: &str = "urn:xmpp:mam:2";
@@ -155,14 +155,14 @@ impl Mam {
         if let Some(id) = st.id() {
             retracted = retracted.attr("id", id);
         }
-        let op = Op::Retract {
+        let op = Op::Retract(Retraction {
             user: user.as_str().to_owned(),
             domain: domain.as_str().to_owned(),
             with: with.to_owned(),
             direction,
             origin_id: origin.to_owned(),
             tombstone: tomb.append(retracted.build()).build().to_string_with_ns(),
-        };
+        });
         self.writer.push(&ctx.stores, owner.as_str(), op);
     }
 }
@@ -186,14 +186,14 @@ impl Mam {
     /// a tombstone (XEP-0425).
     pub(crate) fn tombstone_room(&self, ctx: &ServerContext, room: &BareJid, stanza_id: &str, tombstone: String) {
         let (Some(user), domain) = (room.node(), room.domain()) else { return };
-        let op = Op::Retract {
+        let op = Op::Retract(Retraction {
             user: user.as_str().to_owned(),
             domain: domain.as_str().to_owned(),
             with: String::new(),
             direction: Direction::Incoming,
             origin_id: stanza_id.to_owned(),
             tombstone,
-        };
+        });
         self.writer.push(&ctx.stores, room.as_str(), op);
     }
 

@@ -59,7 +59,7 @@ pub(crate) enum Op {
     /// Append a row (after the check).
     Append(ArchiveEntry, Check),
     /// Replace a row by a tombstone (XEP-0424).
-    Retract { user: String, domain: String, with: String, direction: Direction, origin_id: String, tombstone: String },
+    Retract(Retraction),
 }
 
 impl Op {
@@ -67,20 +67,21 @@ impl Op {
     fn is_for(&self, owner: &str) -> bool {
         match self {
             Op::Append(e, _) => owns(owner, &e.user, &e.domain),
-            Op::Retract { user, domain, .. } => owns(owner, user, domain),
+            Op::Retract(r) => owns(owner, &r.user, &r.domain),
         }
     }
 }
 
-/// A retraction waiting in the queue (see [`Op::Retract`]).
-#[derive(Debug)]
-struct Retraction {
-    user: String,
-    domain: String,
-    with: String,
-    direction: Direction,
-    origin_id: String,
-    tombstone: String,
+/// The replacement of the row of `user@domain`'s archive whose `id` attribute is
+/// `origin_id` (in the conversation with `with`, in `direction`) by `tombstone`.
+#[derive(Debug, Clone)]
+pub(crate) struct Retraction {
+    pub(crate) user: String,
+    pub(crate) domain: String,
+    pub(crate) with: String,
+    pub(crate) direction: Direction,
+    pub(crate) origin_id: String,
+    pub(crate) tombstone: String,
 }
 
 /// Queued operations: the rows in one vector, as the storage takes them (a
@@ -97,6 +98,10 @@ struct Batch {
 impl Batch {
     fn len(&self) -> usize {
         self.rows.len() + self.retractions.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.retractions.is_empty()
     }
 
     /// Drops `owner`'s operations, keeping the others' in order.
@@ -267,9 +272,9 @@ impl Writer {
                     q.batch.rows.push(e);
                     q.batch.checks.push(check);
                 }
-                Op::Retract { user, domain, with, direction, origin_id, tombstone } => {
+                Op::Retract(r) => {
                     let at = q.batch.rows.len();
-                    q.batch.retractions.push((at, Retraction { user, domain, with, direction, origin_id, tombstone }));
+                    q.batch.retractions.push((at, r));
                 }
             }
             q.pending[slot] = seq;
@@ -311,7 +316,7 @@ impl Writer {
     /// Writes everything still queued (server shutdown).
     pub(crate) async fn shutdown(&self, stores: &Stores) {
         let (batch, _) = self.shared.queue.lock().take(&self.shared);
-        if batch.len() == 0 {
+        if batch.is_empty() {
             return;
         }
         let n = batch.len();
@@ -333,7 +338,7 @@ async fn run(shared: Arc<Shared>, stores: Stores) {
             // The whole queue, taken without moving a row; the next queue fills
             // the buffers of the last batch written (no regrowth under load).
             let (batch, last) = shared.queue.lock().take(&shared);
-            if batch.len() == 0 {
+            if batch.is_empty() {
                 // Every operation up to `last` was written by the writes before
                 // this one, or forgotten (`forget_user`): nobody waits for them.
                 shared.written.send_if_modified(|w| std::mem::replace(w, last.max(*w)) < last);
@@ -409,11 +414,14 @@ async fn write_batch(shared: &Shared, stores: &Stores, batch: Batch, attempts: O
         let rows = append(stores, rows, &mut retry).await?;
         return Some(Batch { rows, checks, retractions });
     }
+    // The rows between two retractions, those to archive.
+    let kept = |rows: &mut dyn Iterator<Item = (ArchiveEntry, Check)>| -> Vec<ArchiveEntry> {
+        rows.filter(|(_, c)| *c == Check::None).map(|(e, _)| e).collect()
+    };
     let mut rows = rows.into_iter().zip(checks);
     let mut done = 0;
     for (at, r) in retractions {
-        let before: Vec<ArchiveEntry> =
-            rows.by_ref().take(at - done).filter(|(_, c)| *c == Check::None).map(|(e, _)| e).collect();
+        let before = kept(&mut rows.by_ref().take(at - done));
         done = at;
         append(stores, before, &mut retry).await?;
         let acc = Account::new(&r.user, &r.domain);
@@ -423,8 +431,7 @@ async fn write_batch(shared: &Shared, stores: &Stores, batch: Batch, attempts: O
             }
         }
     }
-    let rest: Vec<ArchiveEntry> = rows.filter(|(_, c)| *c == Check::None).map(|(e, _)| e).collect();
-    append(stores, rest, &mut retry).await?;
+    append(stores, kept(&mut rows), &mut retry).await?;
     Some(Batch::default())
 }
 
@@ -682,14 +689,14 @@ mod tests {
         };
         w.push(&stores, "alice@localhost", Op::Append(with_origin(1), Check::None));
         w.push(&stores, "alice@localhost", Op::Append(with_origin(2), Check::None));
-        let retract = Op::Retract {
+        let retract = Op::Retract(Retraction {
             user: "alice".into(),
             domain: "localhost".into(),
             with: "bob@localhost".into(),
             direction: Direction::Incoming,
             origin_id: "o1".into(),
             tombstone: "<retracted/>".into(),
-        };
+        });
         w.push(&stores, "alice@localhost", retract);
         w.push(&stores, "alice@localhost", Op::Append(with_origin(3), Check::None));
         assert!(w.flush_user("alice@localhost", Duration::from_secs(5)).await);
